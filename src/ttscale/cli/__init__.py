@@ -11,7 +11,8 @@ from ttscale.errors import TTScaleError
 
 # Importing a command module registers its commands.
 from ttscale.cli import (  # noqa: E402,F401
-    models_cmd, eval_cmd, train_cmd, engine_cmd, strategy_cmd, sweep_cmd, rl_cmd, serve_cmd,
+    models_cmd, eval_cmd, train_cmd, engine_cmd, strategy_cmd, search_cmd, sweep_cmd, rl_cmd,
+    serve_cmd,
 )
 
 

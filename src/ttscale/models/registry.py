@@ -21,9 +21,11 @@ class ModelInfo:
     params: int
     path: str
     parent: str | None
+    kind: str = "policy"  # "policy" (a generator) or "prm"/"orm" (a learned verifier)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "params": self.params, "path": self.path, "parent": self.parent}
+        return {"name": self.name, "params": self.params, "path": self.path, "parent": self.parent,
+                "kind": self.kind}
 
 
 def _info(path: Path) -> ModelInfo:
@@ -31,7 +33,7 @@ def _info(path: Path) -> ModelInfo:
     meta_path = path / "training.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     params = meta.get("params") or _count_params(cfg)
-    return ModelInfo(path.name, int(params), str(path), meta.get("parent"))
+    return ModelInfo(path.name, int(params), str(path), meta.get("parent"), meta.get("kind", "policy"))
 
 
 def _count_params(cfg: dict) -> int:

@@ -1,0 +1,39 @@
+"""`ttscale eval`: greedy, maj@n and pass@n of shipped models on built-in tasks."""
+from __future__ import annotations
+
+import json
+import time
+from typing import Optional
+
+import typer
+
+from ttscale.cli.app import app
+from ttscale.eval.api import evaluate_grid
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Optional[list[str]] = typer.Option(None, "--model", help="Model name or path (repeatable); default: every shipped model."),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Task name or .jsonl path (repeatable); default: every built-in task."),
+    level: Optional[list[int]] = typer.Option(None, "--level", help="Level 1-5 (repeatable); default: all."),
+    num_problems: int = typer.Option(24, "--num-problems", help="Problems per (task, level)."),
+    n: int = typer.Option(8, "--n", help="Samples per problem for maj@n and pass@n (0: greedy only)."),
+    split: str = typer.Option("test", help="train, heldout or test."),
+    seed: int = typer.Option(0, help="Problem and sampling seed."),
+    backend: str = typer.Option("torch", help="torch, hf or openai."),
+    card: bool = typer.Option(False, "--card", help="Write each model's card (README.md) with this table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: one object for one row, else {'rows': [...]}."),
+) -> None:
+    """Evaluate models, greedy and sampled, on every requested task and level, as a table."""
+    t0 = time.time()
+    rows = evaluate_grid(models=model, tasks=task, levels=level, num_problems=num_problems, n=n,
+                         split=split, seed=seed, backend=backend, write_cards=card,
+                         progress=not as_json)
+    if as_json:
+        out = [r.to_dict() for r in rows]
+        print(json.dumps(out[0] if len(out) == 1 else {"rows": out}, indent=2))
+        return
+    from ttscale.eval.evaluate import format_table
+
+    print(format_table(rows))
+    print(f"\n{len(rows)} rows in {time.time() - t0:.0f} s")

@@ -1,0 +1,424 @@
+"""The OpenAI-compatible backend: any server speaking /v1/completions (vLLM, SGLang, llama.cpp,
+Ollama, `ttscale serve`) behind the Generator protocol.
+
+Requests run asynchronously on a private event loop thread with bounded concurrency, spread
+over several base URLs (least-loaded first), retried with exponential backoff on 429, 5xx and
+dropped connections. An error of one request lands in its own result; the batch never raises.
+FLOPs are counted from the model shape the user gives, since a remote model cannot be inspected.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from ttscale.engine.flops import ModelShape
+from ttscale.errors import TTScaleError
+from ttscale.types import Completion, GenerationRequest, GenerationResult, SamplingParams, Usage
+
+T = TypeVar("T")
+RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+DEFAULT_CONTEXT = 32_768  # when the server does not report `max_model_len`
+MAX_TOP_LOGPROBS = 20
+
+
+class UpstreamError(Exception):
+    """A failed call to an upstream server; `status` is None when no answer came back."""
+
+    def __init__(self, message: str, status: int | None = None, retryable: bool = True,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after  # seconds, from the server's Retry-After header
+
+
+def normalize_base_url(url: str) -> str:
+    """`http://host:8000`, `http://host:8000/` and `http://host:8000/v1` all become `.../v1`."""
+    url = url.strip().rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise TTScaleError(f"base URL {url!r} must start with http:// or https://")
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+@dataclass
+class _Endpoint:
+    base: str  # .../v1
+    in_flight: int = 0
+
+    @property
+    def root(self) -> str:
+        return self.base[: -len("/v1")]
+
+
+class OpenAIGenerator:
+    """A Generator over one or more OpenAI-compatible servers serving the same model.
+
+    `n_params`, `n_layer` and `d_model` describe the remote model for FLOP counting. With
+    `chat=True` a text prompt is sent to /v1/chat/completions as one user message (whole
+    answers only: a strategy that extends partial solutions needs the completions endpoint).
+    `extra_body` is merged into every request body (e.g. vLLM's `{"repetition_penalty": 1.1}`).
+    """
+
+    def __init__(self, base_urls: str | Sequence[str], model: str, n_params: int, n_layer: int,
+                 d_model: int, api_key: str | None = None, chat: bool = False,
+                 max_concurrency: int = 16, timeout: float = 60.0, max_retries: int = 4,
+                 backoff: float = 0.5, context_length: int | None = None,
+                 extra_body: dict[str, Any] | None = None) -> None:
+        urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
+        if not urls:
+            raise TTScaleError("OpenAIGenerator needs at least one base URL")
+        if max_concurrency < 1:
+            raise TTScaleError(f"max_concurrency={max_concurrency} is out of range; accepted: >= 1")
+        if max_retries < 0:
+            raise TTScaleError(f"max_retries={max_retries} is out of range; accepted: >= 0")
+        if min(n_params, n_layer, d_model) <= 0:
+            raise TTScaleError("n_params, n_layer and d_model of the remote model must be > 0 "
+                               f"(got {n_params}, {n_layer}, {d_model})")
+        self.endpoints = [_Endpoint(normalize_base_url(u)) for u in urls]
+        self.model_name = model
+        self.shape = ModelShape(int(n_params), int(n_layer), int(d_model))
+        self.chat = chat
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.extra_body = dict(extra_body or {})
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._context_length = context_length
+        self._rr = 0  # rotates ties between equally loaded endpoints
+        self._ignores_n = False  # learnt: the server answered n>1 with fewer choices
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._client: httpx.AsyncClient | None = None
+        self._sem: asyncio.Semaphore | None = None
+        self._start_lock = threading.Lock()
+
+    # -- the private event loop ----------------------------------------------------------------
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    self._client = httpx.AsyncClient(
+                        timeout=httpx.Timeout(self.timeout),
+                        limits=httpx.Limits(max_connections=self.max_concurrency * 2,
+                                            max_keepalive_connections=self.max_concurrency))
+                    self._sem = asyncio.Semaphore(self.max_concurrency)
+                    ready.set()
+                    loop.run_forever()
+
+                self._thread = threading.Thread(target=run, name="ttscale-openai", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run `coro` on the private loop and wait; safe from any thread, even one whose own
+        event loop is running (that loop is blocked while waiting, as for any sync call)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result()
+
+    def close(self) -> None:
+        """Close connections and stop the loop thread; the generator restarts them if used again."""
+        with self._start_lock:
+            loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        client = self._client
+
+        async def shutdown() -> None:
+            if client is not None:
+                await client.aclose()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "OpenAIGenerator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- Generator protocol --------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """One result per request, in order; errors land in `result.error`."""
+        if not requests:
+            return []
+        return self._run(self._generate_all(list(requests)))
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """`generate` for async callers, on whatever event loop they run."""
+        if not requests:
+            return []
+        fut = asyncio.run_coroutine_threadsafe(self._generate_all(list(requests)),
+                                               self._ensure_loop())
+        return await asyncio.wrap_future(fut)
+
+    @property
+    def context_length(self) -> int:
+        """The server's `max_model_len` from /v1/models when it reports one, else 32768."""
+        if self._context_length is None:
+            try:
+                self._context_length = self._run(self._fetch_context_length())
+            except UpstreamError:
+                return DEFAULT_CONTEXT  # unknown for now; ask again next time
+        return self._context_length
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids from the server's /tokenize (vLLM, SGLang, llama.cpp have one)."""
+        body = {"model": self.model_name, "prompt": text, "content": text,
+                "add_special_tokens": False}
+        data = self._run(self._call_root("/tokenize", body))
+        if not isinstance(data.get("tokens"), list):
+            raise TTScaleError(f"{self.endpoints[0].root}/tokenize answered without 'tokens'")
+        return [int(t) for t in data["tokens"]]
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        """Text from the server's /detokenize."""
+        data = self._run(self._call_root("/detokenize", {"model": self.model_name,
+                                                         "tokens": [int(i) for i in ids]}))
+        text = data.get("prompt", data.get("content"))
+        if not isinstance(text, str):
+            raise TTScaleError(f"{self.endpoints[0].root}/detokenize answered without text")
+        return text
+
+    # -- internals -----------------------------------------------------------------------------
+    async def _call_root(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        ep = self.endpoints[0]
+        try:
+            return await self._post(ep, ep.root + path, body)
+        except UpstreamError as e:
+            if e.status in (404, 405):
+                raise TTScaleError(f"the server at {ep.root} has no {path} endpoint (HTTP "
+                                   f"{e.status}); pass text prompts instead of token ids") from None
+            raise TTScaleError(str(e)) from None
+
+    async def _fetch_context_length(self) -> int:
+        ep = self.endpoints[0]
+        assert self._client is not None
+        try:
+            r = await self._client.get(ep.base + "/models", headers=self._headers)
+            r.raise_for_status()
+            for m in r.json().get("data", []):
+                if m.get("id") == self.model_name and m.get("max_model_len"):
+                    return int(m["max_model_len"])
+        except (httpx.HTTPError, ValueError) as e:
+            raise UpstreamError(f"GET {ep.base}/models failed: {e}") from None
+        return DEFAULT_CONTEXT
+
+    def _pick(self, avoid: _Endpoint | None = None) -> _Endpoint:
+        """The least-loaded endpoint (ties rotate), avoiding `avoid` when there is a choice."""
+        pool = [e for e in self.endpoints if e is not avoid] or self.endpoints
+        self._rr += 1
+        k = self._rr % len(pool)
+        rotated = pool[k:] + pool[:k]
+        return min(rotated, key=lambda e: e.in_flight)
+
+    async def _post(self, ep: _Endpoint, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """One POST; raises UpstreamError saying whether a retry may help."""
+        assert self._client is not None
+        try:
+            r = await self._client.post(url, json=body, headers=self._headers)
+        except httpx.TimeoutException as e:
+            raise UpstreamError(f"{url} timed out after {self.timeout}s ({type(e).__name__})")
+        except httpx.TransportError as e:
+            raise UpstreamError(f"could not reach {url}: {type(e).__name__}: {e}")
+        if r.status_code >= 400:
+            raise UpstreamError(f"{url} answered HTTP {r.status_code}: {_server_message(r)}",
+                                status=r.status_code, retry_after=_retry_after(r),
+                                retryable=r.status_code in RETRY_STATUS or r.status_code >= 500)
+        try:
+            data = r.json()
+        except ValueError:
+            raise UpstreamError(f"{url} answered with invalid JSON: {r.text[:200]!r}")
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{url} answered with JSON that is not an object")
+        return data
+
+    async def _post_with_retries(self, path: str, body: dict[str, Any]) -> tuple[dict, _Endpoint]:
+        assert self._sem is not None
+        last: UpstreamError | None = None
+        ep: _Endpoint | None = None
+        for attempt in range(self.max_retries + 1):
+            async with self._sem:
+                ep = self._pick(avoid=ep if last is not None else None)
+                ep.in_flight += 1
+                try:
+                    return await self._post(ep, ep.base + path, body), ep
+                except UpstreamError as e:
+                    last = e
+                finally:
+                    ep.in_flight -= 1
+            if not last.retryable or attempt == self.max_retries:
+                break
+            delay = self.backoff * 2 ** attempt * (0.75 + 0.5 * random.random())
+            await asyncio.sleep(min(max(delay, last.retry_after or 0.0), 30.0))
+        assert last is not None
+        if last.retryable:
+            raise UpstreamError(f"upstream failed after {self.max_retries + 1} attempts: {last}",
+                                last.status)
+        raise UpstreamError(f"upstream rejected the request: {last}", last.status, retryable=False)
+
+    async def _generate_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+
+    async def _generate_one(self, req: GenerationRequest) -> GenerationResult:
+        p = req.params
+        try:
+            _check_params(p, self.chat, req.prompt)
+        except TTScaleError as e:
+            return GenerationResult([], Usage(), error=str(e))
+        try:
+            completions, usage = await self._sample(req.prompt, p, p.n, p.seed)
+            # A server that ignores n answers n>1 with fewer choices: ask for the rest one by one.
+            missing = p.n - len(completions)
+            if missing > 0:
+                self._ignores_n = self._ignores_n or len(completions) > 0
+                seeds = [None if p.seed is None else p.seed + len(completions) + i
+                         for i in range(missing)]
+                parts = await asyncio.gather(*(self._sample(req.prompt, p, 1, s) for s in seeds))
+                for c, u in parts:
+                    completions += c
+                    usage = usage + u
+            if len(completions) < p.n:
+                raise UpstreamError(f"upstream returned {len(completions)} of n={p.n} choices")
+        except UpstreamError as e:
+            return GenerationResult([], Usage(), error=str(e))
+        return GenerationResult(completions[: p.n], usage)
+
+    async def _sample(self, prompt: str | list[int], p: SamplingParams, n: int,
+                      seed: int | None) -> tuple[list[Completion], Usage]:
+        """One upstream call for `n` choices (or one by one if the server is known to ignore n)."""
+        if n > 1 and self._ignores_n:
+            seeds = [None if seed is None else seed + i for i in range(n)]
+            parts = await asyncio.gather(*(self._sample(prompt, p, 1, s) for s in seeds))
+            return [c for cs, _ in parts for c in cs], sum((u for _, u in parts), Usage())
+        body = self._body(prompt, p, n, seed)
+        path = "/chat/completions" if self.chat else "/completions"
+        data, ep = await self._post_with_retries(path, body)
+        choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
+        completions = [self._completion(c, p, ep) for c in choices]
+        return completions, self._usage(data.get("usage") or {}, completions)
+
+    def _body(self, prompt: str | list[int], p: SamplingParams, n: int,
+              seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model_name, "n": n, "temperature": p.temperature,
+                                "top_p": p.top_p, "max_tokens": p.max_tokens}
+        if p.stop:
+            body["stop"] = list(p.stop)
+        if seed is not None:
+            body["seed"] = seed
+        if p.top_k > 0:
+            body["top_k"] = p.top_k  # vLLM, SGLang and llama.cpp accept it as an extra field
+        if self.chat:
+            body["messages"] = [{"role": "user", "content": prompt}]
+            if p.logprobs:
+                body["logprobs"] = True
+                body["top_logprobs"] = p.top_logprobs
+        else:
+            body["prompt"] = prompt
+            if p.logprobs:
+                body["logprobs"] = p.top_logprobs
+        body.update(self.extra_body)
+        return body
+
+    def _completion(self, choice: dict[str, Any], p: SamplingParams, ep: _Endpoint) -> Completion:
+        if self.chat:
+            text = ((choice.get("message") or {}).get("content")) or ""
+        else:
+            text = choice.get("text") or ""
+        finish = "length" if choice.get("finish_reason") == "length" else "stop"
+        token_ids = [int(t) for t in choice.get("token_ids") or []]  # vLLM's return_token_ids
+        c = Completion(text=text, token_ids=token_ids, finish_reason=finish)
+        if not p.logprobs:
+            return c
+        lp = choice.get("logprobs")
+        if not lp:
+            raise UpstreamError(
+                f"{ep.base} returned no logprobs although they were requested (logprobs=True); "
+                "use a server that supports logprobs (e.g. vLLM) or a strategy that needs none",
+                retryable=False)
+        if self.chat:
+            content = lp.get("content") or []
+            c.logprobs = [float(t["logprob"]) for t in content]
+            if p.top_logprobs:
+                c.top_logprobs = [{a["token"]: float(a["logprob"]) for a in t.get("top_logprobs") or []}
+                                  for t in content]
+        else:
+            c.logprobs = [float(x) if x is not None else 0.0 for x in lp.get("token_logprobs") or []]
+            if p.top_logprobs:
+                c.top_logprobs = [{k: float(v) for k, v in (d or {}).items()}
+                                  for d in lp.get("top_logprobs") or []]
+        return c
+
+    def _usage(self, u: dict[str, Any], completions: list[Completion]) -> Usage:
+        """Usage with FLOPs: uncached prompt tokens once, then each completion at its positions."""
+        prompt = int(u.get("prompt_tokens") or 0)
+        cached = int(((u.get("prompt_tokens_details") or {}).get("cached_tokens")) or 0)
+        cached = min(cached, prompt)
+        completion = int(u.get("completion_tokens") or 0)
+        flops = self.shape.span_flops(cached, prompt - cached)
+        lengths = [len(c.logprobs) if c.logprobs is not None else len(c.token_ids)
+                   for c in completions]
+        if not completions:
+            lengths = []
+        elif sum(lengths) != completion:  # per-choice lengths unknown: share the total evenly
+            q, r = divmod(completion, len(completions))
+            lengths = [q + (i < r) for i in range(len(completions))]
+        flops += sum(self.shape.span_flops(prompt, k) for k in lengths)
+        return Usage(prompt, cached, completion, flops)
+
+
+def _check_params(p: SamplingParams, chat: bool, prompt: str | list[int]) -> None:
+    if p.n < 1:
+        raise TTScaleError(f"n={p.n} is out of range; accepted: >= 1")
+    if p.max_tokens < 1:
+        raise TTScaleError(f"max_tokens={p.max_tokens} is out of range; accepted: >= 1")
+    if p.temperature < 0:
+        raise TTScaleError(f"temperature={p.temperature} is out of range; accepted: >= 0")
+    if not 0 < p.top_p <= 1:
+        raise TTScaleError(f"top_p={p.top_p} is out of range; accepted: 0 < top_p <= 1")
+    if p.top_k < 0:
+        raise TTScaleError(f"top_k={p.top_k} is out of range; accepted: >= 0 (0 = off)")
+    if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise TTScaleError(f"top_logprobs={p.top_logprobs} is out of range; accepted: "
+                           f"0..{MAX_TOP_LOGPROBS}")
+    if chat and not isinstance(prompt, str):
+        raise TTScaleError("token-id prompts need the completions endpoint; chat=True takes text")
+
+
+def _server_message(r: httpx.Response) -> str:
+    """The server's own words: OpenAI's error.message, FastAPI's detail, or the raw text."""
+    try:
+        data = r.json()
+    except ValueError:
+        return r.text[:300] or r.reason_phrase
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])[:500]
+        if isinstance(err, str):
+            return err[:500]
+        if "detail" in data:
+            return str(data["detail"])[:500]
+        if "message" in data:
+            return str(data["message"])[:500]
+    return str(data)[:300]
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    try:
+        return float(r.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,46 @@
+"""Model cards: README.md inside a model directory, with how it was made and how well it does."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ttscale.eval.evaluate import EvalResult, format_table
+
+CARD_TOLERANCE = 0.10  # a re-run on the same fixed sample must land within this of the card
+
+
+def write_card(model_dir: str | Path, rows: list[EvalResult], command: str, eval_command: str) -> Path:
+    """Write `model_dir/README.md` from `training.json` and the evaluation rows.
+
+    The rows are also stored in `eval.json` so tests can compare a re-run with the card.
+    """
+    model_dir = Path(model_dir)
+    meta_path = model_dir / "training.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    cfg = meta.get("config", {})
+    parent = meta.get("parent")
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [ttscale]", "---",
+        f"# {model_dir.name}", "",
+        f"A small Llama-architecture decoder of the ttscale embedded family "
+        f"({meta.get('params', '?'):,} parameters), character-level tokenizer.", "",
+        "## Training", "",
+        f"- parent: {parent or 'none (trained from scratch with SFT)'}",
+        f"- command: `{command}`",
+        f"- data: synthetic step-by-step solutions of the built-in tasks {cfg.get('tasks', meta.get('tasks', '?'))}, "
+        f"levels {cfg.get('levels', '?')}, train split only (fresh problems every step)",
+        f"- steps: {meta.get('steps', '?')} (batch {cfg.get('batch_size', '?')} x {cfg.get('block', '?')} tokens, "
+        f"{meta.get('tokens_total', 0):,} tokens)",
+        f"- wall time: {meta.get('wall_s', 0) / 60:.1f} min on {meta.get('device', '?')} "
+        f"(torch {meta.get('torch', '?')})",
+        f"- final training loss (EMA): {meta.get('final_loss_ema') or float('nan'):.4f}", "",
+        "## Accuracy", "",
+        f"Test split, fixed problems (seed 0). Greedy decoding; maj@n and pass@n from n samples at "
+        f"temperature 1.0. Reproduce with `{eval_command}`; a re-run lands within "
+        f"{CARD_TOLERANCE:.0%} of these figures (sampling order may differ across backends).", "",
+        format_table(rows), "",
+    ]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines))
+    (model_dir / "eval.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+    return path

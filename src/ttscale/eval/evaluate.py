@@ -1,0 +1,77 @@
+"""Greedy, majority-vote and pass@n accuracy of a model on a task level: the family's yardstick."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+from ttscale.engine.base import Generator
+from ttscale.tasks import Task
+from ttscale.types import GenerationRequest, Problem, SamplingParams
+
+MAX_TOKENS = 160
+
+
+@dataclass
+class EvalResult:
+    model: str
+    task: str
+    level: int | None
+    num_problems: int
+    n: int
+    greedy_acc: float
+    maj_acc: float
+    pass_at_n: float
+    mean_tokens: float  # mean completion tokens of the greedy solutions
+    flops: float  # everything generated for this row
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def majority_answer(task: Task, answers: list[str | None]) -> str | None:
+    """The most common answer (by task.answer_key); ties go to the answer seen first."""
+    keys = [task.answer_key(a) for a in answers]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a, k in zip(answers, keys) if k is not None and counts[k] == best)
+
+
+def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int = 16,
+             temperature: float = 1.0, seed: int = 0, max_tokens: int = MAX_TOKENS) -> EvalResult:
+    """Greedy accuracy, maj@n and pass@n of `generator` on `problems`, in one batched call."""
+    greedy = [GenerationRequest(p.prompt, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens))
+              for p in problems]
+    sampled = [GenerationRequest(p.prompt, SamplingParams(n=n, temperature=temperature, seed=seed + i,
+                                                          max_tokens=max_tokens))
+               for i, p in enumerate(problems)] if n > 0 else []
+    results = generator.generate(greedy + sampled)
+    for r in results:
+        if r.error:
+            raise RuntimeError(f"generation failed: {r.error}")
+    g_res, s_res = results[: len(problems)], results[len(problems):]
+    greedy_ok = [task.is_correct(p, r.completions[0].text) for p, r in zip(problems, g_res)]
+    maj_ok, pass_ok = [], []
+    for p, r in zip(problems, s_res):
+        answers = [task.extract_answer(c.text) for c in r.completions]
+        maj_ok.append(task.check(p, majority_answer(task, answers)))
+        pass_ok.append(any(task.check(p, a) for a in answers))
+    k = max(len(problems), 1)
+    return EvalResult(
+        model=generator.model_name, task=getattr(task, "name", "?"),
+        level=problems[0].level if problems else None, num_problems=len(problems), n=n,
+        greedy_acc=sum(greedy_ok) / k, maj_acc=sum(maj_ok) / k if sampled else float("nan"),
+        pass_at_n=sum(pass_ok) / k if sampled else float("nan"),
+        mean_tokens=sum(len(r.completions[0].token_ids) for r in g_res) / k,
+        flops=sum(r.usage.flops for r in results),
+    )
+
+
+def format_table(rows: list[EvalResult]) -> str:
+    """A Markdown table of evaluation rows."""
+    head = "| model | task | level | problems | greedy | maj@n | pass@n | n |\n|---|---|---|---|---|---|---|---|"
+    lines = [head] + [
+        f"| {r.model} | {r.task} | {r.level} | {r.num_problems} | {r.greedy_acc:.1%} | "
+        f"{r.maj_acc:.1%} | {r.pass_at_n:.1%} | {r.n} |" for r in rows]
+    return "\n".join(lines)

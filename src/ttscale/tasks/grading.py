@@ -1,0 +1,327 @@
+"""Math answer grading: find the final answer in a completion, compare it with a reference.
+
+Comparison, cheapest first: two plain numbers compare exactly as decimals ("1,000" == "1000",
+"18.0" == "18", "$18" == "18"); equal normal forms of the text are equal; anything else is
+judged by the `math-verify` library (sympy-based equivalence of LaTeX or plain expressions).
+
+Why worker processes: math-verify can be made to run for very long by a hostile answer
+(`9^{9^{9^{9}}}`, deeply nested brackets), and its own timeouts use SIGALRM, which works only
+in the main thread of the main interpreter. A grader called from a server thread or a thread
+pool cannot use them. So math-verify runs in worker processes (`python -m
+ttscale.tasks.grading`) that read JSON lines on stdin and answer on stdout. Inside a worker,
+math-verify's own timeouts (whole seconds) stop most slow parses and comparisons and the
+worker lives on; the parent also holds a hard deadline per comparison and kills and replaces a
+worker that misses it (loops in C that a signal cannot interrupt, a crash, memory exhaustion).
+A comparison that times out is graded wrong. Workers start lazily, about 1 s each.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal, InvalidOperation
+from queue import Queue
+
+MAX_ANSWER_CHARS = 1000  # longer "answers" are graded wrong without parsing them
+DEFAULT_TIMEOUT_S = 5.0  # hard deadline per math-verify comparison, in the parent
+WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of a worker (POSIX only)
+WORKER_START_TIMEOUT_S = 120.0  # starting a worker imports sympy; slow on a busy machine
+
+_HASHES = re.compile(r"####[ \t]*([^\n]*)")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOXED_BARE = re.compile(r"\\boxed[ \t]+([^\s$]+)")
+_ANSWER_IS = re.compile(r"\banswer\s*(?:is|:)[ \t]*:?[ \t]*([^\n]*)", re.IGNORECASE)
+_A_LINE = re.compile(r"^A:[ \t]*([^\n]*?)[ \t]*$", re.MULTILINE)
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
+_WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
+
+
+# -- extraction -----------------------------------------------------------------------------
+def _balanced(text: str, open_at: int) -> str | None:
+    """The text inside the braces opening at `open_at`, or None if they never close."""
+    depth = 0
+    for k in range(open_at, len(text)):
+        c = text[k]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1: k]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last complete `\\boxed{...}` (or `\\fbox{...}`, `\\boxed 5`)."""
+    for m in reversed(list(_BOXED.finditer(text))):
+        inner = _balanced(text, m.end() - 1)
+        if inner is not None:
+            return inner
+    bare = _BOXED_BARE.findall(text)
+    return bare[-1] if bare else None
+
+
+def clean_answer(answer: str | None) -> str | None:
+    """Strip what surrounds an answer: spaces, `$...$`, `\\(...\\)`, bold, `\\boxed{}`, a final
+    period. None when nothing is left."""
+    if answer is None:
+        return None
+    s = answer.strip()
+    changed = True
+    while changed and s:
+        changed = False
+        s2 = s.rstrip(" .").strip() if s.endswith(".") and not s.endswith("..") else s
+        for left, right in _WRAPPERS:
+            if len(s2) > len(left) + len(right) and s2.startswith(left) and s2.endswith(right):
+                s2 = s2[len(left): len(s2) - len(right)].strip()
+        m = _BOXED.match(s2)
+        if m and _balanced(s2, m.end() - 1) == s2[m.end(): -1]:
+            s2 = s2[m.end(): -1].strip()
+        changed, s = s2 != s, s2
+    return s or None
+
+
+def extract_final_answer(completion: str) -> str | None:
+    """The final answer stated in a completion, or None.
+
+    Looked for in this order, the last occurrence of each: a `#### N` line (GSM8K), a
+    `\\boxed{...}` with balanced braces (MATH), an "answer is ..." / "answer: ..." line, an
+    "A: ..." line (the built-in tasks' format).
+    """
+    found = [m for m in _HASHES.findall(completion) if m.strip()]
+    if found:
+        return clean_answer(found[-1])
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return clean_answer(boxed)
+    said = [m for m in _ANSWER_IS.findall(completion) if m.strip()]
+    if said:
+        return clean_answer(said[-1])
+    lines = [m for m in _A_LINE.findall(completion) if m.strip()]
+    return clean_answer(lines[-1]) if lines else None
+
+
+# -- cheap comparisons ----------------------------------------------------------------------
+def parse_number(text: str | None) -> Decimal | None:
+    """A plain number ("1,000", "-3.50", "$18", "18.") as an exact decimal, else None."""
+    if text is None:
+        return None
+    s = text.strip()
+    for prefix in ("\\$", "$"):
+        if s.startswith(prefix):
+            s = s[len(prefix):].strip()
+    s = s.rstrip(".") if s.endswith(".") and s.count(".") >= 1 and not s.endswith("..") else s
+    if len(s) > 64 or not _NUMBER.fullmatch(s):
+        return None
+    try:
+        return Decimal(s.replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def normal_form(answer: str) -> str:
+    """A textual normal form of a math answer: no spaces, `\\left`, `\\right`, `\\!`, `\\,`;
+    `\\dfrac`/`\\tfrac` as `\\frac`. Equal normal forms mean equal answers."""
+    s = clean_answer(answer) or ""
+    for old, new in (("\\left", ""), ("\\right", ""), ("\\!", ""), ("\\,", ""), ("\\;", ""),
+                     ("\\dfrac", "\\frac"), ("\\tfrac", "\\frac"), ("\\displaystyle", "")):
+        s = s.replace(old, new)
+    return re.sub(r"\s+", "", s)
+
+
+def answer_key(answer: str | None) -> str | None:
+    """A vote key: the canonical decimal of a plain number, else the normal form."""
+    if answer is None:
+        return None
+    number = parse_number(clean_answer(answer))
+    if number is not None:
+        return _canonical(number)
+    return normal_form(answer) or None
+
+
+def _canonical(d: Decimal) -> str:
+    s = format(d.normalize(), "f")
+    return "0" if s in ("-0", "+0") else s
+
+
+# -- math-verify in worker processes --------------------------------------------------------
+class _Worker:
+    """One math-verify worker process and its pipes; restarted when it dies or overruns."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.buf = b""
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "ttscale.tasks.grading"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, bufsize=0)
+        self.buf = b""
+        line = self._readline(time.monotonic() + WORKER_START_TIMEOUT_S)
+        if line != b"ready":
+            self.stop()
+            detail = (line or b"no answer").decode(errors="replace")
+            raise RuntimeError(f"the math-verify worker did not start: {detail}")
+
+    def _readline(self, deadline: float) -> bytes | None:
+        """One line from the worker, or None at the deadline or when the worker died."""
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+        self.proc = None
+
+    def equal(self, gold: str, answer: str, timeout_s: float) -> bool | None:
+        """math-verify's verdict, or None when it missed the deadline (the worker is killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.stop()
+            self._start()
+        assert self.proc is not None and self.proc.stdin is not None
+        inner = max(1, int(timeout_s / 3))  # math-verify's own timeouts, whole seconds
+        try:
+            self.proc.stdin.write(json.dumps([gold, answer, inner]).encode() + b"\n")
+        except (BrokenPipeError, OSError):
+            self.stop()
+            return None
+        line = self._readline(time.monotonic() + timeout_s)
+        if line is None:
+            self.stop()
+            return None
+        return line == b"1"
+
+
+class MathGrader:
+    """Thread-safe grading of math answers against references, with a deadline per comparison.
+
+    `timeout_s` bounds one math-verify comparison (parsing both sides and comparing them);
+    `workers` worker processes serve concurrent callers and `equal_many`.
+    """
+
+    def __init__(self, timeout_s: float = DEFAULT_TIMEOUT_S, workers: int = 1,
+                 cache_size: int = 4096):
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s={timeout_s!r} must be positive")
+        if workers < 1:
+            raise ValueError(f"workers={workers!r} must be at least 1")
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self.timeouts = 0  # comparisons that missed the deadline so far
+        self._all = [_Worker() for _ in range(workers)]
+        self._idle: Queue[_Worker] = Queue()
+        for w in self._all:
+            self._idle.put(w)
+        self._cache: dict[tuple[str, str], bool] = {}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def equal(self, gold: str, answer: str | None) -> bool:
+        """Whether `answer` means the same as the reference `gold`."""
+        if answer is None or not answer.strip() or len(answer) > MAX_ANSWER_CHARS:
+            return False
+        g, a = parse_number(clean_answer(gold)), parse_number(clean_answer(answer))
+        if g is not None and a is not None:
+            return g == a
+        if normal_form(gold) == normal_form(answer):
+            return True
+        key = (gold, answer)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        worker = self._idle.get()
+        try:
+            verdict = worker.equal(_for_latex(gold), _for_latex(answer), self.timeout_s)
+        finally:
+            self._idle.put(worker)
+        with self._lock:
+            if verdict is None:
+                self.timeouts += 1
+            if len(self._cache) >= self._cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = bool(verdict)
+        return bool(verdict)
+
+    def equal_many(self, pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
+        """`equal` for many (gold, answer) pairs, spread over the worker processes."""
+        if self.workers == 1 or len(pairs) < 2:
+            return [self.equal(g, a) for g, a in pairs]
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(lambda p: self.equal(*p), pairs))
+
+    def close(self) -> None:
+        """Stop the worker processes (they are restarted if the grader is used again)."""
+        for w in self._all:
+            w.stop()
+
+    def __enter__(self) -> "MathGrader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _for_latex(answer: str) -> str:
+    """An answer wrapped in `$...$` so that math-verify reads it as LaTeX."""
+    return "$" + (clean_answer(answer) or "") + "$"
+
+
+def _worker_main() -> None:
+    """Serve `[gold, answer, timeout_s]` lines with `1` (equal) or `0` lines."""
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # only the protocol goes to the real stdout
+    try:
+        import logging
+
+        if sys.platform != "win32":
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+        logging.disable(logging.CRITICAL)  # math-verify logs every timeout as a warning
+        from math_verify import parse, verify
+    except Exception as e:  # reported to the parent, which raises it
+        out.write(f"error {type(e).__name__}: {e}\n".encode())
+        out.flush()
+        return
+    out.write(b"ready\n")
+    out.flush()
+    for line in sys.stdin.buffer:
+        try:
+            gold, answer, t = json.loads(line)
+            ok = bool(verify(parse(gold, parsing_timeout=t), parse(answer, parsing_timeout=t),
+                             timeout_seconds=t))
+        except Exception:  # MemoryError included: the answer is wrong, the worker lives on
+            ok = False
+        out.write(b"1\n" if ok else b"0\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _worker_main()
