@@ -1,0 +1,84 @@
+"""Scorers: the task oracle, learned PRM/ORM, self-certainty and an LLM judge, by name."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError, unknown
+from ttscale.rewards.aggregate import AGGREGATES, aggregate, check_aggregate
+from ttscale.rewards.base import ScoreBatch, Scored, Scorer
+from ttscale.tasks.base import Task
+
+SCORERS = ("oracle", "prm", "orm", "self-certainty", "judge")
+
+
+def _default_reward_model(kind: str) -> str:
+    from ttscale.models.registry import models_dir
+
+    names = ["ttscale-orm", "ttscale-prm"] if kind == "orm" else ["ttscale-prm"]
+    for name in names:
+        path = models_dir() / name
+        if (path / "config.json").exists():
+            return str(path)
+    raise TTScaleError(f"no {kind.upper()} model given and {models_dir() / names[-1]} does not "
+                       "exist; train one with `ttscale train prm` or pass its path as the model")
+
+
+def _vocab_size(generator: Generator | None) -> int | None:
+    """The policy's vocabulary size when the generator tells it (for self-certainty)."""
+    for attr in ("vocab_size",):
+        v = getattr(generator, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    tok = getattr(generator, "tokenizer", None)
+    if tok is not None:
+        try:
+            return len(tok)
+        except TypeError:
+            return None
+    return None
+
+
+def get_scorer(name: str, task: Task | None = None, generator: Generator | None = None,
+               model: str | None = None, aggregate: str = "last") -> Scorer:
+    """A scorer by name.
+
+    `oracle` needs the task; `prm` / `orm` load a learned reward model (`model`: a directory,
+    default `models/ttscale-prm`); `self-certainty` reads the policy's logprobs (the generator,
+    when given, tells the vocabulary size); `judge` asks `model` (loaded as a generator) or else
+    `generator` for a verdict. `aggregate` turns step scores into a solution score.
+    """
+    check_aggregate(aggregate)
+    if name == "oracle":
+        if task is None:
+            raise TTScaleError("the oracle scorer needs a task")
+        from ttscale.rewards.oracle import OracleScorer
+
+        return OracleScorer(task, aggregate=aggregate)
+    if name in ("prm", "orm"):
+        path = model or _default_reward_model(name)
+        if not Path(path).exists():
+            from ttscale.models.registry import resolve_model
+
+            path = resolve_model(path)
+        from ttscale.rewards.prm import LearnedPRM
+
+        return LearnedPRM(path, aggregate=aggregate, kind=name)
+    if name == "self-certainty":
+        from ttscale.rewards.self_certainty import SelfCertaintyScorer
+
+        return SelfCertaintyScorer(vocab_size=_vocab_size(generator))
+    if name == "judge":
+        from ttscale.rewards.judge import JudgeScorer
+
+        if model is not None:
+            from ttscale.engine import load_generator
+
+            return JudgeScorer(load_generator(model))
+        if generator is None:
+            raise TTScaleError("the judge scorer needs a model or a generator to ask")
+        return JudgeScorer(generator)
+    raise unknown("scorer", name, SCORERS)
+
+
+__all__ = ["AGGREGATES", "SCORERS", "ScoreBatch", "Scored", "Scorer", "aggregate", "get_scorer"]
