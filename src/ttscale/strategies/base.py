@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError, out_of_range
 from ttscale.rewards.base import ScoreBatch, Scorer
 from ttscale.types import Completion, Cost, GenerationRequest, GenerationResult, Problem
 
@@ -81,3 +82,17 @@ def register(name: str, params_cls: type) -> Callable[[StrategyFn], StrategyFn]:
         return fn
 
     return deco
+
+
+def require(ok: bool, name: str, value: object, accepted: str) -> None:
+    """Raise `name=value is out of range; accepted: ...` unless `ok` (parameter validation)."""
+    if not ok:
+        raise out_of_range(name, value, accepted)
+
+
+def require_scorer(scorer: Scorer | None, strategy: str) -> Scorer:
+    """The scorer a strategy cannot run without, or a one-line error saying so."""
+    if scorer is None:
+        raise TTScaleError(f"strategy {strategy!r} needs a scorer; accepted: oracle, prm, orm, "
+                           "self-certainty, judge")
+    return scorer

@@ -94,9 +94,10 @@ class StepSearch:
             out.append([] if r.error else list(r.completions))
         return out
 
-    def expand(self, parents: Sequence[Node], counts: Sequence[int]) -> list[list[Node]]:
+    def expand(self, parents: Sequence[Node], counts: Sequence[int],
+               temperature: float | None = None) -> list[list[Node]]:
         """Add `counts[i]` sampled children under each `parents[i]` (one generator call)."""
-        samples = self.sample_steps([self.tree.text(p) for p in parents], counts)
+        samples = self.sample_steps([self.tree.text(p) for p in parents], counts, temperature)
         children: list[list[Node]] = []
         for parent, comps in zip(parents, samples):
             kids = []

@@ -24,10 +24,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from queue import Queue
+from typing import Any
 
 MAX_ANSWER_CHARS = 1000  # longer "answers" are graded wrong without parsing them
 DEFAULT_TIMEOUT_S = 5.0  # hard deadline per math-verify comparison, in the parent
@@ -117,7 +119,6 @@ def parse_number(text: str | None) -> Decimal | None:
     for prefix in ("\\$", "$"):
         if s.startswith(prefix):
             s = s[len(prefix):].strip()
-    s = s.rstrip(".") if s.endswith(".") and s.count(".") >= 1 and not s.endswith("..") else s
     if len(s) > 64 or not _NUMBER.fullmatch(s):
         return None
     try:
@@ -160,9 +161,15 @@ class _Worker:
         self.buf = b""
 
     def _start(self) -> None:
+        # The worker imports this module; make sure it finds the same copy of ttscale.
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+        # Its own session: a Ctrl-C meant for the parent does not kill it mid-answer.
         self.proc = subprocess.Popen([sys.executable, "-m", "ttscale.tasks.grading"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, bufsize=0)
+                                     stderr=subprocess.DEVNULL, bufsize=0, env=env,
+                                     start_new_session=True)
         self.buf = b""
         line = self._readline(time.monotonic() + WORKER_START_TIMEOUT_S)
         if line != b"ready":
@@ -244,8 +251,14 @@ class MathGrader:
         g, a = parse_number(clean_answer(gold)), parse_number(clean_answer(answer))
         if g is not None and a is not None:
             return g == a
-        if normal_form(gold) == normal_form(answer):
+        if normal_form(answer) and normal_form(gold) == normal_form(answer):
             return True
+        return self.verify(gold, answer)
+
+    def verify(self, gold: str, answer: str) -> bool:
+        """math-verify's verdict alone (no shortcuts), under the deadline; False on timeout."""
+        if len(answer) > MAX_ANSWER_CHARS:
+            return False
         key = (gold, answer)
         with self._lock:
             if key in self._cache:
@@ -265,10 +278,18 @@ class MathGrader:
 
     def equal_many(self, pairs: Sequence[tuple[str, str | None]]) -> list[bool]:
         """`equal` for many (gold, answer) pairs, spread over the worker processes."""
+        return self._many(self.equal, pairs)
+
+    def verify_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
+        """`verify` for many (gold, answer) pairs, spread over the worker processes."""
+        return self._many(self.verify, pairs)
+
+    def _many(self, fn: Callable[[str, Any], bool], pairs: Sequence[tuple[str, Any]]
+              ) -> list[bool]:
         if self.workers == 1 or len(pairs) < 2:
-            return [self.equal(g, a) for g, a in pairs]
+            return [fn(g, a) for g, a in pairs]
         with ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(lambda p: self.equal(*p), pairs))
+            return list(pool.map(lambda p: fn(*p), pairs))
 
     def close(self) -> None:
         """Stop the worker processes (they are restarted if the grader is used again)."""
