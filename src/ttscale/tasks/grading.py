@@ -38,18 +38,19 @@ WORKER_START_TIMEOUT_S = 120.0  # starting a worker imports sympy; slow on a bus
 
 _HASHES = re.compile(r"####[ \t]*([^\n]*)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_BOXED_BARE = re.compile(r"\\boxed[ \t]+([^\s$]+)")
+_BOXED_BARE = re.compile(r"\\boxed[ \t]+([^\s${][^\s$]*)")
 _ANSWER_IS = re.compile(r"\banswer\s*(?:is|:)[ \t]*:?[ \t]*([^\n]*)", re.IGNORECASE)
-_A_LINE = re.compile(r"^A:[ \t]*([^\n]*?)[ \t]*$", re.MULTILINE)
+_A_LINE = re.compile(r"^A:([^\n]*)", re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
 _WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
 
 
 # -- extraction -----------------------------------------------------------------------------
-def _balanced(text: str, open_at: int) -> str | None:
-    """The text inside the braces opening at `open_at`, or None if they never close."""
+def _balanced(text: str, open_at: int, end: int | None = None) -> str | None:
+    """The text inside the braces opening at `open_at`, or None if they do not close before
+    `end`."""
     depth = 0
-    for k in range(open_at, len(text)):
+    for k in range(open_at, len(text) if end is None else end):
         c = text[k]
         if c == "{":
             depth += 1
@@ -62,10 +63,14 @@ def _balanced(text: str, open_at: int) -> str | None:
 
 def last_boxed(text: str) -> str | None:
     """The content of the last complete `\\boxed{...}` (or `\\fbox{...}`, `\\boxed 5`)."""
+    end = None
     for m in reversed(list(_BOXED.finditer(text))):
-        inner = _balanced(text, m.end() - 1)
+        # A box that is still open where a later, unclosed box starts never closes: scanning
+        # up to there keeps the search linear even for hostile text.
+        inner = _balanced(text, m.end() - 1, end)
         if inner is not None:
             return inner
+        end = m.start()
     bare = _BOXED_BARE.findall(text)
     return bare[-1] if bare else None
 
@@ -76,6 +81,8 @@ def clean_answer(answer: str | None) -> str | None:
     if answer is None:
         return None
     s = answer.strip()
+    if len(s) > MAX_ANSWER_CHARS:
+        return s  # graded wrong anyway; not worth unwrapping
     changed = True
     while changed and s:
         changed = False

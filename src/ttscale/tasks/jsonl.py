@@ -109,8 +109,8 @@ def _load(path: Path) -> list[Problem]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            raise TTScaleError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno})"
-                               ) from None
+            raise TTScaleError(f"{path}, line {lineno}: malformed JSON ({e.msg}, column "
+                               f"{e.colno})") from None
         problems.append(_problem(record, path, lineno))
     if not problems:
         raise TTScaleError(f"task file {str(path)!r} holds no problems")
@@ -118,7 +118,7 @@ def _load(path: Path) -> list[Problem]:
 
 
 def _problem(record: Any, path: Path, lineno: int) -> Problem:
-    where = f"{path}:{lineno}"
+    where = f"{path}, line {lineno}"
     if not isinstance(record, dict):
         raise TTScaleError(f"{where}: expected a JSON object, got {type(record).__name__}")
     if _strings(record, "question", "answer"):

@@ -16,7 +16,7 @@ MAX_DEPTH = 16
 MAX_DIGITS = 12
 MAX_MAGNITUDE = 10**15
 
-_TOKEN = re.compile(r"\s*(?:(\d+)|(\*\*|[-+*/()^]))")
+_TOKEN = re.compile(r"\s*(?:(\d+)|(\*\*|[-+*/()^]))", re.ASCII)  # ASCII digits only
 
 
 class UnsafeExpression(ValueError):

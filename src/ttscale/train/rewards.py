@@ -63,7 +63,7 @@ def well_formed(task: Task, completion: str, finished: bool = True) -> float:
     """
     lines = [ln for ln in completion.split("\n") if ln.strip()]
     answers = [ln for ln in lines if ln.lstrip().startswith("A:")]
-    if not finished or len(answers) != 1 or not lines or lines[-1] is not answers[0]:
+    if not finished or len(answers) != 1 or not lines[-1].lstrip().startswith("A:"):
         return 0.0
     answer = task.extract_answer(completion)
     return 1.0 if answer else 0.0

@@ -1,0 +1,154 @@
+"""A plain-PyTorch decoder for Llama-, Qwen2- and Mistral-family checkpoints (gpt-fast style).
+
+One forward serves prefill and decode: each row of the batch carries its own positions, writes
+its keys and values into the preallocated cache at those positions and attends, under a mask,
+to its own earlier positions. Numerics follow transformers' implementation step by step (RMSNorm
+in float32, rotate-half RoPE), so greedy decoding matches it token for token.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ttscale.engine.kv_cache import KVCache
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture, read from a Hugging Face config.json by `engine.loader`."""
+
+    vocab_size: int
+    d_model: int
+    n_layer: int
+    n_head: int
+    n_kv_head: int
+    head_dim: int
+    d_ff: int
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    max_position: int = 2048
+    tie_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    sliding_window: int | None = None  # attend to at most this many positions (Mistral)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd, h, kvh = cfg.head_dim, cfg.n_head, cfg.n_kv_head
+        self.wqkv = nn.Linear(cfg.d_model, (h + 2 * kvh) * hd, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(h * hd, cfg.d_model, bias=cfg.o_bias)
+
+    def forward(self, x, cos, sin, k_cache, v_cache, rows, row0, pos, kv_len, mask):
+        cfg = self.cfg
+        b, m, _ = x.shape
+        hd, h, kvh = cfg.head_dim, cfg.n_head, cfg.n_kv_head
+        q, k, v = self.wqkv(x).split([h * hd, kvh * hd, kvh * hd], dim=-1)
+        q = q.view(b, m, h, hd).transpose(1, 2)
+        k = k.view(b, m, kvh, hd).transpose(1, 2)
+        v = v.view(b, m, kvh, hd)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k_cache[rows, :, pos] = k.transpose(1, 2)
+        v_cache[rows, :, pos] = v
+        keys = k_cache[row0:row0 + b, :, :kv_len]
+        values = v_cache[row0:row0 + b, :, :kv_len]
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=kvh != h)
+        return self.wo(y.transpose(1, 2).reshape(b, m, h * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.d_ff = cfg.d_ff
+        self.w_gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=cfg.mlp_bias)
+        self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).split(self.d_ff, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+
+class Transformer(nn.Module):
+    """The decoder. `forward` computes new tokens of a contiguous range of cache rows."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.rope_cos: torch.Tensor | None = None
+        self.rope_sin: torch.Tensor | None = None
+
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied matrix is counted once
+
+    def setup_rope(self, length: int) -> None:
+        """cos/sin tables for positions 0..length-1, computed in float32 as transformers does."""
+        cfg, dev = self.cfg, self.embed.weight.device
+        inv_freq = 1.0 / (cfg.rope_theta ** (
+            torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=dev).float() / cfg.head_dim))
+        freqs = torch.arange(length, device=dev).float()[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        dtype = self.embed.weight.dtype
+        self.rope_cos, self.rope_sin = emb.cos().to(dtype), emb.sin().to(dtype)
+
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, row0: int,
+                kv_len: int, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of new tokens.
+
+        tokens, pos: [B, M] token ids and their positions, for cache rows row0 .. row0+B-1
+        (padding tokens carry position `cache.scratch`, a slot that is never attended to).
+        mask: [B, 1, M, kv_len] bool, True where a query may attend to a cache position.
+        last: [B] index in 0..M-1 of the token whose logits are wanted (default: every token).
+        """
+        b, m = tokens.shape
+        x = self.embed(tokens)
+        cos = self.rope_cos[pos].unsqueeze(1)
+        sin = self.rope_sin[pos].unsqueeze(1)
+        rows = torch.arange(row0, row0 + b, device=tokens.device)[:, None].expand(b, m)
+        for i, layer in enumerate(self.layers):
+            k_cache, v_cache = cache.layer(i)
+            x = x + layer.attn(layer.attn_norm(x), cos, sin, k_cache, v_cache, rows, row0, pos,
+                                    kv_len, mask)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        if last is not None:
+            x = x[torch.arange(b, device=x.device), last]
+        return self.lm_head(self.norm(x)).float()

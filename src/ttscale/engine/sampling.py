@@ -1,0 +1,142 @@
+"""Sampling parameters (validation) and batched sampling without per-row loops or device syncs.
+
+Randomness comes from a counter-based generator: the noise of sample j of a request at its t-th
+token is a hash of (seed, j, t, token id). A seeded request therefore draws the same samples
+whatever else shares its batch, on any device, and sample j does not depend on n. Sampling
+uses the Gumbel-max trick on the temperature-scaled, top-k / top-p filtered logits, which draws
+exactly from the softmax distribution.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import fields
+
+import torch
+
+from ttscale.errors import TTScaleError, out_of_range, unknown
+from ttscale.types import SamplingParams
+
+MAX_N = 1024
+MAX_TOP_LOGPROBS = 20
+M32 = 0xFFFFFFFF
+_MUL = 0x45D9F3B  # below 2**31, so a product with a 32-bit value fits in int64
+
+
+def make_params(**options) -> SamplingParams:
+    """SamplingParams from keyword options; an unknown option names the accepted ones."""
+    names = [f.name for f in fields(SamplingParams)]
+    for key in options:
+        if key not in names:
+            raise unknown("sampling option", key, names)
+    params = SamplingParams(**options)
+    check_params(params)
+    return params
+
+
+def check_params(p: SamplingParams, context_length: int | None = None) -> None:
+    """Raise TTScaleError naming the first bad value and its accepted range."""
+    if not isinstance(p, SamplingParams):
+        raise TTScaleError(f"params must be a SamplingParams, got {type(p).__name__}")
+    if isinstance(p.n, bool) or not isinstance(p.n, int) or not 1 <= p.n <= MAX_N:
+        raise out_of_range("n", p.n, f"an integer in 1..{MAX_N}")
+    limit = context_length if context_length else 2**31
+    if isinstance(p.max_tokens, bool) or not isinstance(p.max_tokens, int) or not 1 <= p.max_tokens <= limit:
+        raise out_of_range("max_tokens", p.max_tokens, f"an integer in 1..{limit}"
+                           + (" (the model's context)" if context_length else ""))
+    if not isinstance(p.temperature, (int, float)) or not math.isfinite(p.temperature) or p.temperature < 0:
+        raise out_of_range("temperature", p.temperature, "a finite number >= 0 (0 means greedy)")
+    if not isinstance(p.top_p, (int, float)) or not 0 < p.top_p <= 1:
+        raise out_of_range("top_p", p.top_p, "a number in (0, 1]")
+    if isinstance(p.top_k, bool) or not isinstance(p.top_k, int) or p.top_k < 0:
+        raise out_of_range("top_k", p.top_k, "an integer >= 0 (0 means off)")
+    if isinstance(p.top_logprobs, bool) or not isinstance(p.top_logprobs, int) \
+            or not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
+        raise out_of_range("top_logprobs", p.top_logprobs, f"an integer in 0..{MAX_TOP_LOGPROBS}")
+    if p.seed is not None and (isinstance(p.seed, bool) or not isinstance(p.seed, int)):
+        raise out_of_range("seed", p.seed, "an integer or None")
+    stops = normalize_stop(p.stop)
+    if any(not isinstance(s, str) or not s for s in stops):
+        raise out_of_range("stop", p.stop, "a list of non-empty strings")
+
+
+def normalize_stop(stop) -> list[str]:
+    """OpenAI accepts a single string or a list; None means no stop strings."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        return [stop]
+    return list(stop)
+
+
+def _mix_py(x: int) -> int:
+    x = ((x >> 16) ^ x) * _MUL & M32
+    x = ((x >> 16) ^ x) * _MUL & M32
+    return (x >> 16) ^ x
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    x = ((x >> 16) ^ x) * _MUL & M32
+    x = ((x >> 16) ^ x) * _MUL & M32
+    return (x >> 16) ^ x
+
+
+def sample_key(seed: int | None, index: int) -> int:
+    """The 32-bit stream key of sample `index` of a request (a random seed when None)."""
+    if seed is None:
+        seed = random.SystemRandom().getrandbits(63)
+    seed &= (1 << 64) - 1
+    return _mix_py(_mix_py(_mix_py(seed & M32) ^ (seed >> 32)) ^ (index & M32) ^ 0x9E3779B9)
+
+
+def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, vocab] uniforms in (0, 1), a pure function of (key, step, token id)."""
+    k = _mix(keys ^ _mix(steps & M32))
+    v = _mix(torch.arange(vocab, device=keys.device, dtype=torch.int64) + 0x632BE5AB)
+    h = _mix((k[:, None] ^ v[None, :]) & M32)
+    return ((h >> 8).float() + 0.5) * (1.0 / (1 << 24))
+
+
+class RowParams:
+    """Per-row sampling settings as device tensors, plus what Python needs to skip work."""
+
+    def __init__(self, temperature: list[float], top_p: list[float], top_k: list[int],
+                 keys: list[int], device: torch.device):
+        self.temperature = torch.tensor(temperature, dtype=torch.float32, device=device)
+        self.top_p = torch.tensor(top_p, dtype=torch.float32, device=device)
+        self.top_k = torch.tensor(top_k, dtype=torch.int64, device=device)
+        self.keys = torch.tensor(keys, dtype=torch.int64, device=device)
+        self.any_greedy = any(t == 0 for t in temperature)
+        self.all_greedy = all(t == 0 for t in temperature)
+        self.any_filter = any(p < 1 for p in top_p) or any(k > 0 for k in top_k)
+
+
+def sample(logits: torch.Tensor, rp: RowParams, steps: torch.Tensor) -> torch.Tensor:
+    """One token per row of `logits` [R, V] (float32); rows with temperature 0 take the argmax."""
+    greedy = logits.argmax(-1) if rp.any_greedy else None
+    if rp.all_greedy:
+        return greedy
+    t = rp.temperature.clamp_min(1e-5)[:, None]
+    scaled = logits / t
+    if rp.any_filter:
+        scaled = _filter(scaled, rp.top_k, rp.top_p)
+    u = uniform_noise(rp.keys, steps, logits.shape[-1])
+    drawn = (scaled - torch.log(-torch.log(u))).argmax(-1)
+    if greedy is None:
+        return drawn
+    return torch.where(rp.temperature == 0, greedy, drawn)
+
+
+def _filter(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) the tokens outside each row's top-k and top-p nucleus, in that order."""
+    vocab = scaled.shape[-1]
+    sorted_logits, order = scaled.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=scaled.device)[None, :]
+    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))[:, None]
+    sorted_logits = sorted_logits.masked_fill(ranks >= k, float("-inf"))
+    probs = sorted_logits.softmax(-1)
+    before = probs.cumsum(-1) - probs  # mass of the better tokens
+    remove = (before >= top_p[:, None]) & (ranks > 0)
+    remove |= ranks >= k
+    mask = torch.zeros_like(remove).scatter(1, order, remove)
+    return scaled.masked_fill(mask, float("-inf"))

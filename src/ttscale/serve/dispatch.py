@@ -1,0 +1,103 @@
+"""Which strategy answers a request: the `ttscale` object, a model-name prefix, or the plan.
+
+`model: "majority-8/ttscale-base"` means majority voting over 8 samples; `model:
+"beam_search/ttscale-base"` beam search with its defaults; `{"ttscale": {"strategy": "auto",
+"budget_flops": 1e12}}` the planner's choice for that budget. No strategy: plain sampling.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from ttscale.serve.errors import APIError, bad_request
+from ttscale.serve.schemas import TTScaleOptions
+
+AUTO = "auto"
+_PREFIX = re.compile(r"^(?P<name>[A-Za-z_][\w.]*?)(?:-(?P<n>\d{1,6}))?/(?P<model>.+)$")
+
+
+def strategies() -> dict[str, tuple[Any, type]]:
+    """The strategy registry, with every module of `ttscale.strategies` imported."""
+    import ttscale.strategies as pkg
+    from ttscale.strategies.base import STRATEGIES
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        importlib.import_module(f"ttscale.strategies.{mod.name}")
+    return STRATEGIES
+
+
+@dataclass
+class Choice:
+    """How to answer one request."""
+
+    model: str  # the served model the request names
+    strategy: str | None = None  # None: plain sampling
+    n: int | None = None
+    scorer: str | None = None
+    budget_flops: float | None = None
+    return_candidates: bool = False
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve(model: str, options: TTScaleOptions | None, served: str) -> Choice:
+    """The Choice for a request's `model` field and `ttscale` object (404 for another model)."""
+    opts = options or TTScaleOptions()
+    choice = Choice(served, opts.strategy, opts.n, opts.scorer, opts.budget_flops,
+                    opts.return_candidates, dict(opts.params))
+    if model != served:
+        m = _PREFIX.match(model)
+        if not m or m.group("model") != served or not _known(m.group("name")):
+            raise APIError(404, f"the model {model!r} does not exist; this server serves "
+                           f"{served!r}, optionally prefixed by a strategy "
+                           f"('majority-8/{served}'); see /v1/models", code="model_not_found",
+                           param="model")
+        if choice.strategy is None:
+            choice.strategy = m.group("name")
+        if choice.n is None and m.group("n"):
+            choice.n = int(m.group("n"))
+    if choice.strategy is not None and not _known(choice.strategy):
+        names = ", ".join([*sorted(strategies()), AUTO])
+        raise bad_request(f"unknown strategy {choice.strategy!r}; accepted: {names}",
+                          param="ttscale.strategy", code="unknown_strategy")
+    return choice
+
+
+def _known(name: str) -> bool:
+    return name == AUTO or name in strategies()
+
+
+def build_params(strategy: str, choice: Choice, sampling: dict[str, Any]) -> Any:
+    """The strategy's params object: its defaults, then the request's sampling fields, then
+    `ttscale.n`, `ttscale.budget_flops` and `ttscale.params` (unknown names are a 400)."""
+    _, cls = strategies()[strategy]
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in sampling.items() if v is not None and k in names}
+    if choice.n is not None:
+        if "n" not in names:
+            raise bad_request(f"strategy {strategy!r} takes no n", param="ttscale.n")
+        values["n"] = choice.n
+    if choice.budget_flops is not None and "budget_flops" in names:
+        values["budget_flops"] = choice.budget_flops
+    for k, v in choice.params.items():
+        if k not in names:
+            raise bad_request(f"strategy {strategy!r} has no parameter {k!r}; accepted: "
+                              f"{', '.join(sorted(names))}", param=f"ttscale.params.{k}")
+        values[k] = v
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise bad_request(f"bad parameters for strategy {strategy!r}: {e}",
+                          param="ttscale.params") from None
+
+
+def strategy_samples(params: Any) -> int:
+    """How many samples a params object asks for (its `n`, `iterations` or 1), for limits."""
+    for name in ("n", "iterations"):
+        v = getattr(params, name, None)
+        if isinstance(v, int):
+            return v
+    return 1

@@ -1,0 +1,133 @@
+"""Test-time strategies by name: `solve` one problem, `solve_many` a list, `get_params` to build
+and check a strategy's parameters.
+
+Every strategy is `fn(problem, task, generator, scorer, params) -> Solution`, registered in
+`STRATEGIES` with its parameter dataclass (see `strategies/base.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError, unknown
+from ttscale.rewards.base import Scorer
+from ttscale.strategies import parallel, sequential, stopping  # noqa: F401  (registration)
+from ttscale.strategies import beam, hybrid, mcts, rebase  # noqa: F401  (registration)
+from ttscale.strategies.base import STRATEGIES, Candidate, Meter, Solution, register
+from ttscale.tasks.base import Task
+from ttscale.types import Problem
+
+ParamsLike = Mapping[str, Any] | Any | None
+
+
+def strategy_names() -> list[str]:
+    return sorted(STRATEGIES)
+
+
+def _lookup(strategy: str) -> tuple[Any, type]:
+    if strategy not in STRATEGIES:
+        raise unknown("strategy", strategy, strategy_names())
+    return STRATEGIES[strategy]
+
+
+def _coerce(strategy: str, field: dataclasses.Field, value: Any) -> Any:
+    """A value given as text (from the command line) converted to the field's type."""
+    if not isinstance(value, str):
+        return value
+    hint = field.type if not isinstance(field.type, str) else None
+    names = str(field.type)
+    text = value.strip()
+    if text.lower() == "none" and ("None" in names or hint is type(None)):
+        return None
+    kinds = [t for t in ("bool", "int", "float") if t in names.replace("None", "")]
+    try:
+        if "bool" in kinds:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError
+        if "int" in kinds:
+            return int(text)
+        if "float" in kinds:
+            return float(text)
+    except ValueError:
+        raise TTScaleError(f"{strategy} parameter {field.name}={value!r} is not a "
+                           f"{' or '.join(kinds)}") from None
+    return value
+
+
+def get_params(strategy: str, params: ParamsLike = None, **kw: Any) -> Any:
+    """The parameter dataclass of `strategy`, built from a dict / dataclass / keywords, checked.
+
+    Unknown strategy or parameter names and values that make no sense raise TTScaleError;
+    values given as text (from the command line) are converted to the field's type.
+    """
+    _, cls = _lookup(strategy)
+    if isinstance(params, cls) and not kw:
+        return params
+    given: dict[str, Any] = {}
+    if params is not None:
+        if dataclasses.is_dataclass(params):
+            given.update(dataclasses.asdict(params))
+        elif isinstance(params, Mapping):
+            given.update(params)
+        else:
+            raise TTScaleError(f"params for {strategy} must be a dict or {cls.__name__}, "
+                               f"not {type(params).__name__}")
+    given.update(kw)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in given:
+        if name not in fields:
+            raise unknown(f"parameter for {strategy}", name, sorted(fields))
+    try:
+        return cls(**{k: _coerce(strategy, fields[k], v) for k, v in given.items()})
+    except TypeError as e:  # a value of the wrong type compared with a number
+        raise TTScaleError(f"bad parameter for {strategy}: {e}") from None
+
+
+def solve(problem: Problem, task: Task, generator: Generator, strategy: str = "greedy",
+          params: ParamsLike = None, scorer: Scorer | None = None) -> Solution:
+    """Run one strategy on one problem: the chosen answer, every candidate, the exact cost."""
+    fn, _ = _lookup(strategy)
+    return fn(problem, task, generator, scorer, get_params(strategy, params))
+
+
+def solve_many(problems: Sequence[Problem], task: Task, generator: Generator,
+               strategy: str = "greedy", params: ParamsLike = None,
+               scorer: Scorer | None = None) -> list[Solution]:
+    """`solve` for each problem in turn (parameters are checked once, before any work)."""
+    fn, _ = _lookup(strategy)
+    p = get_params(strategy, params)
+    return [fn(problem, task, generator, scorer, p) for problem in problems]
+
+
+def summarize(task: Task, problems: Sequence[Problem], solutions: Sequence[Solution]
+              ) -> dict[str, Any]:
+    """Accuracy and mean cost over problems, and one record per problem (`ttscale solve`)."""
+    rows = []
+    for p, s in zip(problems, solutions):
+        rows.append({
+            "id": p.id, "question": p.question, "gold": p.answer, "answer": s.answer,
+            "correct": bool(task.check(p, s.answer)), "flops": s.cost.flops,
+            "tokens": s.cost.tokens, "policy_flops": s.cost.policy_flops,
+            "verifier_flops": s.cost.verifier_flops, "policy_tokens": s.cost.policy_tokens,
+            "verifier_tokens": s.cost.verifier_tokens, "wall_s": s.cost.wall_s,
+            "num_candidates": len(s.candidates),
+        })
+    k = max(len(rows), 1)
+    return {
+        "accuracy": sum(r["correct"] for r in rows) / k,
+        "num_problems": len(rows),
+        "mean_flops": sum(r["flops"] for r in rows) / k,
+        "mean_tokens": sum(r["tokens"] for r in rows) / k,
+        "problems": rows,
+    }
+
+
+__all__ = ["STRATEGIES", "Candidate", "Meter", "Solution", "get_params", "register", "solve",
+           "solve_many", "strategy_names", "summarize"]

@@ -1,0 +1,337 @@
+"""RL from verifiable rewards: GRPO with TRL's `GRPOTrainer` on the task oracle's rewards.
+
+For each prompt the policy samples a group of `num_generations` completions; each completion's
+advantage is its reward minus the group mean, over the group std; the loss is the clipped
+policy-gradient objective, plus `beta` times the KL to the frozen starting model. TRL does the
+sampling, advantages, clipping and KL; this module chooses the data and the rewards
+(`ttscale.train.rewards`), checks the configuration before any work starts, logs one JSONL
+record per step, checkpoints, resumes from the last complete checkpoint, and turns a failure
+(a reward function that raises, a non-finite loss, an interruption) into one clear message
+that names the checkpoint that was kept.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ttscale.errors import TTScaleError, out_of_range, unknown
+from ttscale.models.registry import resolve_model
+from ttscale.tasks import BuiltinTask, Task, get_task
+from ttscale.train.rewards import RewardConfig, RewardFunc, checked, oracle_reward_funcs
+from ttscale.types import Problem
+
+TRL_VERSION = "1.16.0"  # pinned in pyproject.toml; the trainer's internals changed across releases
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+@dataclass
+class RLConfig:
+    """Settings of one GRPO run; every field is recorded in `training.json` and the model card.
+
+    Names follow TRL's `GRPOConfig` where the concept is the same.
+    """
+
+    task: str = "arith"
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3])
+    steps: int = 100  # optimizer steps
+    num_generations: int = 8  # samples per prompt (one group)
+    generation_batch_size: int = 32  # completions per step: generation_batch_size / num_generations prompts
+    num_iterations: int = 1  # policy updates per generated batch; > 1 makes the ratio clip bite
+    max_completion_length: int = 96
+    temperature: float = 1.0
+    top_p: float = 1.0
+    learning_rate: float = 1e-4
+    beta: float = 0.02  # KL weight to the starting model; 0 loads no reference and logs no KL
+    epsilon: float = 0.2  # clip range of the probability ratio
+    loss_type: str = "dapo"  # token-level normalisation (TRL's default)
+    scale_rewards: str = "group"  # divide advantages by the group std ("none": Dr. GRPO)
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    num_train_problems: int = 4000  # distinct training problems, cycled if the run needs more
+    save_steps: int = 20  # checkpoint every this many steps (two are kept)
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.generation_batch_size // self.num_generations
+
+
+class RLRunError(RuntimeError):
+    """A run stopped before its end; the message names the last complete checkpoint."""
+
+
+# -- start-up checks ---------------------------------------------------------------------------
+def check_rl_config(cfg: RLConfig, task: Task, model_config: dict | None = None) -> None:
+    """Reject a configuration that would fail or teach nothing, before any work starts."""
+    import trl
+
+    if trl.__version__ != TRL_VERSION:
+        raise TTScaleError(f"trl=={trl.__version__} is installed; accepted: trl=={TRL_VERSION} "
+                           f"(pip install 'trl=={TRL_VERSION}')")
+    if cfg.num_generations < 2:
+        raise out_of_range("num_generations", cfg.num_generations,
+                           ">= 2 (group-relative advantages need at least two samples per prompt)")
+    if cfg.generation_batch_size < cfg.num_generations or cfg.generation_batch_size % cfg.num_generations:
+        raise out_of_range("generation_batch_size", cfg.generation_batch_size,
+                           f"a multiple of num_generations={cfg.num_generations} (whole groups per step)")
+    for name, lo in (("steps", 1), ("num_iterations", 1), ("max_completion_length", 1),
+                     ("save_steps", 1), ("num_train_problems", 1)):
+        if int(getattr(cfg, name)) < lo:
+            raise out_of_range(name, getattr(cfg, name), f">= {lo}")
+    if not cfg.temperature > 0:
+        raise out_of_range("temperature", cfg.temperature, "> 0 (GRPO needs diverse samples)")
+    if not 0 < cfg.top_p <= 1:
+        raise out_of_range("top_p", cfg.top_p, "in (0, 1]")
+    for name in ("learning_rate", "epsilon"):
+        if not (math.isfinite(getattr(cfg, name)) and getattr(cfg, name) > 0):
+            raise out_of_range(name, getattr(cfg, name), "a finite number > 0")
+    if not (math.isfinite(cfg.beta) and cfg.beta >= 0):
+        raise out_of_range("beta", cfg.beta, "a finite number >= 0")
+    if cfg.loss_type not in LOSS_TYPES:
+        raise unknown("loss_type", cfg.loss_type, LOSS_TYPES)
+    if cfg.scale_rewards not in SCALE_REWARDS:
+        raise unknown("scale_rewards", cfg.scale_rewards, SCALE_REWARDS)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TTScaleError(f"device {cfg.device!r} is not available here; accepted: cpu")
+    if isinstance(task, BuiltinTask):
+        if not cfg.levels:
+            raise TTScaleError(f"no levels given; accepted: some of {list(task.levels)}")
+        for lv in cfg.levels:
+            if lv not in task.levels:
+                raise unknown("level", lv, task.levels)
+    cfg.rewards.check(task)
+    if model_config:
+        ctx = model_config.get("max_position_embeddings")
+        longest = 1 + max((len(p.prompt) for p in _sample_prompts(task, cfg)), default=0)
+        if ctx and longest + cfg.max_completion_length > ctx:
+            raise out_of_range("max_completion_length", cfg.max_completion_length,
+                               f"<= {ctx - longest} (the model's context is {ctx} tokens and prompts "
+                               f"take up to {longest})")
+
+
+def _sample_prompts(task: Task, cfg: RLConfig) -> list[Problem]:
+    return [p for lv in (cfg.levels if isinstance(task, BuiltinTask) else [None])
+            for p in task.problems(split="train", level=lv, n=8, seed=cfg.seed)]
+
+
+def training_problems(task: Task, cfg: RLConfig) -> list[Problem]:
+    """Distinct train-split problems, levels interleaved in a seeded random order."""
+    levels = cfg.levels if isinstance(task, BuiltinTask) else [None]
+    per_level = max(1, cfg.num_train_problems // len(levels))
+    out: list[Problem] = []
+    for lv in levels:
+        try:
+            out += task.problems(split="train", level=lv, n=per_level, seed=cfg.seed)
+        except TTScaleError:  # a small level has fewer distinct problems: take them all
+            out += _all_problems(task, lv, cfg.seed)
+    random.Random(cfg.seed).shuffle(out)
+    return out
+
+
+def _all_problems(task: Task, level: int | None, seed: int) -> list[Problem]:
+    n = 4096
+    while n >= 1:
+        try:
+            return task.problems(split="train", level=level, n=n, seed=seed)
+        except TTScaleError:
+            n //= 2
+    return []
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+def last_checkpoint(out: str | Path) -> Path | None:
+    """The newest complete checkpoint in `out` (its trainer state is written last), or None."""
+    out = Path(out)
+    best: tuple[int, Path] | None = None
+    for d in out.glob("checkpoint-*") if out.exists() else []:
+        try:
+            step = int(d.name.split("-")[1])
+            json.loads((d / "trainer_state.json").read_text())
+        except (ValueError, IndexError, OSError):
+            continue
+        if best is None or step > best[0]:
+            best = (step, d)
+    return best[1] if best else None
+
+
+def _read_log(path: Path, upto: int | None) -> list[dict]:
+    """Log records up to step `upto` (None: all); later ones belong to work the checkpoint lost."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if upto is None or r.get("step", 0) <= upto:
+            rows.append(r)
+    return rows
+
+
+# -- the run -----------------------------------------------------------------------------------
+def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[RewardFunc] | None = None,
+             reward_weights: Sequence[float] | None = None, progress: bool = True,
+             callbacks: Sequence | None = None) -> dict:
+    """Run GRPO from `model` (a shipped name or a directory) and save the policy to `out`.
+
+    Rewards come from the task oracle (`cfg.rewards`) unless `reward_funcs` (TRL-style
+    callables) are given. If `out` holds a checkpoint, the run resumes from it. Returns the
+    summary that is also written to `out/training.json` (with `parent`).
+    """
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    out = Path(out)
+    model_dir = resolve_model(model)
+    task = get_task(cfg.task)
+    model_config = json.loads((Path(model_dir) / "config.json").read_text())
+    check_rl_config(cfg, task, model_config)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+
+    problems = training_problems(task, cfg)
+    by_id = {p.id: p for p in problems}
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if reward_funcs is None:
+        funcs, weights = oracle_reward_funcs(task, by_id, cfg.rewards, eos_id=tokenizer.eos_token_id)
+    else:
+        funcs = [checked(f) for f in reward_funcs]
+        weights = list(reward_weights) if reward_weights is not None else [1.0] * len(funcs)
+        if len(weights) != len(funcs):
+            raise TTScaleError(f"{len(weights)} reward weights for {len(funcs)} reward functions; "
+                               "accepted: one weight per function")
+    dataset = Dataset.from_list([{"prompt": p.prompt, "problem_id": p.id} for p in problems])
+
+    ckpt = last_checkpoint(out)
+    log_path = out / "train_log.jsonl"
+    history = _read_log(log_path, int(ckpt.name.split("-")[1]) if ckpt else 0)
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in history))
+    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
+
+    args = GRPOConfig(
+        output_dir=str(out), max_steps=cfg.steps, per_device_train_batch_size=cfg.generation_batch_size,
+        gradient_accumulation_steps=1, num_generations=cfg.num_generations,
+        num_iterations=cfg.num_iterations, max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=cfg.warmup_steps, beta=cfg.beta,
+        epsilon=cfg.epsilon, loss_type=cfg.loss_type, scale_rewards=cfg.scale_rewards,
+        reward_weights=list(weights), max_grad_norm=cfg.max_grad_norm, logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2, report_to=[],
+        disable_tqdm=True, seed=cfg.seed, data_seed=cfg.seed, use_cpu=cfg.device == "cpu",
+        bf16=False, fp16=False, remove_unused_columns=False, log_completions=False,
+        logging_nan_inf_filter=False, dataloader_num_workers=0,
+    )
+    policy = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    class _Log(TrainerCallback):
+        """One JSONL record per step, and the progress bar."""
+
+        def __init__(self) -> None:
+            self.bar = None
+            self.t0 = time.time()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = tqdm(total=cfg.steps, initial=state.global_step, disable=not progress,
+                            desc=f"grpo {out.name}")
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not logs or "reward" not in logs:
+                return
+            rec = step_record(state.global_step, logs, elapsed_before + time.time() - self.t0)
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.bar is not None:
+                self.bar.n = state.global_step
+                self.bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", acc=f"{rec['accuracy']:.2f}",
+                                     len=f"{rec['mean_length']:.0f}", zero_std=f"{rec['frac_zero_std']:.2f}")
+                self.bar.refresh()
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    trainer = _guarded_trainer_class()(model=policy, reward_funcs=funcs, args=args, train_dataset=dataset,
+                                       processing_class=tokenizer, callbacks=[_Log(), *(callbacks or [])])
+    t0 = time.time()
+    try:
+        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+    except BaseException as e:  # noqa: BLE001 - every failure is reported the same way, then re-raised
+        kept = last_checkpoint(out)
+        where = f"last good checkpoint kept at {kept}" if kept else "no checkpoint was written yet"
+        what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        raise RLRunError(f"RL run stopped at step {trainer.state.global_step} ({what}); {where}; "
+                         "rerun the same command to resume") from e
+
+    wall = elapsed_before + time.time() - t0
+    from ttscale.train.sft import save_model
+
+    save_model(trainer.model, out)
+    history = _read_log(log_path, None)
+    summary = {
+        "kind": "policy", "method": "grpo", "parent": Path(model_dir).name, "parent_path": str(model_dir),
+        "config": asdict(cfg), "steps": trainer.state.global_step, "wall_s": round(wall, 1),
+        "params": sum(p.numel() for p in trainer.model.parameters()),
+        "completion_tokens": int(sum(r["mean_length"] * cfg.generation_batch_size for r in history)),
+        "first_steps": _mean_of(history[:10]), "last_steps": _mean_of(history[-10:]),
+        "trl": TRL_VERSION, "torch": torch.__version__, "device": cfg.device,
+    }
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for d in out.glob("checkpoint-*"):
+        shutil.rmtree(d, ignore_errors=True)
+    return summary
+
+
+def step_record(step: int, logs: dict, elapsed_s: float) -> dict:
+    """The per-step log record, from TRL's metric names to ours."""
+    rec = {
+        "step": step, "reward_mean": logs.get("reward"), "reward_std": logs.get("reward_std"),
+        "accuracy": logs.get("rewards/correctness/mean", float("nan")),
+        "mean_length": logs.get("completions/mean_length"), "frac_zero_std": logs.get("frac_reward_zero_std"),
+        "kl": logs.get("kl"), "loss": logs.get("loss"), "lr": logs.get("learning_rate"),
+        "clip_ratio": logs.get("clip_ratio/region_mean"), "entropy": logs.get("entropy"),
+        "truncated": logs.get("completions/clipped_ratio"), "elapsed_s": round(elapsed_s, 2),
+    }
+    for k, v in logs.items():
+        if k.startswith("rewards/") and k.endswith("/mean"):
+            rec["reward_" + k.split("/")[1]] = v
+    return rec
+
+
+def _mean_of(rows: list[dict]) -> dict:
+    keys = ("reward_mean", "accuracy", "mean_length", "frac_zero_std", "kl")
+    out = {}
+    for k in keys:
+        vals = [r[k] for r in rows if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
+        out[k] = round(sum(vals) / len(vals), 4) if vals else None
+    return out
+
+
+def _guarded_trainer_class():
+    from trl import GRPOTrainer
+
+    class GuardedGRPOTrainer(GRPOTrainer):
+        """GRPOTrainer that stops on a non-finite loss before the optimizer applies it."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not torch.isfinite(loss).all():
+                raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.state.global_step + 1}")
+            return loss
+
+    return GuardedGRPOTrainer
