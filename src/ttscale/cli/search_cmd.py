@@ -1,1 +1,66 @@
-"""Commands of this group are added by the issue that builds them."""
+"""`ttscale train prm` (learned PRM/ORM) and `ttscale tree` (a search tree as a local HTML page)."""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ttscale.cli.app import app, train_app
+
+
+@train_app.command("prm")
+def train_prm_cmd(
+    out: Path = typer.Option(..., help="Output directory of the reward model (Hugging Face format)."),
+    policy: str = typer.Option("ttscale-small", help="Policy whose samples are labelled: name or directory."),
+    task: Optional[list[str]] = typer.Option(None, help="Built-in task (repeatable); default: arith and countdown."),
+    level: Optional[list[int]] = typer.Option(None, help="Level (repeatable); default: 2, 3, 4."),
+    kind: str = typer.Option("prm", help="prm (a label per step) or orm (one label per solution)."),
+    problems: int = typer.Option(24, help="Training problems per (task, level)."),
+    samples: int = typer.Option(4, help="Solutions sampled per problem."),
+    rollouts: int = typer.Option(4, help="Math-Shepherd rollouts per step (k)."),
+    label: str = typer.Option("soft", help="soft (fraction of rollouts right) or hard (any right)."),
+    heldout_problems: int = typer.Option(12, help="Held-out problems per (task, level) for the card."),
+    init: str = typer.Option("policy", help="Backbone from the policy's weights, or scratch."),
+    size: Optional[str] = typer.Option(None, help="With --init scratch: a family size."),
+    steps: int = typer.Option(300, help="Optimizer steps."),
+    batch_size: int = typer.Option(32, help="Solutions per step."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature of solutions and rollouts."),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Train a reward model on the policy's own samples, labelled Math-Shepherd-style."""
+    from ttscale.train.prm import PRMConfig, train_prm
+
+    cfg = PRMConfig(policy=policy, tasks=task or ["arith", "countdown"], levels=level or [2, 3, 4],
+                    kind=kind, problems=problems, samples=samples, rollouts=rollouts, label=label,
+                    heldout_problems=heldout_problems, init=init, size=size, steps=steps,
+                    batch_size=batch_size, lr=lr, temperature=temperature, seed=seed, device=device)
+    command = "ttscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    summary = train_prm(cfg, out, command=command)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    m = summary["metrics"]
+    print(f"saved {kind} to {out}: loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}, "
+          f"held-out step accuracy {m['step_accuracy']:.3f}, ProcessBench F1 {m['processbench_f1']:.3f}, "
+          f"{summary['wall_s']} s")
+
+
+@app.command("tree")
+def tree_cmd(
+    file: Path = typer.Argument(..., help="A tree JSON (Solution.tree, or a saved Solution)."),
+    out: Optional[Path] = typer.Option(None, help="HTML file to write; default: FILE with .html."),
+    title: Optional[str] = typer.Option(None, help="Page title."),
+) -> None:
+    """Render a search tree (beam, DVTS, MCTS, REBASE) as one self-contained HTML page."""
+    from ttscale.eval.trees import write_tree_html
+    from ttscale.strategies.tree import Tree
+
+    path = write_tree_html(Tree.load(file), out or file.with_suffix(".html"), title)
+    print(path)

@@ -1,1 +1,92 @@
-"""Commands of this group are added by the issue that builds them."""
+"""`ttscale serve` (see ttscale.serve.build.serve) and `ttscale bench serve` (see
+ttscale.eval.bench_serve)."""
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ttscale.cli.app import app, bench_app
+from ttscale.serve.limits import Limits
+
+
+@app.command("serve")
+def serve_cmd(
+    model: str = typer.Option(None, "--model", help="Shipped model name or directory for the "
+                              "embedded engine (default: the largest shipped model)."),
+    upstream: list[str] = typer.Option([], "--upstream", help="Base URL of an OpenAI-compatible "
+                                       "server (vLLM, SGLang, llama.cpp, Ollama); repeatable."),
+    upstream_model: str = typer.Option(None, "--upstream-model", help="The model's name on the "
+                                       "upstream (default: the first one it lists)."),
+    upstream_params: int = typer.Option(0, "--upstream-params", help="Parameters of the "
+                                        "upstream model (for FLOPs)."),
+    upstream_layers: int = typer.Option(0, "--upstream-layers", help="Its layers (for FLOPs)."),
+    upstream_d_model: int = typer.Option(0, "--upstream-d-model", help="Its width (for FLOPs)."),
+    upstream_shape: str = typer.Option(None, "--upstream-shape", help="Read the upstream "
+                                       "model's shape from this local checkpoint instead."),
+    upstream_chat: bool = typer.Option(False, "--upstream-chat", help="Strategies sample "
+                                       "through the upstream's chat endpoint."),
+    upstream_api_key: str = typer.Option(None, "--upstream-api-key", envvar="TTSCALE_UPSTREAM_API_KEY",
+                                         help="Key for the upstream."),
+    api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key; repeatable "
+                                      "(also $TTSCALE_API_KEYS, comma-separated). None: open."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+    port: int = typer.Option(8000, "--port"),
+    plan: str = typer.Option(None, "--plan", help="Compute plan (from `ttscale plan`) for "
+                             "strategy 'auto'."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: str = typer.Option("float32", "--dtype"),
+    max_n: int = typer.Option(Limits.max_n, "--max-n", help="Most choices (n) per request."),
+    max_samples: int = typer.Option(Limits.max_samples, "--max-samples",
+                                    help="Most samples one strategy run may draw."),
+    max_tokens: int = typer.Option(Limits.max_tokens, "--max-tokens"),
+    max_budget_flops: float = typer.Option(Limits.max_budget_flops, "--max-budget-flops"),
+    max_prompt_chars: int = typer.Option(Limits.max_prompt_chars, "--max-prompt-chars"),
+    max_body_bytes: int = typer.Option(Limits.max_body_bytes, "--max-body-bytes"),
+    max_concurrency: int = typer.Option(Limits.max_concurrency, "--max-concurrency",
+                                        help="Requests worked on at once."),
+    max_queue: int = typer.Option(Limits.max_queue, "--max-queue",
+                                  help="Requests waiting beyond those; then 429."),
+    request_timeout: float = typer.Option(Limits.request_timeout_s, "--request-timeout",
+                                          help="Seconds per request; then 504."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log each request's path and "
+                                    "status (never bodies or keys)."),
+) -> None:
+    """An OpenAI-compatible server that answers with test-time compute."""
+    from ttscale.serve.build import ServeOptions, serve
+
+    limits = Limits(max_n=max_n, max_samples=max_samples, max_tokens=max_tokens,
+                    max_budget_flops=max_budget_flops, max_prompt_chars=max_prompt_chars,
+                    max_body_bytes=max_body_bytes, max_concurrency=max_concurrency,
+                    max_queue=max_queue, request_timeout_s=request_timeout)
+    serve(ServeOptions(model=model, upstream=list(upstream), upstream_model=upstream_model,
+                       upstream_params=upstream_params, upstream_layers=upstream_layers,
+                       upstream_d_model=upstream_d_model, upstream_shape=upstream_shape,
+                       upstream_chat=upstream_chat, upstream_api_key=upstream_api_key,
+                       api_keys=list(api_key), host=host, port=port, plan=plan, device=device,
+                       dtype=dtype, limits=limits, access_log=access_log))
+
+
+@bench_app.command("serve")
+def bench_serve_cmd(
+    clients: int = typer.Option(64, "--clients", help="Concurrent clients."),
+    seconds: float = typer.Option(30.0, "--seconds", help="How long they send requests."),
+    model: str = typer.Option(None, "--model", help="Shipped model name or directory "
+                              "(default: the largest shipped model)."),
+    max_concurrency: int = typer.Option(Limits.max_concurrency, "--max-concurrency"),
+    max_queue: int = typer.Option(Limits.max_queue, "--max-queue"),
+    max_tokens: int = typer.Option(48, "--max-tokens", help="Tokens per completion."),
+    note: str = typer.Option("", "--note", help="A remark recorded with the run."),
+    no_doc: bool = typer.Option(False, "--no-doc", help="Do not append to docs/benchmarks.md."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """K concurrent clients for T seconds against a loopback server, mixed strategies:
+    throughput, p50/p99 latency, responses by status; appended to docs/benchmarks.md."""
+    from ttscale.eval.bench_serve import append_to_doc, bench_serve, table
+
+    result = bench_serve(clients=clients, seconds=seconds, model=model,
+                         max_concurrency=max_concurrency, max_queue=max_queue,
+                         max_tokens=max_tokens)
+    if not no_doc:
+        append_to_doc(result, note)
+    print(json.dumps(result, indent=2) if as_json else table(result))

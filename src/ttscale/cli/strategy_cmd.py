@@ -1,1 +1,97 @@
-"""Commands of this group are added by the issue that builds them."""
+"""`ttscale solve` (one strategy over problems) and `ttscale select` (offline selection)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ttscale.cli.app import app
+
+
+@app.command("solve")
+def solve_cmd(
+    model: str = typer.Option("ttscale-small", "--model", help="Model name, directory, or the "
+                              "served model's name with --backend openai."),
+    task: str = typer.Option("arith", "--task", help="arith, countdown or a .jsonl file."),
+    level: Optional[int] = typer.Option(None, "--level", help="Level 1-5 (built-in default 3)."),
+    num_problems: int = typer.Option(10, "--num-problems", help="Problems to solve."),
+    split: str = typer.Option("test", "--split", help="train, heldout or test."),
+    problem_seed: int = typer.Option(0, "--problem-seed", help="Which problems are drawn."),
+    strategy: str = typer.Option("greedy", "--strategy", help="Strategy name."),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples (or beams) per problem."),
+    width: Optional[int] = typer.Option(None, "--width", help="Tree-search width."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
+    param: list[str] = typer.Option([], "--param", help="Any strategy parameter as key=value "
+                                    "(repeatable), e.g. --param window=4."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, "
+                                         "self-certainty or judge (ignored by strategies "
+                                         "that use no scorer)."),
+    scorer_model: Optional[str] = typer.Option(None, "--scorer-model", help="PRM/ORM "
+                                               "directory, or the judge's model."),
+    aggregate: str = typer.Option("last", "--aggregate", help="Step-score aggregation: last, "
+                                  "min, prod or mean."),
+    backend: str = typer.Option("torch", "--backend", help="torch, hf or openai."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL (openai)."),
+    samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Also write every "
+                                               "candidate as a store for `ttscale select`."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Run one test-time strategy over problems: accuracy and exact compute per problem."""
+    from ttscale.eval.solve import parse_param_pairs, run_solve
+
+    params: dict[str, object] = {}
+    for key, value in (("n", n), ("width", width), ("temperature", temperature),
+                       ("max_tokens", max_tokens), ("seed", seed)):
+        if value is not None:
+            params[key] = value
+    params.update(parse_param_pairs(param))
+    options = {"base_url": base_url} if base_url else {}
+    out = run_solve(model, task=task, level=level, num_problems=num_problems, strategy=strategy,
+                    params=params, scorer=scorer, scorer_model=scorer_model,
+                    aggregate=aggregate, split=split, problem_seed=problem_seed,
+                    backend=backend, generator_options=options, samples_out=samples_out)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    for r in out["problems"]:
+        mark = "ok " if r["correct"] else "-- "
+        print(f"{mark}{r['question']:<28} answer={r['answer']!s:<16} gold={r['gold']:<8} "
+              f"flops={r['flops']:.3g}")
+    print(f"\n{out['strategy']}: accuracy {out['accuracy']:.3f} on {out['num_problems']} "
+          f"problems; mean {out['mean_flops']:.3g} FLOPs, {out['mean_tokens']:.0f} tokens")
+
+
+@app.command("select")
+def select_cmd(
+    samples: Path = typer.Option(..., "--samples", help="JSONL store: problem, answer, "
+                                 "responses, optional scores and preds."),
+    rules: Optional[str] = typer.Option(None, "--rules", help="Comma-separated rules "
+                                        "(default: all that the store supports)."),
+    aggregate: str = typer.Option("last", "--aggregate", help="Step scores -> one score."),
+    window: int = typer.Option(4, "--window", help="ESC window."),
+    threshold: float = typer.Option(0.95, "--threshold", help="Adaptive-Consistency threshold."),
+    draws: int = typer.Option(500, "--draws", help="Random orderings per problem when exact "
+                              "enumeration is too large."),
+    seed: int = typer.Option(0, "--seed"),
+    max_n: Optional[int] = typer.Option(None, "--max-n", help="Largest N to report."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Evaluate every selection rule at every N by subsampling a store of samples."""
+    from ttscale.eval.select import select_file
+
+    out = select_file(samples, rules=rules.split(",") if rules else None, aggregate=aggregate,
+                      window=window, threshold=threshold, draws=draws, seed=seed, max_n=max_n)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    names = list(out)
+    budgets = list(next(iter(out.values()))) if out else []
+    print(f"{'N':>5} " + " ".join(f"{r:>20}" for r in names))
+    for nn in budgets:
+        cells = [f"{out[r][nn]['mean']:.3f} [{out[r][nn]['ci'][0]:.2f},{out[r][nn]['ci'][1]:.2f}]"
+                 for r in names]
+        print(f"{nn:>5} " + " ".join(f"{c:>20}" for c in cells))

@@ -1,1 +1,209 @@
-"""Commands of this group are added by the issue that builds them."""
+"""`ttscale sweep`, `ttscale plan`, `ttscale report`: measure, decide, show.
+
+Thin layers over ttscale.eval.sweep (run_sweep, default_config), ttscale.eval.report
+(analyze, write_report, make_plan).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from ttscale.cli.app import app
+from ttscale.errors import TTScaleError
+
+DEFAULT_OUT = "runs/sweep-default"
+
+
+def _ints(text: str | None, name: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise TTScaleError(f"--{name} {text!r} is not a comma-separated list of integers") from None
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: list[str] = typer.Option([], "--model", help="Model(s) that run the whole grid "
+                                    "(default: the smallest shipped model)."),
+    baseline_model: list[str] = typer.Option([], "--baseline-model", help="Model(s) that "
+                                             "run only greedy (default: the largest shipped)."),
+    task: list[str] = typer.Option([], "--task", help="arith, countdown or a .jsonl file "
+                                   "(repeatable)."),
+    levels: Optional[str] = typer.Option(None, "--levels", help="Built-in levels, e.g. 1,2,3."),
+    num_problems: Optional[int] = typer.Option(None, "--num-problems", help="Per task and level."),
+    split: Optional[str] = typer.Option(None, "--split", help="train, heldout or test."),
+    n_max: Optional[int] = typer.Option(None, "--n-max", help="Samples stored per problem."),
+    ns: Optional[str] = typer.Option(None, "--ns", help="Budgets n of the selection rules, "
+                                     "e.g. 1,2,4,8,16."),
+    rules: Optional[str] = typer.Option(None, "--rules", help="Selection rules, comma-separated: "
+                                        "majority, best_of_n, weighted_majority, pass_at_k, esc, "
+                                        "adaptive_consistency."),
+    strategies: Optional[str] = typer.Option(None, "--strategies", help="Strategies run for "
+                                             "real, e.g. 'greedy; beam_search:n=4,width=2'."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, "
+                                         "self-certainty (scores samples; 'none' for none)."),
+    replicates: Optional[int] = typer.Option(None, "--replicates", help="Sample orders per rule."),
+    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Problems and sampling seed."),
+    backend: str = typer.Option("torch", "--backend", help="torch, hf or openai."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL (openai)."),
+    out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Results directory."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out "
+                                "(skips records already there); otherwise --out is replaced."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write report.md and plots."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure strategies x budgets, fit the scaling laws, derive the plan, write the report.
+
+    With no arguments: the embedded default (shipped models, built-in tasks), within 10
+    minutes on 2 CPU cores.
+    """
+    from ttscale.eval.report import analyze, write_report
+    from ttscale.eval.sweep import (SweepConfig, default_config, make_generator, parse_runs,
+                                    run_sweep)
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    cfg: SweepConfig = default_config() if not model else SweepConfig(models=list(model))
+    overrides: dict[str, Any] = {
+        "baseline_models": list(baseline_model) or None, "tasks": list(task) or None,
+        "levels": _ints(levels, "levels"), "num_problems": num_problems, "split": split,
+        "n_max": n_max, "ns": _ints(ns, "ns"), "replicates": replicates,
+        "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
+        "rules": [r.strip() for r in rules.split(",") if r.strip()] if rules else None,
+        "runs": parse_runs(strategies) if strategies is not None else None,
+    }
+    for k, v in overrides.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    if scorer is not None:
+        cfg.scorer = None if scorer.lower() == "none" else scorer
+    if ns is not None and n_max is None:
+        cfg.n_max = max(cfg.ns)
+    cfg.backend = backend
+    generators = None
+    if backend == "openai":
+        generators = {m: make_generator(m, "openai", base_url=base_url)
+                      for m in cfg.models + cfg.baseline_models}
+    res = run_sweep(cfg, out, resume=resume, progress=True, generators=generators)
+    analysis = analyze(out)
+    if report:
+        analysis["report"] = str(write_report(out, analysis))
+    analysis["wall_s"] = res.wall_s
+    analysis["written"] = res.written
+    if as_json:
+        print(json.dumps(_json_summary(analysis), indent=1, default=float))
+        return
+    print(render_summary(analysis))
+
+
+def _json_summary(a: dict[str, Any]) -> dict[str, Any]:
+    keep = ("results_dir", "model", "num_problems", "num_records", "frontier", "fits",
+            "headline", "plan", "report", "wall_s", "written", "planner_curve")
+    return {k: a[k] for k in keep if k in a}
+
+
+def render_summary(a: dict[str, Any]) -> str:
+    """The frontier table, the fitted laws, the plan and the headline numbers, as text."""
+    lines = [f"sweep of {a['model']}: {a['num_problems']} problems, {a['num_records']} records "
+             f"in {a['results_dir']}", "", "compute-optimal frontier:",
+             f"  {'FLOPs/problem':>14}  {'accuracy':>8}  configuration"]
+    lines += [f"  {p['flops']:>14.3g}  {100 * p['accuracy']:>7.1f}%  {p['config']}" for p in a["frontier"]]
+    lines += ["", "fitted laws (acc = a_max - b*(C/C0)^-alpha; N* = where a doubling gains < 1 point):"]
+    for s, f in a["fits"].items():
+        if s == "pass_at_k":
+            note = f"a={f.get('a')}, b={f.get('b')}" if f.get("a") is not None else f.get("error")
+            lines.append(f"  coverage pass@k = exp(a*k^b): {note}")
+            continue
+        if f.get("alpha") is None:
+            lines.append(f"  {s:<22} no fit: {f.get('error')}")
+        else:
+            lines.append(f"  {s:<22} alpha={f['alpha']:.3g}  a_max={f['a_max']:.3f}  "
+                         f"N*={f['n_star']:.3g} FLOPs  R2={f['r2']:.3f}")
+    plan = a.get("plan")
+    if plan:
+        lines += ["", f"plan ({plan['path']}): probe {plan['probe_cost']:.3g} FLOPs, "
+                  f"difficulty bins {plan['bins']}"]
+        for r in plan["recommendations"]:
+            lines.append(f"  {r['budget']:<7} {r['flops']:>10.3g} FLOPs: {r['measured']:<40} "
+                         f"per bin: {', '.join(r['per_bin'])}   (seed: {r['seed']})")
+    h = a["headline"]
+    p = h.get("planner_vs_best_fixed") or {}
+    lines += ["", "headline (held-out problems):",
+              f"  planner vs best fixed: accuracy gain {_pts(p.get('accuracy_gain'))}, "
+              f"FLOPs saving {_x(p.get('flops_saving'))}"]
+    s = h.get("small_search_vs_large_greedy")
+    if s:
+        lines.append(f"  {s['small_model']} + {s['small_config']}: {_pct(s['small_accuracy'])} at "
+                     f"{_g(s['small_flops'])} FLOPs vs {s['large_model']} greedy: "
+                     f"{_pct(s['large_accuracy'])} at {_g(s['large_flops'])} FLOPs")
+    lines.append(f"  adaptive stopping saves {_pct(h.get('adaptive_stopping_saving'))} of samples "
+                 "at equal accuracy")
+    if a.get("report"):
+        lines += ["", f"report: {a['report']}"]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _pts(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:+.1f} points"
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def _g(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+@app.command("plan")
+def plan_cmd(
+    results: Path = typer.Option(..., "--results", help="A sweep's results directory."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Plan file (default DIR/plan.json)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Model to plan for (default: the "
+                                        "one the grid ran on)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Fit the difficulty-aware compute-optimal plan from a sweep's results and save it."""
+    from ttscale.eval.report import make_plan
+
+    plan, path = make_plan(results, model=model, path=out)
+    if as_json:
+        print(json.dumps({"path": str(path), **plan.to_dict()}, indent=1))
+        return
+    print(f"plan for {plan.model} from {plan.calibration['problems']} problems -> {path}")
+    print(f"probe: {plan.probe_samples} samples, {plan.probe_cost:.3g} FLOPs; bin edges "
+          f"{plan.edges}")
+    for b, frontier in enumerate(plan.bins):
+        steps = ", ".join(f"{o.config} (+{o.cost:.3g}: {100 * o.accuracy:.0f}%)" for o in frontier)
+        print(f"  bin {b}: {steps}")
+
+
+@app.command("report")
+def report_cmd(
+    results_dir: Path = typer.Argument(..., help="A sweep's results directory."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the analysis as JSON."),
+) -> None:
+    """Render report.md and PNG plots from a stored results directory."""
+    from ttscale.eval.report import analyze, write_report
+
+    a = analyze(results_dir)
+    path = write_report(results_dir, a)
+    if as_json:
+        print(json.dumps({**_json_summary(a), "report": str(path)}, indent=1, default=float))
+        return
+    a["report"] = str(path)
+    print(render_summary(a))

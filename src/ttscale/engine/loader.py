@@ -96,8 +96,7 @@ def _state_dict(cfg: ModelConfig, w: dict[str, torch.Tensor]) -> dict[str, torch
         return w[name]
 
     sd = {"embed.weight": take("model.embed_tokens.weight"), "norm.weight": take("model.norm.weight")}
-    if not cfg.tie_embeddings:
-        sd["lm_head.weight"] = take("lm_head.weight")
+    sd["lm_head.weight"] = sd["embed.weight"] if cfg.tie_embeddings else take("lm_head.weight")
     for i in range(cfg.n_layer):
         p, q = f"model.layers.{i}.", f"layers.{i}."
         a = p + "self_attn."

@@ -155,13 +155,19 @@ class OpenAIGenerator:
         """One result per request, in order; errors land in `result.error`."""
         if not requests:
             return []
-        return self._run(self._generate_all(list(requests)))
+        return self._run(self._generate_all(list(requests), self.chat))
+
+    def generate_chat(self, conversations: Sequence[list[dict[str, Any]]],
+                      params: SamplingParams) -> list[GenerationResult]:
+        """Whole conversations (OpenAI `messages`) to /v1/chat/completions, one result each."""
+        reqs = [GenerationRequest(m, params) for m in conversations]  # type: ignore[arg-type]
+        return self._run(self._generate_all(reqs, True)) if reqs else []
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """`generate` for async callers, on whatever event loop they run."""
         if not requests:
             return []
-        fut = asyncio.run_coroutine_threadsafe(self._generate_all(list(requests)),
+        fut = asyncio.run_coroutine_threadsafe(self._generate_all(list(requests), self.chat),
                                                self._ensure_loop())
         return await asyncio.wrap_future(fut)
 
@@ -270,24 +276,26 @@ class OpenAIGenerator:
                                 last.status)
         raise UpstreamError(f"upstream rejected the request: {last}", last.status, retryable=False)
 
-    async def _generate_all(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        return list(await asyncio.gather(*(self._generate_one(r) for r in requests)))
+    async def _generate_all(self, requests: list[GenerationRequest],
+                            chat: bool) -> list[GenerationResult]:
+        return list(await asyncio.gather(*(self._generate_one(r, chat) for r in requests)))
 
-    async def _generate_one(self, req: GenerationRequest) -> GenerationResult:
+    async def _generate_one(self, req: GenerationRequest, chat: bool) -> GenerationResult:
         p = req.params
         try:
-            _check_params(p, self.chat, req.prompt)
+            _check_params(p, chat, req.prompt)
         except TTScaleError as e:
             return GenerationResult([], Usage(), error=str(e))
         try:
-            completions, usage = await self._sample(req.prompt, p, p.n, p.seed)
+            completions, usage = await self._sample(req.prompt, p, p.n, p.seed, chat)
             # A server that ignores n answers n>1 with fewer choices: ask for the rest one by one.
             missing = p.n - len(completions)
             if missing > 0:
                 self._ignores_n = self._ignores_n or len(completions) > 0
                 seeds = [None if p.seed is None else p.seed + len(completions) + i
                          for i in range(missing)]
-                parts = await asyncio.gather(*(self._sample(req.prompt, p, 1, s) for s in seeds))
+                parts = await asyncio.gather(*(self._sample(req.prompt, p, 1, s, chat)
+                                               for s in seeds))
                 for c, u in parts:
                     completions += c
                     usage = usage + u
@@ -297,22 +305,22 @@ class OpenAIGenerator:
             return GenerationResult([], Usage(), error=str(e))
         return GenerationResult(completions[: p.n], usage)
 
-    async def _sample(self, prompt: str | list[int], p: SamplingParams, n: int,
-                      seed: int | None) -> tuple[list[Completion], Usage]:
+    async def _sample(self, prompt: Any, p: SamplingParams, n: int, seed: int | None,
+                      chat: bool) -> tuple[list[Completion], Usage]:
         """One upstream call for `n` choices (or one by one if the server is known to ignore n)."""
         if n > 1 and self._ignores_n:
             seeds = [None if seed is None else seed + i for i in range(n)]
-            parts = await asyncio.gather(*(self._sample(prompt, p, 1, s) for s in seeds))
+            parts = await asyncio.gather(*(self._sample(prompt, p, 1, s, chat) for s in seeds))
             return [c for cs, _ in parts for c in cs], sum((u for _, u in parts), Usage())
-        body = self._body(prompt, p, n, seed)
-        path = "/chat/completions" if self.chat else "/completions"
+        body = self._body(prompt, p, n, seed, chat)
+        path = "/chat/completions" if chat else "/completions"
         data, ep = await self._post_with_retries(path, body)
         choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
-        completions = [self._completion(c, p, ep) for c in choices]
+        completions = [self._completion(c, p, ep, chat) for c in choices]
         return completions, self._usage(data.get("usage") or {}, completions)
 
-    def _body(self, prompt: str | list[int], p: SamplingParams, n: int,
-              seed: int | None) -> dict[str, Any]:
+    def _body(self, prompt: Any, p: SamplingParams, n: int, seed: int | None,
+              chat: bool) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model_name, "n": n, "temperature": p.temperature,
                                 "top_p": p.top_p, "max_tokens": p.max_tokens}
         if p.stop:
@@ -321,8 +329,9 @@ class OpenAIGenerator:
             body["seed"] = seed
         if p.top_k > 0:
             body["top_k"] = p.top_k  # vLLM, SGLang and llama.cpp accept it as an extra field
-        if self.chat:
-            body["messages"] = [{"role": "user", "content": prompt}]
+        if chat:
+            body["messages"] = prompt if isinstance(prompt, list) else [
+                {"role": "user", "content": prompt}]
             if p.logprobs:
                 body["logprobs"] = True
                 body["top_logprobs"] = p.top_logprobs
@@ -333,8 +342,9 @@ class OpenAIGenerator:
         body.update(self.extra_body)
         return body
 
-    def _completion(self, choice: dict[str, Any], p: SamplingParams, ep: _Endpoint) -> Completion:
-        if self.chat:
+    def _completion(self, choice: dict[str, Any], p: SamplingParams, ep: _Endpoint,
+                    chat: bool) -> Completion:
+        if chat:
             text = ((choice.get("message") or {}).get("content")) or ""
         else:
             text = choice.get("text") or ""
@@ -349,7 +359,7 @@ class OpenAIGenerator:
                 f"{ep.base} returned no logprobs although they were requested (logprobs=True); "
                 "use a server that supports logprobs (e.g. vLLM) or a strategy that needs none",
                 retryable=False)
-        if self.chat:
+        if chat:
             content = lp.get("content") or []
             c.logprobs = [float(t["logprob"]) for t in content]
             if p.top_logprobs:
@@ -394,7 +404,7 @@ def _check_params(p: SamplingParams, chat: bool, prompt: str | list[int]) -> Non
     if not 0 <= p.top_logprobs <= MAX_TOP_LOGPROBS:
         raise TTScaleError(f"top_logprobs={p.top_logprobs} is out of range; accepted: "
                            f"0..{MAX_TOP_LOGPROBS}")
-    if chat and not isinstance(prompt, str):
+    if chat and not isinstance(prompt, str) and not all(isinstance(m, dict) for m in prompt):
         raise TTScaleError("token-id prompts need the completions endpoint; chat=True takes text")
 
 
@@ -422,3 +432,44 @@ def _retry_after(r: httpx.Response) -> float | None:
         return float(r.headers["retry-after"])
     except (KeyError, ValueError):
         return None
+
+
+def shape_of_checkpoint(model: str) -> ModelShape:
+    """The ModelShape of a local checkpoint (a shipped name or a directory), read from its
+    config.json and safetensors headers, for an upstream serving that same model."""
+    import json
+    import struct
+    from pathlib import Path
+
+    from ttscale.models.registry import resolve_model
+
+    path = Path(resolve_model(model))
+    cfg = json.loads((path / "config.json").read_text())
+    n_params = 0
+    for f in sorted(path.glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+        for name, t in header.items():
+            if name != "__metadata__":
+                count = 1
+                for d in t["shape"]:
+                    count *= d
+                n_params += count
+    if n_params == 0:
+        raise TTScaleError(f"no safetensors weights in {path} to count parameters from")
+    return ModelShape(n_params, int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]))
+
+
+def from_spec(urls: str | Sequence[str], model_name: str | None = None, n_params: int = 0,
+              n_layer: int = 0, d_model: int = 0, shape_from: str | None = None,
+              **kw: Any) -> OpenAIGenerator:
+    """An OpenAIGenerator from `load_generator`-style arguments: `urls` comma-separated (or a
+    list); the shape from `n_params`/`n_layer`/`d_model` or from a local checkpoint."""
+    url_list = [u for u in urls.split(",") if u.strip()] if isinstance(urls, str) else list(urls)
+    if shape_from is not None:
+        s = shape_of_checkpoint(shape_from)
+        n_params, n_layer, d_model = s.n_params, s.n_layer, s.d_model
+    if not model_name:
+        raise TTScaleError("the openai backend needs model_name: the model's name on the server")
+    return OpenAIGenerator(url_list, model_name, n_params, n_layer, d_model, **kw)

@@ -95,6 +95,8 @@ def fit_power_law(flops: Sequence[float], accuracy: Sequence[float],
     x, y, err = _prepare(flops, accuracy, 3)
     if err:
         return Fit("power_law", n_points=len(x), error=err)
+    if float(y.max() - y.min()) < 1e-9:
+        return Fit("power_law", n_points=len(x), error="accuracy does not change with compute")
     c0 = float(x[0])
     best: tuple[float, np.ndarray] | None = None
     for alpha0 in (0.1, 0.5, 1.5):  # a few starts: the loss surface is not convex in alpha

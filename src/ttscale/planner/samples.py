@@ -185,3 +185,14 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
         prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,
         prefill_flops=max(u.flops - sum(sample_flops), 0.0),
         wall_s=time.perf_counter() - t0)
+
+
+def sample_order(n: int, replicate: int) -> list[int]:
+    """The order in which replicate `replicate` reads N stored samples: as drawn for 0, else a
+    fixed permutation, so several independent subsamples come from one set of samples."""
+    import random
+
+    order = list(range(n))
+    if replicate:
+        random.Random(f"ttscale-replicate-{replicate}").shuffle(order)
+    return order

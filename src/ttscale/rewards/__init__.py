@@ -26,16 +26,14 @@ def _default_reward_model(kind: str) -> str:
 
 def _vocab_size(generator: Generator | None) -> int | None:
     """The policy's vocabulary size when the generator tells it (for self-certainty)."""
-    for attr in ("vocab_size",):
-        v = getattr(generator, attr, None)
+    for owner in (generator, getattr(generator, "cfg", None), getattr(generator, "config", None)):
+        v = getattr(owner, "vocab_size", None)
         if isinstance(v, int) and v > 0:
             return v
     tok = getattr(generator, "tokenizer", None)
-    if tok is not None:
-        try:
-            return len(tok)
-        except TypeError:
-            return None
+    size = getattr(tok, "get_vocab_size", None)
+    if callable(size):
+        return int(size())
     return None
 
 

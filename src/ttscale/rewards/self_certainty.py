@@ -8,8 +8,10 @@ Exact self-certainty needs the full distribution; generators return only the top
 Two approximations, documented here because they change the numbers:
 
 * `vocab_size` known: the k listed tokens keep their probabilities and the remaining mass is
-  spread evenly over the other V - k tokens (the least informative completion of p), then
-  KL(U || p) = -log V - (1/V) * sum_j log p_j is exact for that completed distribution;
+  spread evenly over the other V - k tokens, then KL(U || p) = -log V - (1/V) * sum_j log p_j
+  is computed for that completed distribution. By concavity of log, the even spread is the
+  completion with the smallest KL, so the score is a lower bound of the exact one (exact when
+  the tail is flat);
 * `vocab_size` unknown: KL(U_k || p_k) over the top-k tokens renormalised, the same measure
   restricted to the candidates the model considered.
 

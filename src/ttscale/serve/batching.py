@@ -141,13 +141,16 @@ class BatchingGenerator:
 
 
 class JobGenerator:
-    """One request's view of the shared generator: stops its work once its token fires."""
+    """One request's view of the shared generator: meters its usage and stops its work once
+    its token fires."""
 
     def __init__(self, inner: Generator | BatchingGenerator, token: CancelToken) -> None:
         self.inner = inner
         self.token = token
         self.model_name = inner.model_name
         self.shape = inner.shape
+        self.usage = Usage()  # everything this request's work generated
+
 
     @property
     def context_length(self) -> int:
@@ -160,6 +163,8 @@ class JobGenerator:
             results = self.inner.generate(requests, self.token)
         else:
             results = self.inner.generate(requests)
+        for r in results:
+            self.usage = self.usage + r.usage
         if self.token.cancelled:
             raise Cancelled()
         return results

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
+import logging
 import pkgutil
 import re
 from dataclasses import dataclass, field
@@ -17,16 +19,26 @@ from ttscale.serve.errors import APIError, bad_request
 from ttscale.serve.schemas import TTScaleOptions
 
 AUTO = "auto"
+log = logging.getLogger(__name__)
 _PREFIX = re.compile(r"^(?P<name>[A-Za-z_][\w.]*?)(?:-(?P<n>\d{1,6}))?/(?P<model>.+)$")
+
+
+@functools.cache
+def _import_all() -> None:
+    import ttscale.strategies as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        try:
+            importlib.import_module(f"ttscale.strategies.{mod.name}")
+        except Exception as e:  # one broken module must not take the others down
+            log.warning("strategy module %s not loaded: %s", mod.name, e)
 
 
 def strategies() -> dict[str, tuple[Any, type]]:
     """The strategy registry, with every module of `ttscale.strategies` imported."""
-    import ttscale.strategies as pkg
     from ttscale.strategies.base import STRATEGIES
 
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        importlib.import_module(f"ttscale.strategies.{mod.name}")
+    _import_all()
     return STRATEGIES
 
 
@@ -76,6 +88,8 @@ def build_params(strategy: str, choice: Choice, sampling: dict[str, Any]) -> Any
     _, cls = strategies()[strategy]
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in sampling.items() if v is not None and k in names}
+    if sampling.get("max_tokens") and "max_tokens" not in names and "step_max_tokens" in names:
+        values["step_max_tokens"] = sampling["max_tokens"]  # tree search: no step longer
     if choice.n is not None:
         if "n" not in names:
             raise bad_request(f"strategy {strategy!r} takes no n", param="ttscale.n")

@@ -7,8 +7,6 @@ Every strategy is `fn(problem, task, generator, scorer, params) -> Solution`, re
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -38,10 +36,9 @@ def _coerce(strategy: str, field: dataclasses.Field, value: Any) -> Any:
     """A value given as text (from the command line) converted to the field's type."""
     if not isinstance(value, str):
         return value
-    hint = field.type if not isinstance(field.type, str) else None
-    names = str(field.type)
+    names = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
     text = value.strip()
-    if text.lower() == "none" and ("None" in names or hint is type(None)):
+    if text.lower() == "none" and "None" in names:
         return None
     kinds = [t for t in ("bool", "int", "float") if t in names.replace("None", "")]
     try:

@@ -105,7 +105,9 @@ def score_candidates(meter: Meter, scorer: Scorer, problem: Problem,
 def finish(meter: Meter, strategy: str, params: object, candidates: list[Candidate],
            chosen: int | None, **extra: object) -> Solution:
     """The Solution of a run: the chosen candidate (None: no answer) and the exact cost."""
-    text = candidates[chosen].text if chosen is not None else ""
-    answer = candidates[chosen].answer if chosen is not None else None
+    if chosen is None:  # no candidate answered: show the first attempt, answer nothing
+        text, answer = (candidates[0].text if candidates else ""), None
+    else:
+        text, answer = candidates[chosen].text, candidates[chosen].answer
     return Solution(answer=answer, text=text, candidates=candidates, cost=meter.finish(),
                     strategy=strategy, params={**asdict(params), **extra})

@@ -134,7 +134,7 @@ def budget_forcing(problem: Problem, task: Task, generator: Generator, scorer: S
                     [sampling(params, call=call, stop=[delim], temperature=temp,
                               max_tokens=params.max_tokens - used)])[0][0]
         call += 1
-        used += len(comp.token_ids)
+        used = meter.cost.policy_completion_tokens  # every token generated, discarded or not
         line = comp.text.rstrip(delim)
         if line.lstrip().startswith("A:"):
             if steps < params.min_steps and waits < params.max_waits:

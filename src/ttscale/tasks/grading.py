@@ -12,7 +12,14 @@ ttscale.tasks.grading`) that read JSON lines on stdin and answer on stdout. Insi
 math-verify's own timeouts (whole seconds) stop most slow parses and comparisons and the
 worker lives on; the parent also holds a hard deadline per comparison and kills and replaces a
 worker that misses it (loops in C that a signal cannot interrupt, a crash, memory exhaustion).
-A comparison that times out is graded wrong. Workers start lazily, about 1 s each.
+A comparison that times out is graded wrong. Workers start lazily.
+
+Measured on 2 busy CPU cores: a worker starts in 0.5-2 s; the pipe adds about 0.5 ms to a
+comparison (13.1 vs 12.5 ms for `x` vs `x.0+0`); all 500 MATH-500 gold answers verify in
+2.3 s with one worker. With the default 5 s deadline math-verify's own timeouts are 1 s, and
+`9^{9^{9^{9}}}`, `9!!!!`, 40 nested brackets or `10^{10^{10}}` are each graded wrong in about
+1.0 s without losing the worker; with a 1 s deadline the worker is killed and replaced
+(about 1.4 s in all, then 0.5-2 s to start the next one).
 """
 from __future__ import annotations
 

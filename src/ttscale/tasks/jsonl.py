@@ -43,14 +43,15 @@ class JsonlTask(Task):
     has_step_oracle = False
 
     def __init__(self, path: str | Path, timeout_s: float = grading.DEFAULT_TIMEOUT_S,
-                 workers: int = 1):
+                 workers: int = 1, grader: grading.MathGrader | None = None):
+        """`timeout_s` and `workers` configure the task's own grader; or pass one to share."""
         self.path = Path(path)
         self.name = str(path)
         self._problems = _load(self.path)
         self.levels = tuple(sorted({p.level for p in self._problems if p.level}))
         formats = sorted({p.meta["format"] for p in self._problems})
         self.description = f"{len(self._problems)} {'+'.join(formats)} problems from {path}"
-        self.grader = grading.MathGrader(timeout_s=timeout_s, workers=workers)
+        self.grader = grader or grading.MathGrader(timeout_s=timeout_s, workers=workers)
 
     # -- problems -------------------------------------------------------------------------
     def problems(self, split: str = "test", level: int | None = None, n: int | None = 100,

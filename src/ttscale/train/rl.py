@@ -193,7 +193,7 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
     summary that is also written to `out/training.json` (with `parent`).
     """
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaForCausalLM, TrainerCallback
+    from transformers import AutoTokenizer, LlamaForCausalLM, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     out = Path(out)
@@ -266,8 +266,16 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
             if self.bar is not None:
                 self.bar.close()
 
+    class _Finite(TrainerCallback):
+        """Stop before a checkpoint could store non-finite weights (runs after every other callback)."""
+
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
+                raise FloatingPointError(f"non-finite weights after step {state.global_step}")
+
     trainer = _guarded_trainer_class()(model=policy, reward_funcs=funcs, args=args, train_dataset=dataset,
-                                       processing_class=tokenizer, callbacks=[_Log(), *(callbacks or [])])
+                                       processing_class=tokenizer, callbacks=[_Log(), *(callbacks or []), _Finite()])
+    trainer.remove_callback(PrinterCallback)  # our own log and bar replace its printed dicts
     t0 = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
@@ -335,3 +343,79 @@ def _guarded_trainer_class():
             return loss
 
     return GuardedGRPOTrainer
+
+
+# -- evaluation and the model card (shared with distillation) ----------------------------------
+def evaluate_levels(model_dir: str | Path, task: str, levels: Sequence[int] | None = None,
+                    split: str = "heldout", num_problems: int = 50, n: int = 16, seed: int = 0,
+                    backend: str = "torch") -> list:
+    """Greedy, maj@n and pass@n per level on fixed problems of `split` (EvalResult rows)."""
+    from ttscale.engine import load_generator
+    from ttscale.eval.evaluate import evaluate
+
+    t = get_task(task)
+    gen = load_generator(str(model_dir), backend=backend)
+    lvls = list(levels) if levels else (list(t.levels) if isinstance(t, BuiltinTask) else [None])
+    return [evaluate(gen, t, t.problems(split=split, level=lv, n=num_problems, seed=seed), n=n, seed=seed)
+            for lv in lvls]
+
+
+def length_table(rows: Sequence) -> str:
+    """Mean greedy solution length and tokens per correct greedy answer, per row."""
+    lines = ["| task | level | mean tokens | tokens per correct answer |", "|---|---|---|---|"]
+    for r in rows:
+        per = r.mean_tokens / r.greedy_acc if r.greedy_acc > 0 else float("inf")
+        lines.append(f"| {r.task} | {r.level} | {r.mean_tokens:.1f} | {per:.1f} |")
+    return "\n".join(lines)
+
+
+def write_trained_card(model_dir: str | Path, rows: Sequence, command: str, split: str,
+                       seed: int = 0) -> Path:
+    """README.md of an RL or distilled model: the family's card structure, with its parent.
+
+    The rows are also stored in `eval.json`, as for the SFT models.
+    """
+    from ttscale.eval.evaluate import format_table
+
+    model_dir = Path(model_dir)
+    meta = json.loads((model_dir / "training.json").read_text())
+    cfg = meta.get("config", {})
+    method = {"grpo": "GRPO (RL from verifiable rewards, TRL GRPOTrainer)",
+              "rest-em": "expert iteration (ReST-EM): search, keep verified solutions, fine-tune"}
+    if meta.get("method") == "grpo":
+        r = cfg.get("rewards", {})
+        data = (f"{cfg.get('task')} levels {cfg.get('levels')}, train split; {cfg.get('num_generations')} "
+                f"samples per prompt, {cfg.get('generation_batch_size')} per step; reward weights: "
+                f"correct {r.get('correct')}, format {r.get('format')}, partial credit {r.get('partial')}, "
+                f"length penalty {r.get('length_penalty')}; beta {cfg.get('beta')}")
+        steps = f"{meta.get('steps')} GRPO steps ({meta.get('completion_tokens', 0):,} completion tokens sampled)"
+    else:
+        data = (f"{cfg.get('task')} levels {cfg.get('levels')}, train split; solutions found by "
+                f"{cfg.get('strategy')} with the {cfg.get('scorer')} scorer, kept only when the oracle verifies them")
+        steps = f"{meta.get('rounds_done')} rounds of {cfg.get('sft_steps')} fine-tuning steps"
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [ttscale]", "---",
+        f"# {model_dir.name}", "",
+        f"A small Llama-architecture decoder of the ttscale embedded family "
+        f"({meta.get('params', 0):,} parameters), character-level tokenizer, trained from "
+        f"`{meta.get('parent')}` by {method.get(meta.get('method'), meta.get('method'))}.", "",
+        "## Training", "",
+        f"- parent: {meta.get('parent')}",
+        f"- command: `{command}`",
+        f"- data: {data}",
+        f"- steps: {steps}",
+        f"- wall time: {meta.get('wall_s', 0) / 60:.1f} min on {meta.get('device', '?')} "
+        f"(torch {meta.get('torch', '?')})", "",
+        "## Accuracy", "",
+        f"{split.capitalize()} split, fixed problems (seed {seed}). Greedy decoding; maj@n and pass@n from "
+        f"n samples at temperature 1.0. Reproduce with `ttscale eval --model {model_dir} --task {cfg.get('task')} "
+        f"--split {split} --seed {seed} "
+        f"--n {rows[0].n if rows else 16} --num-problems {rows[0].num_problems if rows else 0}`.", "",
+        format_table(list(rows)), "", "Greedy solution length:", "", length_table(rows), "",
+    ]
+    path = model_dir / "README.md"
+    path.write_text("\n".join(lines))
+    (model_dir / "eval.json").write_text(json.dumps([r.to_dict() for r in rows], indent=2) + "\n")
+    meta["command"] = command
+    (model_dir / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return path

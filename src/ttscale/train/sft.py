@@ -72,11 +72,13 @@ def save_model(model: LlamaForCausalLM, out: Path) -> None:
     build_tokenizer().save_pretrained(out)
 
 
-def train_sft(cfg: SFTConfig, out: str | Path, progress: bool = True) -> dict:
+def train_sft(cfg: SFTConfig, out: str | Path, progress: bool = True, batches=None) -> dict:
     """Train and save a model to `out`; resume from `out/checkpoint.pt` if it exists.
 
     Returns a summary (steps, tokens, wall time, final loss) that is also written to
     `out/training.json`.
+    `batches` (an iterator of (input_ids, labels)) replaces the synthetic task data, e.g. with
+    the verified search solutions of expert iteration (`ttscale.train.distill`).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,8 @@ def train_sft(cfg: SFTConfig, out: str | Path, progress: bool = True) -> dict:
         opt.load_state_dict(ckpt["opt"])
         step, elapsed_before = ckpt["step"], ckpt["elapsed"]
     # The data stream is seeded by (seed, step) so that a resumed run sees fresh, reproducible data.
-    batches = packed_batches(cfg.tasks, cfg.levels, cfg.batch_size, cfg.block, seed=cfg.seed * 1_000_003 + step)
+    if batches is None:
+        batches = packed_batches(cfg.tasks, cfg.levels, cfg.batch_size, cfg.block, seed=cfg.seed * 1_000_003 + step)
     autocast = cfg.bf16 and (device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX"))
     t_start = time.time()
     last_ckpt = t_start

@@ -1,0 +1,356 @@
+"""From a sweep's records to answers: curves, frontier, fits, plan, headline numbers, report.
+
+`analyze(results_dir)` computes everything as one JSON-able dict (what `ttscale sweep --json`
+prints); `write_report(results_dir)` renders it as report.md with PNG plots and saves the plan
+(plan.json) beside the results.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttscale.errors import TTScaleError
+from ttscale.eval.store import load_results, load_samples
+from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law
+from ttscale.planner.plan import (budget_grid, build_table, cross_validate, fit_plan,
+                                  fixed_points, grid_model, planner_headline)
+
+SEED_TABLE = [("low", "better base model, greedy decoding"),
+              ("medium", "best-of-N (N = 4-16) or chain of thought"),
+              ("high", "tree search with a PRM; extended chain of thought")]
+MODELS_FILE = "models.json"
+PLAN_FILE = "plan.json"
+REPORT_FILE = "report.md"
+
+
+# -- curves ------------------------------------------------------------------------------------
+def curves(records: Sequence[dict[str, Any]], model: str,
+           problems: set[str] | None = None) -> list[dict[str, Any]]:
+    """Mean FLOPs, tokens, wall time and accuracy per configuration of one model."""
+    acc: dict[str, list] = defaultdict(list)
+    meta: dict[str, dict] = {}
+    for r in records:
+        if r["model"] != model or (problems is not None and r["problem_id"] not in problems):
+            continue
+        acc[r["config"]].append((r["flops"], r["tokens"], r["wall_s"], float(r["correct"]),
+                                 r.get("samples_used")))
+        meta[r["config"]] = r
+    out = []
+    for c, rows in acc.items():
+        a = np.array([row[:4] for row in rows], dtype=float)
+        used = [row[4] for row in rows if row[4] is not None]
+        m = meta[c]
+        out.append({"config": c, "strategy": m["strategy"], "params": m["params"],
+                    "budget": m["budget"], "oracle": bool(m.get("oracle")), "n": len(rows),
+                    "flops": float(a[:, 0].mean()), "tokens": float(a[:, 1].mean()),
+                    "wall_s": float(a[:, 2].mean()), "accuracy": float(a[:, 3].mean()),
+                    "samples_used": float(np.mean(used)) if used else None})
+    return sorted(out, key=lambda d: (d["strategy"], d["flops"]))
+
+
+def frontier(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Compute-optimal frontier: the configurations no cheaper one matches in accuracy."""
+    out: list[dict[str, Any]] = []
+    for p in sorted(points, key=lambda d: (d["flops"], -d["accuracy"])):
+        if not out or p["accuracy"] > out[-1]["accuracy"] + 1e-12:
+            out.append({"flops": p["flops"], "accuracy": p["accuracy"], "config": p["config"]})
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def coverage_curve(samples: Sequence[dict[str, Any]], model: str) -> list[dict[str, float]]:
+    stores = [s for s in samples if s["model"] == model]
+    if not stores:
+        return []
+    n = min(len(s["set"]["correct"]) for s in stores)
+    return [{"k": k, "coverage": float(np.mean([pass_at_k(n, sum(s["set"]["correct"][:n]), k)
+                                                 for s in stores]))} for k in range(1, n + 1)]
+
+
+def fit_all(points: Sequence[dict[str, Any]], coverage: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """Per strategy: the saturating power law of accuracy against FLOPs (alpha, N*, R²);
+    best-of-N error against N; coverage against k."""
+    by: dict[str, list] = defaultdict(list)
+    for p in points:
+        if p["strategy"] != "pass_at_k":
+            by[p["strategy"]].append(p)
+    fits: dict[str, Any] = {}
+    for s, ps in sorted(by.items()):
+        f = fit_power_law([p["flops"] for p in ps], [p["accuracy"] for p in ps])
+        fits[s] = {"law": "acc(C) = a_max - b*(C/C0)^(-alpha)", "alpha": f.params.get("alpha"),
+                   "n_star": f.params.get("n_star"), "a_max": f.params.get("a_max"),
+                   "r2": f.r2, "points": f.n_points, "error": f.error}
+    bon = by.get("best_of_n", [])
+    if bon:
+        f = fit_bon_error([p["budget"] for p in bon], [1 - p["accuracy"] for p in bon])
+        fits.setdefault("best_of_n", {})["error_vs_n"] = {
+            "law": "err(N) = e_inf + A*exp(-c*N)", **f.params, "r2": f.r2, "error": f.error}
+    if coverage:
+        f = fit_coverage([c["k"] for c in coverage], [c["coverage"] for c in coverage])
+        fits["pass_at_k"] = {"law": "cov(k) = exp(a*k^b)", **f.params, "r2": f.r2,
+                             "error": f.error, "alpha": None, "n_star": None}
+    return fits
+
+
+# -- headline numbers --------------------------------------------------------------------------
+def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_consistency") -> dict[str, Any]:
+    """Samples a stopping rule saves against fixed-N majority voting at equal accuracy.
+
+    N_eq is the n at which majority voting reaches the rule's accuracy (log-linear
+    interpolation between measured n; the largest n when majority never gets there, which
+    understates nothing: the rule is then compared with the most it could have cost)."""
+    maj = sorted((p for p in points if p["strategy"] == "majority"), key=lambda p: p["budget"])
+    rul = [p for p in points if p["strategy"] == rule]
+    if not maj or not rul:
+        return {"saving": None}
+    r = max(rul, key=lambda p: p["budget"])
+    target = r["accuracy"]
+    n_eq = maj[-1]["budget"]
+    for a, b in zip([None] + maj[:-1], maj):
+        if b["accuracy"] >= target - 1e-12:
+            if a is None or a["accuracy"] >= target:
+                n_eq = b["budget"]
+            else:
+                t = (target - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
+                n_eq = math.exp(math.log(a["budget"]) + t * (math.log(b["budget"]) - math.log(a["budget"])))
+            break
+    used = r["samples_used"] or r["budget"]
+    return {"rule": r["config"], "accuracy": target, "mean_samples": used,
+            "majority_n_at_equal_accuracy": n_eq, "majority_max": maj[-1]["config"],
+            "majority_max_accuracy": maj[-1]["accuracy"],
+            "saving": max(0.0, 1.0 - used / n_eq) if n_eq else None,
+            "saving_vs_max_n": 1.0 - used / r["budget"]}
+
+
+def model_sizes(results_dir: Path) -> dict[str, int]:
+    p = results_dir / MODELS_FILE
+    return {m: d["n_params"] for m, d in json.loads(p.read_text()).items()} if p.exists() else {}
+
+
+def small_vs_large(records: Sequence[dict[str, Any]], sizes: dict[str, int],
+                   grid: str) -> dict[str, Any] | None:
+    """The smallest model's best configuration at no more FLOPs than the largest model's
+    greedy decoding, on the same problems."""
+    models = sorted({r["model"] for r in records}, key=lambda m: sizes.get(m, 0))
+    if len(models) < 2:
+        return None
+    small, large = models[0], models[-1]
+    large_pts = [p for p in curves(records, large) if p["strategy"] == "greedy"]
+    if not large_pts:
+        return None
+    probs = {r["problem_id"] for r in records if r["model"] == large}
+    lg = large_pts[0]
+    small_pts = [p for p in curves(records, small, probs) if not p["oracle"]]
+    ok = [p for p in small_pts if p["flops"] <= lg["flops"]]
+    best = max(ok, key=lambda p: (p["accuracy"], -p["flops"])) if ok else None
+    greedy_small = next((p for p in small_pts if p["strategy"] == "greedy"), None)
+    return {"small_model": small, "large_model": large,
+            "small_params": sizes.get(small), "large_params": sizes.get(large),
+            "small_config": best["config"] if best else None,
+            "small_accuracy": best["accuracy"] if best else None,
+            "small_flops": best["flops"] if best else None,
+            "small_greedy_accuracy": greedy_small["accuracy"] if greedy_small else None,
+            "large_accuracy": lg["accuracy"], "large_flops": lg["flops"],
+            "num_problems": len(probs)}
+
+
+def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
+    """Everything the report shows, as one JSON-able dict."""
+    results_dir = Path(results_dir)
+    records = load_results(results_dir)
+    if not records:
+        raise TTScaleError(f"{results_dir}/results.jsonl holds no records yet")
+    samples = load_samples(results_dir)
+    model = grid_model(records)
+    points = curves(records, model)
+    deployable = [p for p in points if not p["oracle"]]
+    cov = coverage_curve(samples, model)
+    out: dict[str, Any] = {"results_dir": str(results_dir), "model": model,
+                           "num_records": len(records),
+                           "num_problems": len({r["problem_id"] for r in records if r["model"] == model}),
+                           "curves": points, "frontier": frontier(deployable),
+                           "coverage": cov, "fits": fit_all(points, cov)}
+    headline: dict[str, Any] = {"adaptive_stopping": adaptive_saving(points),
+                                "esc": adaptive_saving(points, "esc")}
+    headline["adaptive_stopping_saving"] = headline["adaptive_stopping"]["saving"]
+    sizes = model_sizes(results_dir)
+    headline["small_search_vs_large_greedy"] = small_vs_large(records, sizes, model)
+    if samples:
+        table = build_table(records, samples, model)
+        plan = fit_plan(table, sampling=_sampling_of(results_dir))
+        plan.save(results_dir / PLAN_FILE)
+        fixed = fixed_points(table)
+        budgets = sorted(set(budget_grid(table) + [p.flops for p in fixed]))
+        curve = cross_validate(table, budgets, k=folds)
+        headline["planner_vs_best_fixed"] = planner_headline(curve, fixed)
+        out["planner_curve"] = [c.__dict__ for c in curve]
+        out["plan"] = {"path": str(results_dir / PLAN_FILE), "edges": plan.edges,
+                       "probe_cost": plan.probe_cost, "bins": plan.calibration["bin_sizes"],
+                       "recommendations": recommendations(plan, points)}
+        out["bins"] = bin_curves(table, plan)
+    else:
+        headline["planner_vs_best_fixed"] = {"accuracy_gain": None, "flops_saving": None}
+    out["headline"] = headline
+    return out
+
+
+def make_plan(results_dir: str | Path, model: str | None = None,
+              path: str | Path | None = None) -> tuple[Any, Path]:
+    """Fit the plan on every problem of a sweep and save it (default DIR/plan.json)."""
+    from ttscale.planner.plan import Plan  # noqa: F401  (the type returned)
+
+    results_dir = Path(results_dir)
+    table = build_table(load_results(results_dir), load_samples(results_dir), model)
+    plan = fit_plan(table, sampling=_sampling_of(results_dir))
+    return plan, plan.save(path or results_dir / PLAN_FILE)
+
+
+def _sampling_of(results_dir: Path) -> dict[str, Any]:
+    from ttscale.eval.sweep import load_config
+
+    cfg = load_config(results_dir)
+    return cfg.sampling if cfg else {}
+
+
+def bin_curves(table, plan) -> list[dict[str, Any]]:
+    """Accuracy and FLOPs of every configuration within each difficulty bin."""
+    bins = np.array([plan.bin_of(d) for d in table.difficulty])
+    out = []
+    for b in range(len(plan.bins)):
+        m = bins == b
+        if not m.any():
+            continue
+        out.append({"bin": b, "instances": int(m.sum()),
+                    "difficulty": [float(table.difficulty[m].min()), float(table.difficulty[m].max())],
+                    "points": [{"config": c, "strategy": table.strategies[c]["strategy"],
+                                "flops": float(table.raw[m, j].mean()),
+                                "accuracy": float(table.acc[m, j].mean())}
+                               for j, c in enumerate(table.configs)]})
+    return out
+
+
+def recommendations(plan, points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Budget -> recommended configuration (difficulty-blind and per bin), at three budgets:
+    low = the cheapest configuration's FLOPs, medium = 8 samples' worth, high = the most
+    expensive configuration's FLOPs."""
+    dep = [p for p in points if not p["oracle"]]
+    if not dep:
+        return []
+    costs = sorted(p["flops"] for p in dep)
+    one = min((p["flops"] for p in dep if p["strategy"] == "majority" and p["budget"] == 1),
+              default=costs[0])
+    levels = [("low", costs[0]), ("medium", 8 * one), ("high", costs[-1])]
+    rows = []
+    for (name, b), (_, seed) in zip(levels, SEED_TABLE):
+        blind = [o for o in plan.blind if o.cost <= b][-1]
+        per_bin = [plan.choose(lo, b) for lo in _bin_representatives(plan)]
+        rows.append({"budget": name, "flops": b, "measured": blind.config,
+                     "measured_accuracy": blind.accuracy, "per_bin": per_bin, "seed": seed})
+    return rows
+
+
+def _bin_representatives(plan) -> list[float]:
+    """A difficulty inside each bin: 0 for the first, each lower edge for the others."""
+    return ([0.0] + list(plan.edges))[: len(plan.bins)]
+
+
+# -- the report --------------------------------------------------------------------------------
+def _fmt(x: Any, pct: bool = False) -> str:
+    if x is None:
+        return "-"
+    if pct:
+        return f"{100 * x:.1f}%"
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
+
+
+def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
+    h = a["headline"]
+    lines = [f"# Sweep report: {a['model']}", "",
+             f"{a['num_problems']} problems, {a['num_records']} records, from `{a['results_dir']}`.", ""]
+    if "accuracy" in plots:
+        lines += [f"![accuracy against FLOPs]({plots['accuracy']})", ""]
+    lines += ["## Compute-optimal frontier", "", "| FLOPs/problem | accuracy | configuration |",
+              "|---:|---:|---|"]
+    lines += [f"| {p['flops']:.3g} | {_fmt(p['accuracy'], True)} | {p['config']} |" for p in a["frontier"]]
+    lines += ["", "## Fitted laws", "",
+              "Accuracy against FLOPs per strategy: acc(C) = a_max - b·(C/C0)^(-alpha); N* is the "
+              "budget past which a doubling of compute gains less than 1 point.", "",
+              "| strategy | alpha | a_max | N* (FLOPs) | R² | note |", "|---|---:|---:|---:|---:|---|"]
+    for s, f in a["fits"].items():
+        if s == "pass_at_k":
+            continue
+        lines.append(f"| {s} | {_fmt(f.get('alpha'))} | {_fmt(f.get('a_max'))} | "
+                     f"{_fmt(f.get('n_star'))} | {_fmt(f.get('r2'))} | {f.get('error') or ''} |")
+    bon = a["fits"].get("best_of_n", {}).get("error_vs_n")
+    if bon:
+        lines += ["", f"Best-of-N error: err(N) = e_inf + A·exp(-cN): c = {_fmt(bon.get('c'))}, "
+                  f"e_inf = {_fmt(bon.get('e_inf'))}, R² = {_fmt(bon.get('r2'))} {bon.get('error') or ''}"]
+    cov = a["fits"].get("pass_at_k")
+    if cov:
+        lines += [f"Coverage: pass@k = exp(a·k^b): a = {_fmt(cov.get('a'))}, b = {_fmt(cov.get('b'))}, "
+                  f"R² = {_fmt(cov.get('r2'))} {cov.get('error') or ''}"]
+        if "coverage" in plots:
+            lines += ["", f"![coverage]({plots['coverage']})"]
+    plan = a.get("plan")
+    if plan:
+        lines += ["", "## Budget -> recommended strategy", "",
+                  f"Plan: `{plan['path']}`; probe {_fmt(plan['probe_cost'])} FLOPs; difficulty bin "
+                  f"edges {plan['edges']} (instances per bin {plan['bins']}).", "",
+                  "| budget | FLOPs/problem | measured best (no probe) | accuracy | per difficulty bin (easy -> hard) | seed's recommendation |",
+                  "|---|---:|---|---:|---|---|"]
+        for r in plan["recommendations"]:
+            lines.append(f"| {r['budget']} | {r['flops']:.3g} | {r['measured']} | "
+                         f"{_fmt(r['measured_accuracy'], True)} | {', '.join(r['per_bin'])} | {r['seed']} |")
+        if "bins" in plots:
+            lines += ["", f"![per difficulty bin]({plots['bins']})"]
+    lines += ["", "## Headline numbers (held-out problems)", ""]
+    p = h.get("planner_vs_best_fixed") or {}
+    if p.get("reference"):
+        lines += [f"- Planner vs best fixed configuration ({p['reference']['config']}, "
+                  f"{_fmt(p['reference']['accuracy'], True)} at {p['reference']['flops']:.3g} FLOPs): "
+                  f"accuracy gain {_fmt(p.get('accuracy_gain'), True)} at matched FLOPs; FLOPs saving "
+                  f"to match it {_fmt(p.get('flops_saving'))}x (cross-validated: each problem scored by a "
+                  "plan fitted on other problems)."]
+    s = h.get("small_search_vs_large_greedy")
+    if s:
+        lines += [f"- {s['small_model']} ({_fmt(s['small_params'])} params) with "
+                  f"{s['small_config']}: {_fmt(s['small_accuracy'], True)} at {_fmt(s['small_flops'])} "
+                  f"FLOPs, against {s['large_model']} ({_fmt(s['large_params'])} params) greedy: "
+                  f"{_fmt(s['large_accuracy'], True)} at {_fmt(s['large_flops'])} FLOPs "
+                  f"({s['num_problems']} problems; {s['small_model']} greedy: "
+                  f"{_fmt(s['small_greedy_accuracy'], True)})."]
+    ad = h.get("adaptive_stopping") or {}
+    if ad.get("saving") is not None:
+        lines += [f"- Adaptive stopping ({ad['rule']}): {_fmt(ad['accuracy'], True)} with "
+                  f"{ad['mean_samples']:.2f} samples on average; majority voting needs "
+                  f"{ad['majority_n_at_equal_accuracy']:.2f} samples for that accuracy: "
+                  f"{_fmt(ad['saving'], True)} of samples saved ({_fmt(ad['saving_vs_max_n'], True)} "
+                  f"against {ad['majority_max']}, which reaches {_fmt(ad['majority_max_accuracy'], True)})."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results_dir: str | Path, analysis: dict[str, Any] | None = None) -> Path:
+    """Write report.md and its PNG plots into `results_dir`; returns the report's path."""
+    from ttscale.eval.plots import plot_all
+
+    results_dir = Path(results_dir)
+    a = analysis or analyze(results_dir)
+    plots = plot_all(a, results_dir)
+    path = results_dir / REPORT_FILE
+    path.write_text(render_markdown(a, plots))
+    (results_dir / "analysis.json").write_text(json.dumps(a, indent=1, default=float))
+    return path

@@ -1,0 +1,95 @@
+"""`ttscale solve` as a Python function: one strategy over a set of problems, summarised.
+
+`run_solve` loads the model and scorer, draws the problems, runs the strategy on each and
+returns `strategies.summarize`'s dict (accuracy, mean cost, one record per problem). With
+`samples_out`, every candidate is also written as a store for `ttscale select` (sample once,
+select many).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ttscale.errors import TTScaleError, out_of_range
+from ttscale.strategies import Solution, get_params, solve_many, summarize
+from ttscale.tasks import BuiltinTask, get_task
+from ttscale.tasks.base import Task
+from ttscale.types import Problem
+
+DEFAULT_LEVEL = 3  # built-in tasks; a JSONL task uses all its problems unless a level is given
+
+
+def load_problems(task: Task, level: int | None, num_problems: int, split: str = "test",
+                  seed: int = 0) -> list[Problem]:
+    """The problems `ttscale solve` runs on."""
+    if num_problems < 1:
+        raise out_of_range("num_problems", num_problems, ">= 1")
+    if isinstance(task, BuiltinTask):
+        return task.problems(split=split, level=DEFAULT_LEVEL if level is None else level,
+                             n=num_problems, seed=seed)
+    return task.problems(split=split, level=level, n=num_problems, seed=seed)
+
+
+def samples_record(task: Task, problem: Problem, solution: Solution) -> dict[str, Any]:
+    """One store record (`ttscale select` input) from a solution's candidates."""
+    cands = solution.candidates
+    rec: dict[str, Any] = {
+        "id": problem.id, "problem": problem.question, "answer": problem.answer,
+        "responses": [c.text for c in cands], "preds": [c.answer for c in cands],
+        "correct": [bool(task.check(problem, c.answer)) for c in cands],
+    }
+    if cands and all(c.score is not None for c in cands):
+        rec["scores"] = [c.step_scores if c.step_scores else c.score for c in cands]
+    return rec
+
+
+def write_samples(path: str | Path, task: Task, problems: Sequence[Problem],
+                  solutions: Sequence[Solution]) -> None:
+    with Path(path).open("w", encoding="utf-8") as f:
+        for p, s in zip(problems, solutions):
+            f.write(json.dumps(samples_record(task, p, s)) + "\n")
+
+
+def run_solve(model: str, task: str = "arith", level: int | None = None, num_problems: int = 10,
+              strategy: str = "greedy", params: Mapping[str, Any] | None = None,
+              scorer: str | None = None, scorer_model: str | None = None,
+              aggregate: str = "last", split: str = "test", problem_seed: int = 0,
+              backend: str = "torch", generator_options: Mapping[str, Any] | None = None,
+              samples_out: str | Path | None = None) -> dict[str, Any]:
+    """Run `strategy` on `num_problems` problems of `task`; accuracy, mean cost, per problem."""
+    from ttscale.engine import load_generator
+    from ttscale.rewards import get_scorer
+
+    task_obj = get_task(task)
+    checked = get_params(strategy, dict(params or {}))  # bad parameters fail before loading
+    problems = load_problems(task_obj, level, num_problems, split, problem_seed)
+    generator = load_generator(model, backend=backend, **dict(generator_options or {}))
+    scorer_obj = None
+    if scorer is not None:
+        scorer_obj = get_scorer(scorer, task=task_obj, generator=generator, model=scorer_model,
+                                aggregate=aggregate)
+    solutions = solve_many(problems, task_obj, generator, strategy, checked, scorer_obj)
+    if samples_out is not None:
+        write_samples(samples_out, task_obj, problems, solutions)
+    out = summarize(task_obj, problems, solutions)
+    out = {"model": model, "task": task, "level": problems[0].level if problems else level,
+           "strategy": strategy, "scorer": scorer, "params": solutions[0].params if solutions
+           else {}, **out}
+    close = getattr(generator, "close", None)
+    if callable(close):
+        close()
+    return out
+
+
+def parse_param_pairs(pairs: Sequence[str]) -> dict[str, str]:
+    """`key=value` strings (from `--param`) as a dict; values stay text until get_params."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise TTScaleError(f"--param {pair!r} is not key=value; accepted: e.g. --param "
+                               "window=4")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,387 @@
+"""`ttscale sweep`: strategies x budgets x problems, as resumable JSONL records.
+
+Two kinds of work per (model, problem):
+
+- **Sample once, select many.** N_max samples are drawn in one request (one prefill), graded
+  and scored, and stored in `samples.jsonl`. Every selection rule (majority, best-of-N,
+  weighted majority, pass@k, ESC, Adaptive-Consistency) at every n in `ns` is then evaluated
+  from that store, on `replicates` orders of the samples, at no generation cost; the cost of
+  each record is that of the samples it used, prefill counted once.
+- **Run for real.** Strategies that cannot be simulated from independent samples (greedy,
+  beam search, MCTS, REBASE, self-refinement, ...) run through `ttscale.strategies.solve`.
+
+Each record is one (model, problem, strategy, parameters, budget, seed) and is appended and
+flushed as soon as it exists (`eval.store`), so `resume=True` skips done keys and a killed
+run ends with exactly the records of an uninterrupted one. Models listed in
+`baseline_models` run only the `baseline_runs` (greedy by default): the large-model side of
+"a small model with search against a large model's greedy decoding".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError, unknown
+from ttscale.eval.store import RESULTS_FILE, SAMPLES_FILE, JsonlStore, record_key
+from ttscale.planner.plan import config_id
+from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, SampleSet,
+                                     draw_samples, sample_order, select)
+from ttscale.types import Problem, SamplingParams
+
+CONFIG_FILE = "sweep.json"
+
+
+@dataclass
+class RunSpec:
+    """A strategy run for real at one budget: its name and parameters (ttscale.strategies)."""
+
+    strategy: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def budget(self) -> float:
+        p = self.params
+        for k in ("n", "simulations", "num_simulations", "iterations", "rounds", "max_tokens"):
+            if k in p:
+                return float(p[k])
+        return 1.0
+
+
+@dataclass
+class SweepConfig:
+    """What a sweep measures. Budgets: `ns` for the sample-store rules, and each RunSpec."""
+
+    models: list[str]  # policy models that run the whole grid
+    tasks: list[str] = field(default_factory=lambda: ["countdown"])
+    levels: list[int] | None = None  # built-in task levels (None: all); ignored for JSONL tasks
+    num_problems: int = 20  # per task and level
+    split: str = "test"
+    seed: int = 0
+    backend: str = "torch"
+    n_max: int = 16  # samples stored per problem
+    ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    rules: list[str] = field(default_factory=lambda: list(SELECTION_RULES))
+    replicates: int = 4  # orders of the stored samples each rule is evaluated on
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int = 96
+    scorer: str | None = "self-certainty"  # scores samples for best-of-N and weighted voting
+    runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
+    esc_window: int = 4
+    ac_threshold: float = 0.95
+    baseline_models: list[str] = field(default_factory=list)
+    baseline_runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
+
+    def validate(self) -> None:
+        if not self.models:
+            raise TTScaleError("a sweep needs at least one model")
+        if self.n_max < 1:
+            raise TTScaleError(f"n_max={self.n_max} is out of range; accepted: >= 1")
+        bad = [n for n in self.ns if not 1 <= n <= self.n_max]
+        if bad:
+            raise TTScaleError(f"ns={bad} are out of range; accepted: 1 <= n <= n_max={self.n_max}")
+        for r in self.rules:
+            if r not in SELECTION_RULES:
+                raise unknown("selection rule", r, SELECTION_RULES)
+        if self.replicates < 1:
+            raise TTScaleError(f"replicates={self.replicates} is out of range; accepted: >= 1")
+        if self.num_problems < 1:
+            raise TTScaleError(f"num_problems={self.num_problems} is out of range; accepted: >= 1")
+        from ttscale.strategies import get_params
+
+        for spec in self.runs + self.baseline_runs:  # fail before any work starts
+            get_params(spec.strategy, {"max_tokens": self.max_tokens, **spec.params})
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SweepConfig":
+        d = dict(d)
+        d["runs"] = [RunSpec(**r) for r in d.get("runs", [])]
+        d["baseline_runs"] = [RunSpec(**r) for r in d.get("baseline_runs", [])]
+        return cls(**d)
+
+
+@dataclass
+class SweepResult:
+    results_dir: str
+    records: int  # records in the store at the end
+    written: int  # records this call wrote (0 when everything was already done)
+    wall_s: float
+
+
+def problem_set(cfg: SweepConfig) -> list[tuple[Any, Problem]]:
+    """(task, problem) pairs of the sweep, in a fixed order."""
+    from ttscale.tasks import BuiltinTask, get_task
+
+    out = []
+    for name in cfg.tasks:
+        task = get_task(name)
+        if isinstance(task, BuiltinTask):
+            for lv in cfg.levels or list(task.levels):
+                if lv not in task.levels:
+                    raise unknown("level", lv, task.levels)
+                out += [(task, p) for p in task.problems(cfg.split, lv, cfg.num_problems, cfg.seed)]
+        else:
+            out += [(task, p) for p in task.problems(cfg.split, None, cfg.num_problems, cfg.seed)]
+    return out
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    """The sampling seed of one problem: a pure function of the sweep seed and the problem."""
+    h = hashlib.sha256(f"{seed}|{problem_id}".encode()).digest()
+    return int.from_bytes(h[:4], "big") % (2**31 - 1)
+
+
+def _cost_fields(cost) -> dict[str, Any]:
+    d = cost.to_dict()
+    return {"flops": d["flops"], "tokens": d["tokens"], "wall_s": d["wall_s"], "cost": d}
+
+
+def _base(model: str, backend: str, task, p: Problem, cfg: SweepConfig) -> dict[str, Any]:
+    return {"model": model, "backend": backend, "task": task.name, "level": p.level,
+            "split": cfg.split, "problem_id": p.id}
+
+
+def _rule_params(rule: str, n: int, cfg: SweepConfig) -> dict[str, Any]:
+    if rule == "esc":
+        return {"n": n, "window": min(cfg.esc_window, n)}
+    if rule == "adaptive_consistency":
+        return {"n": n, "threshold": cfg.ac_threshold}
+    return {"n": n}
+
+
+def _rule_ns(rule: str, cfg: SweepConfig) -> list[int]:
+    if rule in ("esc", "adaptive_consistency"):  # a stopping rule at n=1 is plain sampling
+        return [n for n in cfg.ns if n >= 2]
+    return list(cfg.ns)
+
+
+def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSet,
+                      cfg: SweepConfig, scorer_name: str | None) -> list[dict[str, Any]]:
+    """Every rule x n x replicate record of one problem's stored samples (no generation)."""
+    out = []
+    for rule in cfg.rules:
+        if rule in NEEDS_SCORES and not ss.has_scores:
+            continue
+        for n in _rule_ns(rule, cfg):
+            params = _rule_params(rule, n, cfg)
+            uses_scorer = rule in NEEDS_SCORES
+            for rep in range(cfg.replicates):
+                order = sample_order(ss.n, rep)
+                sel = select(rule, task, ss, n, order, window=params.get("window", 4),
+                             threshold=cfg.ac_threshold)
+                cost = ss.cost(order[:sel.used])
+                scorer = scorer_name if uses_scorer else None
+                key = record_key(**base, strategy=rule, params=params, seed=rep,
+                                 sampling=cfg.sampling, scorer=scorer, n_max=cfg.n_max)
+                out.append({"key": key, **base, "strategy": rule, "params": params,
+                            "config": config_id(rule, params), "budget": n, "seed": rep,
+                            "scorer": scorer, "oracle": rule in ORACLE_RULES or scorer == "oracle",
+                            "source": "samples", "answer": sel.answer, "correct": sel.correct,
+                            "samples_used": sel.used, **_cost_fields(cost)})
+    return out
+
+
+def _samples_record(key: str, base: dict[str, Any], problem: Problem, ss: SampleSet,
+                    scorer_name: str | None, seed: int) -> dict[str, Any]:
+    """One problem's stored samples; also readable by `ttscale select --samples`."""
+    d = ss.to_dict()
+    texts = d.pop("texts")
+    rec = {"key": key, **base, "seed": seed, "scorer": scorer_name,
+           "problem": problem.question, "answer": problem.answer, "responses": texts,
+           "preds": ss.answers, "set": d}
+    if ss.has_scores:
+        rec["scores"] = ss.scores
+    return rec
+
+
+def make_generator(model: str, backend: str = "torch", **options: Any) -> Generator:
+    """A generator for `model` on `backend` (`torch`, `hf`, or `openai` with `base_url`)."""
+    from ttscale.engine import load_generator
+
+    if backend == "openai":
+        from ttscale.engine.openai_backend import OpenAIGenerator
+
+        base_url = options.pop("base_url", None)
+        if not base_url:
+            raise TTScaleError("the openai backend needs a base URL (--base-url)")
+        shape = options.pop("shape", None)
+        if shape is None:
+            from ttscale.models.registry import resolve_model
+
+            cfg = json.loads((Path(resolve_model(model)) / "config.json").read_text())
+            from ttscale.models.registry import _count_params
+
+            n_params, n_layer, d_model = (_count_params(cfg), cfg["num_hidden_layers"],
+                                          cfg["hidden_size"])
+        else:
+            n_params, n_layer, d_model = shape.n_params, shape.n_layer, shape.d_model
+        return OpenAIGenerator(base_url, model, n_params, n_layer, d_model, **options)
+    return load_generator(model, backend=backend, **options)
+
+
+def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress: bool = True,
+              generators: dict[str, Generator] | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
+    """Run (or resume) a sweep into `out`: results.jsonl, samples.jsonl and sweep.json.
+
+    Without `resume` an existing store in `out` is replaced. `generators` maps a model name
+    to a ready Generator (any backend); other models are loaded with `make_generator`.
+    """
+    from tqdm import tqdm
+
+    from ttscale.rewards import get_scorer
+    from ttscale.strategies import solve
+
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(cfg.to_dict(), indent=1))
+    results = JsonlStore(out / RESULTS_FILE, resume=resume)
+    samples = JsonlStore(out / SAMPLES_FILE, resume=resume)
+    t0 = time.perf_counter()
+    written = 0
+    pairs = problem_set(cfg)
+    jobs = [(m, cfg.runs, True) for m in cfg.models] + [
+        (m, cfg.baseline_runs, False) for m in cfg.baseline_models if m not in cfg.models]
+    total = sum(len(pairs) * (len(runs) + (1 if grid else 0)) for m, runs, grid in jobs)
+    bar = tqdm(total=total, desc="sweep", unit="job", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    generators = dict(generators or {})
+    models_path = out / "models.json"
+    shapes: dict[str, Any] = json.loads(models_path.read_text()) if models_path.exists() else {}
+
+    def generator_for(model: str) -> Generator:
+        g = generators.get(model) or generators.setdefault(model, make_generator(model, cfg.backend))
+        if model not in shapes:  # model sizes, for the report's small-vs-large comparison
+            shapes[model] = {"n_params": g.shape.n_params, "n_layer": g.shape.n_layer,
+                             "d_model": g.shape.d_model}
+            models_path.write_text(json.dumps(shapes, indent=1))
+        return g
+
+    def emit(rec: dict[str, Any]) -> None:
+        nonlocal written
+        if results.append(rec):
+            written += 1
+            if on_record is not None:
+                on_record(rec)
+
+    try:
+        for model, runs, grid in jobs:
+            gen = None
+            scorers: dict[str, Any] = {}
+            for task, p in pairs:
+                base = _base(model, cfg.backend, task, p, cfg)
+                seed = problem_seed(cfg.seed, p.id)
+                if grid:
+                    skey = record_key(kind="samples", **base, n=cfg.n_max, sampling=cfg.sampling,
+                                      scorer=cfg.scorer, seed=seed)
+                    stored = samples.get(skey)
+                    if stored is None:
+                        gen = gen or generator_for(model)
+                        scorer = _scorer(scorers, cfg.scorer, task, gen, get_scorer)
+                        sp = SamplingParams(n=cfg.n_max, temperature=cfg.temperature,
+                                            top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+                        ss = draw_samples(gen, p, task, cfg.n_max, sp, scorer)
+                        stored = _samples_record(skey, base, p, ss, cfg.scorer, seed)
+                        samples.append(stored)
+                    ss = SampleSet.from_dict({**stored["set"], "texts": stored["responses"]})
+                    for rec in selection_records(base, task, p, ss, cfg, cfg.scorer):
+                        if rec["key"] not in results:
+                            emit(rec)
+                    bar.update(1)
+                for spec in runs:
+                    params = {"max_tokens": cfg.max_tokens, "seed": seed, **spec.params}
+                    uses_scorer = spec.strategy not in ("greedy", "majority", "esc",
+                                                        "adaptive_consistency", "budget_forcing")
+                    scorer_name = cfg.scorer if uses_scorer else None
+                    key = record_key(**base, strategy=spec.strategy, params=spec.params, seed=0,
+                                     sampling={"max_tokens": cfg.max_tokens}, scorer=scorer_name)
+                    if key not in results:
+                        gen = gen or generator_for(model)
+                        scorer = _scorer(scorers, scorer_name, task, gen, get_scorer)
+                        sol = solve(p, task, gen, spec.strategy, params, scorer)
+                        emit({"key": key, **base, "strategy": spec.strategy, "params": spec.params,
+                              "config": config_id(spec.strategy, spec.params),
+                              "budget": spec.budget, "seed": 0, "scorer": scorer_name,
+                              "oracle": scorer_name == "oracle", "source": "run",
+                              "answer": sol.answer, "correct": bool(task.check(p, sol.answer)),
+                              "samples_used": None, **_cost_fields(sol.cost)})
+                    bar.update(1)
+    finally:
+        bar.close()
+        results.close()
+        samples.close()
+    return SweepResult(str(out), len(results), written, time.perf_counter() - t0)
+
+
+def _scorer(cache: dict[str, Any], name: str | None, task, gen, get_scorer):
+    if name is None:
+        return None
+    key = f"{name}|{task.name}"
+    if key not in cache:
+        cache[key] = get_scorer(name, task=task, generator=gen)
+    return cache[key]
+
+
+def load_config(results_dir: str | Path) -> SweepConfig | None:
+    p = Path(results_dir) / CONFIG_FILE
+    return SweepConfig.from_dict(json.loads(p.read_text())) if p.exists() else None
+
+
+def parse_runs(text: str | Sequence[str]) -> list[RunSpec]:
+    """`"greedy; beam_search:n=4,width=2"` -> RunSpecs (values stay text; strategies coerce)."""
+    items = text if not isinstance(text, str) else [t for t in text.split(";")]
+    out = []
+    for item in items:
+        item = item.strip()
+        if not item:
+            continue
+        name, _, rest = item.partition(":")
+        params: dict[str, Any] = {}
+        for kv in filter(None, (s.strip() for s in rest.split(","))):
+            k, eq, v = kv.partition("=")
+            if not eq:
+                raise TTScaleError(f"bad strategy parameter {kv!r} in {item!r}; accepted: name=value")
+            params[k.strip()] = _number(v.strip())
+        out.append(RunSpec(name.strip(), params))
+    return out
+
+
+def _number(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+def default_config() -> SweepConfig:
+    """The embedded default: the smallest shipped model runs the grid, the largest runs
+    greedy decoding; built-in tasks at mixed levels, so problems differ in difficulty.
+    Sized to finish within 10 minutes on 2 CPU cores (docs/results.md has the timing)."""
+    from ttscale.models.registry import list_models
+
+    policies = [m for m in list_models() if getattr(m, "kind", "policy") == "policy"]
+    if not policies:
+        raise TTScaleError("no shipped models found; train them with `make models` or pass --model")
+    small, large = policies[0].name, policies[-1].name
+    return SweepConfig(
+        models=[small], baseline_models=[large] if large != small else [],
+        tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=12, split="test",
+        n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=1.0, max_tokens=64,
+        scorer="self-certainty", runs=[RunSpec("greedy")], baseline_runs=[RunSpec("greedy")])

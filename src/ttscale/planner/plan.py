@@ -1,0 +1,396 @@
+"""The difficulty-aware compute-optimal plan: fit it on calibration problems, save it, use it.
+
+From a sweep's records, every problem (and every replicate of its stored samples) becomes one
+*instance* with a probe difficulty (planner.difficulty) and, for every strategy configuration,
+its outcome and cost. A `Plan` holds, per difficulty bin, the frontier of configurations by
+expected extra cost beyond the probe and expected accuracy, fitted on calibration instances
+only. Spending a total budget on a batch: probe each problem (its cost counts), allocate the
+rest by marginal gain per FLOP (planner.allocate), run, return what a problem does not spend.
+When the budget cannot pay for probes, a difficulty-blind frontier is used instead.
+
+`cross_validate` scores plans on problems they were not fitted on (K folds by problem), which
+is how the headline numbers of `ttscale sweep` are measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttscale.errors import TTScaleError
+from ttscale.planner.allocate import Ledger, Option, allocate, efficient_frontier
+from ttscale.planner.difficulty import (PROBE_SAMPLES, assign_bin, difficulty, num_bins,
+                                        quantile_edges)
+from ttscale.planner.samples import SampleSet, sample_order, select
+
+PROBE = "probe"  # the free option once the probe is paid: majority vote of the probe samples
+NO_ANSWER = "none"  # the free option without a probe: answer nothing
+
+
+def config_id(strategy: str, params: dict[str, Any]) -> str:
+    """A readable, unique name of a configuration: `majority(n=8)`."""
+    inner = ",".join(f"{k}={params[k]}" for k in sorted(params))
+    return f"{strategy}({inner})"
+
+
+# -- the table of measured outcomes ---------------------------------------------------------
+@dataclass
+class Table:
+    """Instances x configurations: accuracy, raw cost, and extra cost beyond the probe."""
+
+    model: str
+    problems: list[str]
+    replicates: list[int]
+    levels: list[int]
+    difficulty: np.ndarray
+    probe_cost: np.ndarray
+    probe_acc: np.ndarray
+    configs: list[str]
+    strategies: dict[str, dict[str, Any]]  # config -> {"strategy", "params", "source"}
+    acc: np.ndarray  # (instances, configs)
+    raw: np.ndarray  # FLOPs of the configuration alone
+    extra: np.ndarray  # FLOPs beyond the probe when the probe was paid first
+    used: np.ndarray  # samples drawn (sample-store configurations), else NaN
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+    def subset(self, mask: np.ndarray) -> "Table":
+        idx = np.flatnonzero(mask)
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        return Table(self.model, pick(self.problems), pick(self.replicates), pick(self.levels),
+                     self.difficulty[idx], self.probe_cost[idx], self.probe_acc[idx], self.configs,
+                     self.strategies, self.acc[idx], self.raw[idx], self.extra[idx], self.used[idx])
+
+
+def grid_model(records: Sequence[dict[str, Any]]) -> str:
+    """The model with the most configurations (the one the strategy grid ran on)."""
+    per: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        per[r["model"]].add(r["config"])
+    if not per:
+        raise TTScaleError("no result records to plan from")
+    return max(per, key=lambda m: (len(per[m]), m))
+
+
+def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
+                model: str | None = None, probe_samples: int = PROBE_SAMPLES,
+                task=None) -> Table:
+    """The outcome table of one model from a sweep's records and sample stores.
+
+    Only deployable configurations count (no pass@k, no oracle scorer), and only those
+    measured on every instance. The probe reads the first `probe_samples` stored samples of
+    each instance's order; `task` (default: each record's task) groups equal answers.
+    """
+    from ttscale.tasks import get_task
+
+    model = model or grid_model(records)
+    stores = {s["problem_id"]: s for s in samples if s["model"] == model}
+    if not stores:
+        raise TTScaleError(f"no stored samples for model {model!r}; the planner's probe reads "
+                           "them (run the sweep with parallel sampling)")
+    recs = [r for r in records if r["model"] == model and not r.get("oracle")]
+    replicates = sorted({r["seed"] for r in recs if r["source"] == "samples"}) or [0]
+    by_cfg: dict[str, dict[tuple[str, int], dict]] = defaultdict(dict)
+    strategies: dict[str, dict[str, Any]] = {}
+    for r in recs:
+        by_cfg[r["config"]][(r["problem_id"], r["seed"])] = r
+        strategies[r["config"]] = {"strategy": r["strategy"], "params": r["params"],
+                                   "source": r["source"]}
+    problems = sorted(stores)
+    instances = [(p, rep) for p in problems for rep in replicates]
+
+    def outcome(cfg: str, p: str, rep: int) -> dict | None:
+        d = by_cfg[cfg]
+        return d.get((p, rep)) if strategies[cfg]["source"] == "samples" else d.get((p, 0))
+
+    configs = sorted(c for c in by_cfg if all(outcome(c, p, rep) for p, rep in instances))
+    tasks_cache: dict[str, Any] = {}
+    I, J = len(instances), len(configs)
+    acc, raw, extra, used = (np.zeros((I, J)), np.zeros((I, J)), np.zeros((I, J)),
+                             np.full((I, J), np.nan))
+    diff, pcost, pacc, levels = np.zeros(I), np.zeros(I), np.zeros(I), []
+    for i, (p, rep) in enumerate(instances):
+        s = stores[p]
+        ss = SampleSet.from_dict({**s["set"], "texts": []})
+        t = task or tasks_cache.setdefault(s["task"], get_task(s["task"]))
+        order = sample_order(ss.n, rep)
+        k = min(probe_samples, ss.n)
+        diff[i] = difficulty([ss.keys[j] for j in order[:k]])
+        pcost[i] = ss.cost(order[:k]).flops
+        pacc[i] = float(select("majority", t, ss, k, order).correct)
+        levels.append(s.get("level"))
+        for j, c in enumerate(configs):
+            r = outcome(c, p, rep)
+            acc[i, j] = float(r["correct"])
+            raw[i, j] = r["flops"]
+            if strategies[c]["source"] == "samples":
+                u = int(r["samples_used"])
+                used[i, j] = u
+                extra[i, j] = ss.cost(order[:max(u, k)]).flops - pcost[i]
+            else:
+                extra[i, j] = r["flops"]
+    return Table(model, [p for p, _ in instances], [r for _, r in instances], levels, diff,
+                 pcost, pacc, configs, {c: strategies[c] for c in configs}, acc, raw, extra, used)
+
+
+# -- the plan --------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """Per difficulty bin, the frontier of configurations (extra FLOPs beyond the probe,
+    expected accuracy); plus a difficulty-blind frontier for budgets too small to probe."""
+
+    model: str
+    probe_samples: int
+    probe_cost: float  # mean FLOPs of the probe on calibration problems
+    edges: list[float]  # difficulty bin edges (planner.difficulty.assign_bin)
+    bins: list[list[Option]]  # frontier per bin, cheapest first; [0] is the probe's vote
+    blind: list[Option]  # frontier without a probe, by raw cost; [0] answers nothing
+    strategies: dict[str, dict[str, Any]]  # config -> {"strategy", "params", "source"}
+    sampling: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
+    calibration: dict[str, Any] = field(default_factory=dict)  # problems, instances, bin sizes
+
+    def bin_of(self, diff: float) -> int:
+        return min(assign_bin(diff, self.edges), len(self.bins) - 1)
+
+    def choose(self, diff: float, budget: float) -> str:
+        """The configuration for one problem of difficulty `diff` with `budget` FLOPs in all
+        (probe included)."""
+        if budget >= self.probe_cost:
+            ok = [o for o in self.bins[self.bin_of(diff)] if o.cost <= budget - self.probe_cost]
+            probe_pick = ok[-1] if ok else None
+        else:
+            probe_pick = None
+        blind_ok = [o for o in self.blind if o.cost <= budget]
+        blind_pick = blind_ok[-1]
+        if probe_pick is not None and probe_pick.accuracy >= blind_pick.accuracy:
+            return probe_pick.config
+        return blind_pick.config
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["bins"] = [[asdict(o) for o in b] for b in self.bins]
+        d["blind"] = [asdict(o) for o in self.blind]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Plan":
+        return cls(**{**d, "bins": [[Option(**o) for o in b] for b in d["bins"]],
+                      "blind": [Option(**o) for o in d["blind"]]})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        p = Path(path)
+        if not p.is_file():
+            raise TTScaleError(f"plan file {str(path)!r} does not exist; make one with "
+                               "`ttscale plan --results DIR`")
+        try:
+            return cls.from_dict(json.loads(p.read_text()))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise TTScaleError(f"{path} is not a ttscale plan ({e})") from None
+
+
+def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = None) -> Plan:
+    """Fit a plan on the instances of `table` (its calibration problems)."""
+    if len(table) == 0:
+        raise TTScaleError("no calibration instances to fit a plan on")
+    n_problems = len(set(table.problems))
+    edges = quantile_edges(table.difficulty.tolist(), num_bins(n_problems, max_bins))
+    bin_idx = np.array([assign_bin(d, edges) for d in table.difficulty])
+    bins, sizes = [], []
+    for b in range(len(edges) + 1):
+        m = bin_idx == b
+        sizes.append(int(m.sum()))
+        if not m.any():  # an empty bin (possible with merged edges) plans like its neighbour
+            bins.append(bins[-1] if bins else [Option(PROBE, 0.0, 0.0)])
+            continue
+        opts = [Option(PROBE, 0.0, float(table.probe_acc[m].mean()))]
+        opts += [Option(c, float(table.extra[m, j].mean()), float(table.acc[m, j].mean()))
+                 for j, c in enumerate(table.configs)]
+        bins.append(efficient_frontier(opts))
+    blind = efficient_frontier([Option(NO_ANSWER, 0.0, 0.0)] + [
+        Option(c, float(table.raw[:, j].mean()), float(table.acc[:, j].mean()))
+        for j, c in enumerate(table.configs)])
+    return Plan(table.model, PROBE_SAMPLES, float(table.probe_cost.mean()), edges, bins, blind,
+                table.strategies, dict(sampling or {}),
+                {"problems": n_problems, "instances": len(table), "bin_sizes": sizes})
+
+
+# -- spending a budget on a batch (offline, from the table) ----------------------------------
+@dataclass
+class Spend:
+    """What a plan did with a total budget on a batch: outcome and cost of each instance."""
+
+    mode: str  # "probe" or "blind"
+    correct: np.ndarray
+    flops: np.ndarray  # per instance, probe included
+    choice: list[str]
+    budget: float
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else 0.0
+
+    @property
+    def mean_flops(self) -> float:
+        return float(self.flops.mean()) if len(self.flops) else 0.0
+
+
+def choose_mode(plan: Plan, bins: Sequence[int] | None, n: int, budget: float) -> str:
+    """Probe first when that buys more expected accuracy than a difficulty-blind allocation."""
+    blind = allocate([plan.blind] * n, budget).expected_accuracy
+    left = budget - n * plan.probe_cost
+    if bins is None or left < 0:
+        return "blind"
+    probed = allocate([plan.bins[b] for b in bins], left).expected_accuracy
+    return "probe" if probed >= blind else "blind"
+
+
+def simulate(plan: Plan, table: Table, budget: float) -> Spend:
+    """Spend `budget` FLOPs on the instances of `table` as `solve_with_plan` would, using the
+    measured outcomes; realized costs (not expectations) are charged, and a configuration
+    that would overrun what is left is stopped by the guard (the probe's vote answers)."""
+    n = len(table)
+    col = {c: j for j, c in enumerate(table.configs)}
+    bins = [plan.bin_of(d) for d in table.difficulty]
+    mode = choose_mode(plan, bins, n, budget)
+    correct, flops, choice = np.zeros(n), np.zeros(n), [NO_ANSWER] * n
+    if mode == "blind":
+        ledger = Ledger([plan.blind] * n, budget)
+        order = range(n)
+    else:
+        spent_probe = 0.0
+        probed = np.zeros(n, dtype=bool)
+        for i in range(n):
+            if spent_probe + table.probe_cost[i] <= budget:
+                spent_probe += table.probe_cost[i]
+                probed[i] = True
+        ledger = Ledger([plan.bins[b] if probed[i] else [Option(NO_ANSWER, 0.0, 0.0)]
+                         for i, b in enumerate(bins)], budget - spent_probe)
+        flops += np.where(probed, table.probe_cost, 0.0)
+        order = sorted(range(n), key=lambda i: (table.difficulty[i], i))  # easy first
+    for i in order:
+        k = ledger.upgrade(i)
+        cfg = ledger.frontiers[i][k].config
+        base_ok = table.probe_acc[i] if mode == "probe" and cfg != NO_ANSWER else 0.0
+        if cfg in (PROBE, NO_ANSWER):
+            spent, ok = 0.0, base_ok
+        else:
+            cost = table.extra[i, col[cfg]] if mode == "probe" else table.raw[i, col[cfg]]
+            if cost <= ledger.limit(i) + 1e-6:
+                spent, ok = cost, table.acc[i, col[cfg]]
+            else:  # the guard stops it before the call that would overrun
+                spent, ok, cfg = min(cost, ledger.limit(i)), base_ok, cfg + " (stopped)"
+        ledger.charge(i, spent)
+        flops[i] += spent
+        correct[i] = ok
+        choice[i] = cfg
+    return Spend(mode, correct, flops, choice, budget)
+
+
+# -- cross-validation: never scored on the problems it was fitted on ---------------------------
+def folds_of(problems: Sequence[str], k: int, seed: int = 0) -> np.ndarray:
+    """Fold index per instance; all instances of a problem share a fold."""
+    uniq = sorted(set(problems))
+    random.Random(seed).shuffle(uniq)
+    fold = {p: i % k for i, p in enumerate(uniq)}
+    return np.array([fold[p] for p in problems])
+
+
+@dataclass
+class CurvePoint:
+    budget: float  # FLOPs per problem given to the planner
+    flops: float  # FLOPs per problem it spent (probe included)
+    accuracy: float
+
+
+def cross_validate(table: Table, budgets: Sequence[float], k: int = 5, seed: int = 0,
+                   max_bins: int = 5) -> list[CurvePoint]:
+    """The planner's held-out accuracy and spend at each per-problem budget (K-fold by problem)."""
+    n_problems = len(set(table.problems))
+    k = max(2, min(k, n_problems))
+    folds = folds_of(table.problems, k, seed)
+    plans = [fit_plan(table.subset(folds != f), max_bins) for f in range(k)]
+    tests = [table.subset(folds == f) for f in range(k)]
+    out = []
+    for b in budgets:
+        spends = [simulate(plans[f], tests[f], b * len(tests[f])) for f in range(k)]
+        total = sum(len(t) for t in tests)
+        out.append(CurvePoint(float(b), float(sum(s.flops.sum() for s in spends) / total),
+                              float(sum(s.correct.sum() for s in spends) / total)))
+    return out
+
+
+@dataclass
+class FixedPoint:
+    config: str
+    flops: float
+    accuracy: float
+
+
+def fixed_points(table: Table) -> list[FixedPoint]:
+    """Every single configuration applied to every instance: mean FLOPs and accuracy."""
+    return [FixedPoint(c, float(table.raw[:, j].mean()), float(table.acc[:, j].mean()))
+            for j, c in enumerate(table.configs)]
+
+
+def best_fixed(points: Sequence[FixedPoint], budget: float) -> FixedPoint | None:
+    ok = [p for p in points if p.flops <= budget * (1 + 1e-9)]
+    return max(ok, key=lambda p: (p.accuracy, -p.flops)) if ok else None
+
+
+def budget_grid(table: Table, n: int = 24) -> list[float]:
+    """Per-problem budgets from the cheapest configuration to past the most expensive one."""
+    costs = table.raw.mean(axis=0)
+    lo, hi = float(costs.min()) * 0.8, float(max(costs.max(), table.probe_cost.mean()) * 1.25)
+    return [float(x) for x in np.geomspace(lo, hi, n)]
+
+
+def planner_headline(curve: Sequence[CurvePoint], fixed: Sequence[FixedPoint],
+                     level: float = 0.95) -> dict[str, Any]:
+    """The planner against the best single fixed configuration, on held-out problems.
+
+    The reference is the cheapest fixed configuration within `level` (95%) of the best fixed
+    accuracy: the budget a user would choose. `accuracy_gain`: planner accuracy minus the
+    reference's at the reference's mean FLOPs (the planner's spend never exceeds them).
+    `flops_saving`: the reference's FLOPs over the least the planner needs to match its
+    accuracy (interpolated in log FLOPs between budgets; None when it never does). The
+    reference is chosen with hindsight on the very problems scored, which favours it.
+    """
+    if not fixed or not curve:
+        return {"accuracy_gain": None, "flops_saving": None}
+    top = max(p.accuracy for p in fixed)
+    ref = min((p for p in fixed if p.accuracy >= level * top), key=lambda p: p.flops)
+    pts = sorted(curve, key=lambda c: c.budget)
+    at = [c for c in pts if c.budget <= ref.flops * (1 + 1e-9)]
+    planner_at = at[-1] if at else None
+    need = None
+    for a, b in zip([None] + pts[:-1], pts):
+        if b.accuracy >= ref.accuracy:
+            if a is None or a.accuracy >= ref.accuracy:
+                need = b.flops
+            else:  # log-linear interpolation of the spend between two budgets
+                t = (ref.accuracy - a.accuracy) / (b.accuracy - a.accuracy)
+                need = math.exp(math.log(a.flops) + t * (math.log(b.flops) - math.log(a.flops)))
+            break
+    return {
+        "reference": asdict(ref),
+        "planner_accuracy": planner_at.accuracy if planner_at else None,
+        "planner_flops": planner_at.flops if planner_at else None,
+        "accuracy_gain": (planner_at.accuracy - ref.accuracy) if planner_at else None,
+        "flops_to_match": need,
+        "flops_saving": (ref.flops / need) if need else None,
+    }

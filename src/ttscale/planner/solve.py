@@ -1,0 +1,183 @@
+"""Solve a batch of problems with a plan under a total FLOP budget that is never exceeded.
+
+1. Probe: draw the plan's first k samples of each problem (their cost counts against the
+   budget); their agreement gives each problem's difficulty bin.
+2. Allocate the rest by expected marginal gain per FLOP (planner.allocate).
+3. Run the problems easiest first. Voting configurations continue from the probe's samples;
+   stopping rules (ESC, Adaptive-Consistency) draw until they stop, and what a problem does
+   not spend flows to later ones. Every call goes through a `BudgetGuard` whose limit is the
+   problem's allotment plus the free pool; a call that could overrun is never made and the
+   problem keeps the probe's vote.
+When the budget cannot pay for probes (or a blind allocation promises more), problems are
+solved without a probe on the plan's difficulty-blind frontier.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ttscale.engine.base import Generator
+from ttscale.errors import out_of_range
+from ttscale.planner.allocate import BudgetExhausted, BudgetGuard, Ledger, Option, allocate
+from ttscale.planner.difficulty import difficulty
+from ttscale.planner.plan import NO_ANSWER, PROBE, Plan
+from ttscale.planner.samples import NEEDS_SCORES, SampleSet, draw_samples, select
+from ttscale.rewards.base import Scorer
+from ttscale.strategies.stopping import adaptive_should_stop, esc_should_stop
+from ttscale.strategies.voting import top_two
+from ttscale.tasks.base import Task
+from ttscale.types import Problem, SamplingParams
+
+
+@dataclass
+class PlannedAnswer:
+    problem_id: str
+    answer: str | None
+    correct: bool | None  # None when the task cannot check (no reference answer)
+    config: str
+    difficulty: float | None
+    flops: float  # everything this problem cost, probe included
+
+
+@dataclass
+class PlannedRun:
+    budget: float
+    spent: float
+    mode: str
+    answers: list[PlannedAnswer] = field(default_factory=list)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(bool(a.correct) for a in self.answers) / max(len(self.answers), 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "spent": self.spent, "mode": self.mode,
+                "accuracy": self.accuracy, "num_problems": len(self.answers),
+                "mean_flops": self.spent / max(len(self.answers), 1),
+                "problems": [a.__dict__ for a in self.answers]}
+
+
+def _sampling(plan: Plan, n: int, seed: int) -> SamplingParams:
+    s = plan.sampling
+    return SamplingParams(n=n, temperature=float(s.get("temperature", 1.0)),
+                          top_p=float(s.get("top_p", 1.0)), max_tokens=int(s.get("max_tokens", 128)),
+                          seed=seed)
+
+
+def _merge(a: SampleSet, b: SampleSet) -> SampleSet:
+    """Samples of two draws of one prompt; the second draw's prefill was (mostly) cached."""
+    return SampleSet(a.answers + b.answers, a.keys + b.keys, a.correct + b.correct,
+                     a.scores + b.scores, a.texts + b.texts,
+                     a.completion_tokens + b.completion_tokens, a.sample_flops + b.sample_flops,
+                     a.verifier_flops + b.verifier_flops, a.verifier_tokens + b.verifier_tokens,
+                     a.prompt_tokens, a.cached_tokens, a.prefill_flops + b.prefill_flops,
+                     a.wall_s + b.wall_s)
+
+
+def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
+                       guard: BudgetGuard, scorer: Scorer | None, have: SampleSet | None,
+                       seed: int) -> SampleSet:
+    """Draw what a voting/stopping configuration needs beyond the samples already drawn."""
+    rule, params = cfg["strategy"], cfg["params"]
+    n = int(params["n"])
+    sc = scorer if rule in NEEDS_SCORES else None
+    call = 1
+
+    def more(k: int) -> SampleSet:
+        nonlocal call
+        call += 1
+        return draw_samples(guard, problem, task, k, _sampling(plan, k, seed * 1009 + call), sc)
+
+    ss = have
+    if sc is not None and ss is not None and not ss.has_scores:  # score the probe's samples
+        batch = guard.guard_scorer(sc).score(problem, ss.texts, None)
+        ss.scores = [float(s.value) for s in batch.scores]
+    while ss is None or ss.n < n:
+        if rule == "esc":
+            w = int(params.get("window", 4))
+            if ss is not None and ss.n >= w and esc_should_stop(ss.keys[-w:]):
+                break
+            ss = more(min(w, n - (ss.n if ss else 0))) if ss is None else _merge(ss, more(min(w, n - ss.n)))
+        elif rule == "adaptive_consistency":
+            if ss is not None and adaptive_should_stop(
+                    *top_two(task, ss.candidates(range(ss.n))),
+                    threshold=float(params.get("threshold", 0.95))):
+                break
+            ss = more(1) if ss is None else _merge(ss, more(1))
+        else:
+            ss = more(n) if ss is None else _merge(ss, more(n - ss.n))
+    return ss
+
+
+def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generator, plan: Plan,
+                    budget: float, scorer: Scorer | None = None, seed: int = 0) -> PlannedRun:
+    """Answer `problems` spending at most `budget` FLOPs in all (probes included)."""
+    if budget <= 0:
+        raise out_of_range("budget", budget, "> 0 FLOPs")
+    guard = BudgetGuard(generator, budget)
+    gscorer = guard.guard_scorer(scorer)
+    n = len(problems)
+    sizes = plan.calibration.get("bin_sizes") or [1] * len(plan.bins)
+    est_bins = [b for b, s in enumerate(sizes) for _ in range(round(s * n / max(sum(sizes), 1)))][:n]
+    est_bins += [len(plan.bins) // 2] * (n - len(est_bins))
+    probed = budget >= n * plan.probe_cost and allocate(
+        [plan.bins[b] for b in est_bins], budget - n * plan.probe_cost).expected_accuracy >= \
+        allocate([plan.blind] * n, budget).expected_accuracy
+    k = plan.probe_samples
+    probes: list[SampleSet | None] = [None] * n
+    diffs: list[float | None] = [None] * n
+    costs = [0.0] * n
+    needs_scores = any(v["strategy"] in NEEDS_SCORES for v in plan.strategies.values())
+    if probed:
+        for i, p in enumerate(problems):
+            before = guard.spent
+            try:
+                probes[i] = draw_samples(guard, p, task, k, _sampling(plan, k, seed * 7919 + i),
+                                         gscorer if needs_scores else None)
+                diffs[i] = difficulty(probes[i].keys)
+            except BudgetExhausted:
+                pass
+            costs[i] = guard.spent - before
+        frontiers = [plan.bins[plan.bin_of(d)] if d is not None else [Option(NO_ANSWER, 0, 0)]
+                     for d in diffs]
+        order = sorted(range(n), key=lambda i: (diffs[i] if diffs[i] is not None else 2.0, i))
+    else:
+        frontiers = [plan.blind] * n
+        order = list(range(n))
+    ledger = Ledger(frontiers, budget - guard.spent)
+    run = PlannedRun(budget, 0.0, "probe" if probed else "blind")
+    results: dict[int, PlannedAnswer] = {}
+    for i in order:
+        p = problems[i]
+        cfg_name = ledger.frontiers[i][ledger.upgrade(i)].config
+        before = guard.spent
+        guard.limit = before + ledger.limit(i)
+        fallback = select("majority", task, probes[i], probes[i].n).answer if probes[i] else None
+        answer = fallback
+        try:
+            if cfg_name not in (PROBE, NO_ANSWER):
+                cfg = plan.strategies[cfg_name]
+                if cfg["source"] == "samples":
+                    ss = _continue_sampling(plan, cfg, p, task, guard, gscorer, probes[i], seed * 7919 + i)
+                    rule_n = ss.n if cfg["strategy"] in ("esc", "adaptive_consistency") else int(cfg["params"]["n"])
+                    answer = select(cfg["strategy"], task, ss, min(rule_n, ss.n),
+                                    window=int(cfg["params"].get("window", 4)),
+                                    threshold=float(cfg["params"].get("threshold", 0.95))).answer
+                else:
+                    from ttscale.strategies import solve
+
+                    params = {"max_tokens": int(plan.sampling.get("max_tokens", 128)),
+                              "seed": seed * 7919 + i, **cfg["params"]}
+                    answer = solve(p, task, guard, cfg["strategy"], params, gscorer).answer
+        except BudgetExhausted:
+            cfg_name += " (stopped)"
+            answer = fallback
+        spent = guard.spent - before
+        ledger.charge(i, spent)
+        results[i] = PlannedAnswer(p.id, answer, bool(task.check(p, answer)) if p.answer else None,
+                                   cfg_name, diffs[i], costs[i] + spent)
+    guard.limit = budget
+    run.answers = [results[i] for i in range(n)]
+    run.spent = guard.spent
+    return run

@@ -1,0 +1,440 @@
+"""Train a process (or outcome) reward model from the policy's own samples, labelled automatically.
+
+1. Sample `samples` solutions per training problem from the policy.
+2. Label each step Math-Shepherd-style: from the partial solution ending at that step, roll out
+   `rollouts` completions; the step's soft label is the fraction that reach the right answer
+   (hard label: 1 if any does). A step that states the final answer is labelled by the task's
+   check directly. An ORM needs no rollouts: its one label is whether the solution is right.
+3. Train a `LlamaForTokenClassification` (one label) on those labels with binary cross-entropy
+   read at each step's delimiter token; the backbone starts from the policy's weights or from
+   scratch.
+4. Evaluate on samples of held-out problems against the oracle step checker (`task.check_steps`):
+   step-label accuracy, and ProcessBench-style F1 at locating the first wrong step.
+5. Save in Hugging Face format with a model card.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, LlamaForTokenClassification
+
+from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError, out_of_range, unknown
+from ttscale.models.family import SIZES
+from ttscale.rewards.prm import KINDS, LearnedPRM, encode_for_reward, forward_logits
+from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
+from ttscale.tasks.base import Task
+from ttscale.types import GenerationRequest, Problem, SamplingParams
+
+LABELS = ("soft", "hard")
+INITS = ("policy", "scratch")
+
+
+@dataclass
+class PRMConfig:
+    """Settings of one reward-model run; every field is recorded in the model card."""
+
+    policy: str = "ttscale-small"  # the model whose samples are labelled (name or directory)
+    tasks: list[str] = field(default_factory=lambda: ["arith", "countdown"])
+    levels: list[int] = field(default_factory=lambda: [2, 3, 4])
+    kind: str = "prm"  # "prm": a label per step; "orm": one label per solution
+    problems: int = 24  # training problems per (task, level)
+    samples: int = 4  # solutions sampled per problem
+    rollouts: int = 4  # Math-Shepherd rollouts per step (k)
+    label: str = "soft"  # "soft": fraction of rollouts right; "hard": 1 if any is right
+    heldout_problems: int = 12  # held-out problems per (task, level) for the card's metrics
+    temperature: float = 1.0  # sampling temperature of solutions and rollouts
+    max_tokens: int = 128
+    init: str = "policy"  # backbone: "policy" weights or "scratch"
+    size: str | None = None  # with init="scratch": a family size (default: the policy's shape)
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise unknown("reward model kind", self.kind, KINDS)
+        if self.label not in LABELS:
+            raise unknown("label", self.label, LABELS)
+        if self.init not in INITS:
+            raise unknown("init", self.init, INITS)
+        if self.size is not None and self.size not in SIZES:
+            raise unknown("model size", self.size, SIZES)
+        for t in self.tasks:
+            if t not in BUILTIN_TASKS:
+                raise unknown("task (a step oracle is needed for the card)", t, BUILTIN_TASKS)
+        for lv in self.levels:
+            if lv not in LEVELS:
+                raise unknown("level", lv, LEVELS)
+        for name in ("problems", "samples", "rollouts", "heldout_problems", "max_tokens", "steps",
+                     "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise out_of_range(name, v, "an integer >= 1")
+        if not 0 < self.temperature <= 5:
+            raise out_of_range("temperature", self.temperature, "0 < temperature <= 5")
+        if not self.lr > 0:
+            raise out_of_range("lr", self.lr, "a number > 0")
+
+
+@dataclass
+class LabelledSolution:
+    """One sampled solution with a training label per step and the oracle's verdict per step."""
+
+    problem: Problem
+    text: str
+    steps: list[str]
+    labels: list[float]  # the training targets (per step for a PRM; one for an ORM)
+    oracle: list[bool]  # task.check_steps, for evaluation and label-quality statistics
+    correct: bool
+
+
+# -- labels ------------------------------------------------------------------------------------
+
+def math_shepherd_label(rollouts_correct: Sequence[bool], hard: bool = False) -> float:
+    """A step's label from whether each rollout after it reached the right answer."""
+    if not rollouts_correct:
+        raise TTScaleError("a Math-Shepherd label needs at least one rollout")
+    if hard:
+        return 1.0 if any(rollouts_correct) else 0.0
+    return sum(1 for c in rollouts_correct if c) / len(rollouts_correct)
+
+
+def _prefix(steps: Sequence[str], i: int, delimiter: str) -> str:
+    return "".join(s + delimiter for s in steps[: i + 1])
+
+
+def _sampling(cfg: PRMConfig, n: int, seed: int) -> SamplingParams:
+    return SamplingParams(n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
+
+
+def sample_solutions(generator: Generator, task: Task, problems: Sequence[Problem], cfg: PRMConfig,
+                     seed: int) -> list[tuple[Problem, str]]:
+    """`cfg.samples` solutions per problem, in one generator call."""
+    reqs = [GenerationRequest(p.prompt, _sampling(cfg, cfg.samples, seed * 100_003 + i))
+            for i, p in enumerate(problems)]
+    out = []
+    for p, r in zip(problems, generator.generate(reqs)):
+        if r.error:
+            continue
+        out += [(p, c.text) for c in r.completions]
+    return out
+
+
+def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Problem, str]],
+                    cfg: PRMConfig, seed: int, rollouts: bool = True) -> list[LabelledSolution]:
+    """Step labels for each sample: Math-Shepherd rollouts (all steps in one generator call)."""
+    delim = task.step_delimiter
+    items = []
+    reqs: list[GenerationRequest] = []
+    where: list[tuple[int, int]] = []  # (sample, step) of each rollout request
+    for si, (p, text) in enumerate(samples):
+        steps = task.split_steps(text)
+        labels: list[float | None] = [None] * len(steps)
+        for i in range(len(steps)):
+            prefix = _prefix(steps, i, delim)
+            if steps[i].strip().startswith("A:"):
+                labels[i] = 1.0 if task.is_correct(p, prefix) else 0.0
+            elif rollouts and cfg.kind == "prm":
+                reqs.append(GenerationRequest(p.prompt + prefix,
+                                              _sampling(cfg, cfg.rollouts, seed * 100_003 + len(reqs))))
+                where.append((si, i))
+        items.append((p, text, steps, labels))
+    results = generator.generate(reqs) if reqs else []
+    for (si, i), r in zip(where, results):
+        p, _, steps, labels = items[si]
+        prefix = _prefix(steps, i, delim)
+        correct = [task.is_correct(p, prefix + c.text) for c in r.completions] if not r.error else [False]
+        labels[i] = math_shepherd_label(correct or [False], hard=cfg.label == "hard")
+    out = []
+    for p, text, steps, labels in items:
+        if not steps:
+            continue
+        ok = task.is_correct(p, text)
+        oracle = task.check_steps(p, steps)
+        if cfg.kind == "orm":
+            final = [1.0 if ok else 0.0]
+        else:
+            final = [0.0 if lab is None else lab for lab in labels]
+        out.append(LabelledSolution(p, text, steps, final, oracle, ok))
+    return out
+
+
+def collect(generator: Generator, cfg: PRMConfig, split: str, n_problems: int, seed: int,
+            rollouts: bool) -> list[LabelledSolution]:
+    """Sample and label solutions for every (task, level) of the config."""
+    out: list[LabelledSolution] = []
+    for t in cfg.tasks:
+        task = get_task(t)
+        for lv in cfg.levels:
+            problems = task.problems(split, lv, n_problems, seed=cfg.seed)
+            samples = sample_solutions(generator, task, problems, cfg, seed + lv)
+            out += label_solutions(generator, task, samples, cfg, seed + 7 * lv, rollouts)
+    return out
+
+
+# -- model and training ----------------------------------------------------------------------
+
+def build_model(cfg: PRMConfig, policy_dir: str) -> LlamaForTokenClassification:
+    torch.manual_seed(cfg.seed)
+    if cfg.init == "policy":
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the new head and the unused LM head are expected
+        try:
+            return LlamaForTokenClassification.from_pretrained(policy_dir, num_labels=1, dtype=torch.float32)
+        finally:
+            hf_logging.set_verbosity(level)
+    if cfg.size:
+        config = SIZES[cfg.size].config()
+    else:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(policy_dir)
+    config.num_labels = 1
+    return LlamaForTokenClassification(config)
+
+
+def _examples(tokenizer: Any, data: Sequence[LabelledSolution], kind: str, max_len: int,
+              delimiter: str) -> list[tuple[list[int], list[int], list[float]]]:
+    out = []
+    for d in data:
+        ids, pos = encode_for_reward(tokenizer, d.problem.prompt, d.text, delimiter, max_len)
+        if not pos:
+            continue
+        if kind == "orm":
+            out.append((ids, [pos[-1]], d.labels))
+        else:
+            n = min(len(pos), len(d.labels))
+            out.append((ids, pos[:n], d.labels[:n]))
+    return out
+
+
+def train_reward_model(model: LlamaForTokenClassification, examples: Sequence[tuple[list[int], list[int], list[float]]],
+                       cfg: PRMConfig, pad_id: int = 0) -> list[float]:
+    """Binary cross-entropy at the labelled positions; returns the loss of every step."""
+    if not examples:
+        raise TTScaleError("no labelled solutions to train on; raise --problems or --samples")
+    device = torch.device(cfg.device)
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = random.Random(cfg.seed)
+    warmup = max(1, cfg.steps // 10)
+    losses = []
+    order: list[int] = []  # a shuffled pass over the examples, refilled when used up
+    for step in range(cfg.steps):
+        lr = cfg.lr * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = []
+        for _ in range(min(cfg.batch_size, len(examples))):
+            if not order:
+                order.extend(rng.sample(range(len(examples)), len(examples)))
+            batch.append(examples[order.pop()])
+        logits = forward_logits(model, [b[0] for b in batch], pad_id, device, grad=True)
+        rows = torch.tensor([i for i, b in enumerate(batch) for _ in b[1]], device=device)
+        cols = torch.tensor([p for b in batch for p in b[1]], device=device)
+        target = torch.tensor([y for b in batch for y in b[2]], device=device)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits[rows, cols], target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+def first_wrong(verdicts: Sequence[bool]) -> int:
+    """Index of the first wrong step, or -1 when every step is right (ProcessBench's convention)."""
+    return next((i for i, ok in enumerate(verdicts) if not ok), -1)
+
+
+def processbench_f1(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float]:
+    """ProcessBench: accuracy at the first wrong step on erroneous samples, at saying "none" on
+    correct ones, and their harmonic mean."""
+    err = [p == g for p, g in zip(pred, gold) if g != -1]
+    cor = [p == -1 for p, g in zip(pred, gold) if g == -1]
+    a = sum(err) / len(err) if err else float("nan")
+    b = sum(cor) / len(cor) if cor else float("nan")
+    f1 = 2 * a * b / (a + b) if err and cor and a + b > 0 else (0.0 if err and cor else float("nan"))
+    return {"error_acc": a, "correct_acc": b, "f1": f1, "n_erroneous": len(err), "n_correct": len(cor)}
+
+
+def evaluate_reward_model(scorer: LearnedPRM, data: Sequence[LabelledSolution],
+                          threshold: float = 0.5) -> dict[str, float]:
+    """Step-label accuracy and ProcessBench F1 against the oracle, plus outcome accuracy."""
+    steps, _ = scorer.step_scores([d.problem.prompt for d in data], [d.text for d in data])
+    hits = total = outcome_hits = 0
+    pred_first, gold_first = [], []
+    for d, s in zip(data, steps):
+        n = min(len(s), len(d.oracle))
+        hits += sum((s[i] >= threshold) == d.oracle[i] for i in range(n))
+        total += n
+        pred_first.append(first_wrong([x >= threshold for x in s[:n]]))
+        gold_first.append(first_wrong(d.oracle[:n]))
+        outcome_hits += ((s[-1] if s else 0.0) >= threshold) == d.correct
+    pb = processbench_f1(pred_first, gold_first)
+    return {"step_accuracy": hits / total if total else float("nan"),
+            "outcome_accuracy": outcome_hits / len(data) if data else float("nan"),
+            "processbench_f1": pb["f1"], "first_error_accuracy": pb["error_acc"],
+            "no_error_accuracy": pb["correct_acc"], "heldout_samples": len(data),
+            "heldout_steps": total, "heldout_erroneous": pb["n_erroneous"]}
+
+
+def label_statistics(data: Sequence[LabelledSolution], kind: str) -> dict[str, float]:
+    """How the automatic labels compare with the oracle on the training samples."""
+    agree = n = 0
+    positive = 0.0
+    for d in data:
+        gold = [d.correct] if kind == "orm" else d.oracle
+        for lab, g in zip(d.labels, gold):
+            agree += (lab >= 0.5) == g
+            positive += lab
+            n += 1
+    return {"train_samples": len(data), "train_labels": n,
+            "label_mean": positive / n if n else float("nan"),
+            "label_oracle_agreement": agree / n if n else float("nan"),
+            "train_solutions_correct": sum(d.correct for d in data) / len(data) if data else float("nan")}
+
+
+# -- the whole run ---------------------------------------------------------------------------
+
+def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = None,
+              command: str | None = None) -> dict:
+    """Sample, label, train, evaluate and save a reward model to `out`; returns the summary."""
+    from ttscale.models.registry import resolve_model
+
+    t0 = time.time()
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    policy_dir = resolve_model(cfg.policy)
+    if generator is None:
+        from ttscale.engine import load_generator
+
+        generator = load_generator(policy_dir)
+    train = collect(generator, cfg, "train", cfg.problems, seed=cfg.seed * 1000 + 1, rollouts=True)
+    heldout = collect(generator, cfg, "heldout", cfg.heldout_problems, seed=cfg.seed * 1000 + 2,
+                      rollouts=False)
+    t_label = time.time() - t0
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = build_model(cfg, policy_dir)
+    max_len = int(model.config.max_position_embeddings)
+    delimiter = get_task(cfg.tasks[0]).step_delimiter
+    examples = _examples(tokenizer, train, cfg.kind, max_len, delimiter)
+    t1 = time.time()
+    losses = train_reward_model(model, examples, cfg, pad_id=tokenizer.pad_token_id or 0)
+    t_train = time.time() - t1
+    meta = {"kind": cfg.kind, "step_delimiter": delimiter, "head": "sigmoid of the one-label "
+            "token-classification logit at each step's delimiter token", "policy": Path(policy_dir).name,
+            "tasks": cfg.tasks, "levels": cfg.levels, "label": cfg.label, "rollouts": cfg.rollouts}
+    model.config.ttscale = meta
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    scorer = LearnedPRM(out, kind=cfg.kind)
+    metrics = evaluate_reward_model(scorer, heldout)
+    k = max(1, min(20, len(losses) // 10))
+    summary = {"kind": cfg.kind, "parent": Path(policy_dir).name, "config": asdict(cfg),
+               "params": sum(p.numel() for p in model.parameters()),
+               "labels": label_statistics(train, cfg.kind), "metrics": metrics,
+               "initial_loss": sum(losses[:k]) / k, "final_loss": sum(losses[-k:]) / k,
+               "label_wall_s": round(t_label, 1), "train_wall_s": round(t_train, 1),
+               "wall_s": round(time.time() - t0, 1), "command": command, "torch": torch.__version__}
+    (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
+    with open(out / "train_log.jsonl", "w") as f:
+        for i, loss in enumerate(losses):
+            f.write(json.dumps({"step": i + 1, "loss": loss}) + "\n")
+    (out / "README.md").write_text(model_card(out.name, summary))
+    return summary
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, float) and not math.isnan(x) else ("n/a" if isinstance(x, float) else str(x))
+
+
+def model_card(name: str, s: dict) -> str:
+    """A Hugging Face model card: what the model is, how it was made, how well it does."""
+    c, m, lab = s["config"], s["metrics"], s["labels"]
+    what = ("a process reward model: one score per step, the probability that the solution is "
+            "still on a path to the right answer" if s["kind"] == "prm" else
+            "an outcome reward model: the score at the last step is the probability that the "
+            "solution's final answer is right")
+    label_how = (f"Math-Shepherd-style: {c['rollouts']} rollouts from after each step, label = "
+                 + ("fraction of rollouts that reach the right answer (soft)" if c["label"] == "soft"
+                    else "1 if any rollout reaches the right answer (hard)")
+                 + "; a step stating the final answer is labelled by the task's exact check"
+                 if s["kind"] == "prm" else "whether the sampled solution's final answer is right")
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in m.items())
+    lrows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in lab.items())
+    return f"""---
+library_name: transformers
+pipeline_tag: token-classification
+tags: [ttscale, reward-model, {s['kind']}]
+---
+# {name}
+
+{name} is {what}. It is a `LlamaForTokenClassification` with one label
+({s['params']:,} parameters); read sigmoid(logit) at the newline that ends each step.
+It scores solutions sampled from **{s['parent']}** on the built-in tasks
+{', '.join(c['tasks'])} (levels {', '.join(map(str, c['levels']))}).
+
+## Use
+
+```python
+from ttscale.rewards.prm import LearnedPRM
+prm = LearnedPRM("{name}", aggregate="min")   # or "last", "prod", "mean"
+prm.score(problem, ["=3+8-5\\n=11-5\\n=6\\nA: 6\\n"]).scores[0].steps
+```
+or `ttscale solve ... --scorer {s['kind']}`.
+
+## Training
+
+- samples: {c['samples']} solutions per problem from {s['parent']} at temperature {c['temperature']},
+  {c['problems']} train-split problems per (task, level)
+- labels: {label_how}
+- backbone initialised from {"the policy's weights" if c['init'] == 'policy' else 'scratch'};
+  {c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss
+  {s['initial_loss']:.4f} -> {s['final_loss']:.4f}
+- time: labelling {s['label_wall_s']} s, training {s['train_wall_s']} s
+- command: `{s.get('command') or 'ttscale.train.prm.train_prm(PRMConfig(...))'}`
+
+Automatic labels against the oracle on the training samples:
+
+| statistic | value |
+|---|---|
+{lrows}
+
+## Evaluation
+
+On {m['heldout_samples']} solutions sampled by the policy for held-out problems, against the
+exact step checker of each task (`task.check_steps`), with threshold 0.5:
+step-label accuracy, and ProcessBench-style F1 (harmonic mean of the accuracy at locating the
+first wrong step on erroneous solutions and of saying "no error" on correct ones).
+
+| metric | value |
+|---|---|
+{rows}
+
+## Limits
+
+Trained only on the synthetic tasks above and on one policy's mistakes; its scores on other
+policies or tasks are not measured. Labels from a few rollouts are noisy (see the agreement
+above), and a weak policy labels good steps as bad when it fails to finish them.
+"""

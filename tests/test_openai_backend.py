@@ -1,0 +1,246 @@
+"""The OpenAI-compatible backend against real HTTP servers on loopback serving the own engine."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import pytest
+from serve_helpers import MODEL, QuirkyProxy, chat_template_of, engine_server, load_engine
+
+from ttscale.engine.openai_backend import OpenAIGenerator
+from ttscale.errors import TTScaleError
+from ttscale.serve.runner import ServerThread
+from ttscale.types import GenerationRequest, SamplingParams
+
+PROMPT = "Q: 3+4*2\n"
+
+
+@pytest.fixture(scope="module")
+def engine(random_model_dir):
+    return load_engine(random_model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(engine, random_model_dir):
+    with engine_server(engine, chat_template=chat_template_of(random_model_dir)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def proxy(server):
+    p = QuirkyProxy(server.url)
+    with ServerThread(p.app) as s:
+        p.url = s.url
+        yield p
+
+
+@pytest.fixture
+def quirky(proxy):
+    """The proxy, reset to a well-behaved upstream for each test."""
+    proxy.fail_first, proxy.fail_status, proxy.reject_status = 0, 503, None
+    proxy.ignore_n = proxy.drop_logprobs = False
+    proxy.calls, proxy.bodies = 0, []
+    return proxy
+
+
+def remote(url, engine, **kw):
+    s = engine.shape
+    kw.setdefault("backoff", 0.01)
+    return OpenAIGenerator(url, MODEL, s.n_params, s.n_layer, s.d_model, **kw)
+
+
+def greedy(max_tokens=12, **kw):
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kw)
+
+
+def test_completions_match_the_local_engine_with_usage_and_flops(server, engine):
+    with remote(server.url, engine) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy())])
+    [local] = engine.generate([GenerationRequest(PROMPT, greedy())])
+    assert r.error is None
+    assert r.completions[0].text == local.completions[0].text
+    n_prompt = len(engine.tokenize(PROMPT))
+    n_out = len(engine.tokenize(r.completions[0].text)) - (len(engine.tokenize("")))
+    assert r.usage.prompt_tokens == n_prompt
+    assert r.usage.completion_tokens == n_out
+    cached = r.usage.cached_tokens
+    expected = engine.shape.span_flops(cached, n_prompt - cached) + engine.shape.span_flops(n_prompt, n_out)
+    assert r.usage.flops == pytest.approx(expected)
+
+
+def test_n_samples_with_seed_and_token_id_prompts(server, engine):
+    ids = engine.tokenize(PROMPT)
+    with remote(server.url, engine) as gen:
+        a, b, c = gen.generate([
+            GenerationRequest(PROMPT, SamplingParams(n=3, max_tokens=8, seed=7)),
+            GenerationRequest(PROMPT, SamplingParams(n=3, max_tokens=8, seed=7)),
+            GenerationRequest(ids, greedy()),
+        ])
+    assert len(a.completions) == 3 and a.usage.completion_tokens > 0
+    assert [x.text for x in a.completions] == [x.text for x in b.completions]
+    assert c.error is None
+    assert c.completions[0].text == engine.generate([GenerationRequest(PROMPT, greedy())])[0].completions[0].text
+
+
+def test_chat_renders_the_models_template(server, engine, random_model_dir):
+    with remote(server.url, engine, chat=True) as gen:
+        [r] = gen.generate([GenerationRequest("3+4*2", greedy())])
+    [local] = engine.generate([GenerationRequest(PROMPT, greedy())])  # the template gives "Q: 3+4*2\n"
+    assert r.error is None
+    assert r.completions[0].text == local.completions[0].text
+
+
+def test_logprobs_and_top_logprobs_match_the_engine(server, engine):
+    p = greedy(logprobs=True, top_logprobs=2)
+    with remote(server.url, engine) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, p)])
+    with remote(server.url, engine, chat=True) as gen:
+        [rc] = gen.generate([GenerationRequest("3+4*2", p)])
+    [local] = engine.generate([GenerationRequest(PROMPT, p)])
+    for got in (r.completions[0], rc.completions[0]):
+        assert got.logprobs == pytest.approx(local.completions[0].logprobs, abs=1e-4)
+        assert len(got.top_logprobs) == len(got.logprobs)
+        assert all(len(d) == 2 for d in got.top_logprobs)
+
+
+def test_stop_strings_cut_the_text(server, engine):
+    with remote(server.url, engine) as gen:
+        [full] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=16))])
+        text = full.completions[0].text
+        stop = text[3:5]
+        [cut] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=16, stop=[stop]))])
+    assert cut.completions[0].text == text[: text.index(stop)]
+    assert cut.completions[0].finish_reason == "stop"
+
+
+def test_retries_503_then_succeeds(quirky, engine):
+    quirky.fail_first = 2
+    with remote(quirky.url, engine, max_retries=3) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert r.error is None and len(r.completions) == 1
+    assert quirky.calls == 3
+
+
+def test_gives_up_after_max_retries_naming_status_and_message(quirky, engine):
+    quirky.fail_first, quirky.fail_status = 10, 429
+    with remote(quirky.url, engine, max_retries=2) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert quirky.calls == 3
+    assert "429" in r.error and "overloaded, try again" in r.error and "3 attempts" in r.error
+
+
+def test_other_4xx_is_not_retried_and_names_the_servers_message(quirky, engine):
+    quirky.reject_status = 400
+    with remote(quirky.url, engine) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert quirky.calls == 1
+    assert r.completions == []
+    assert "400" in r.error and "does not support this" in r.error
+
+
+def test_unreachable_server_is_a_clear_error(engine):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    with remote(f"http://127.0.0.1:{port}", engine, max_retries=1) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert "could not reach" in r.error and str(port) in r.error
+
+
+def test_an_upstream_that_ignores_n_gets_separate_requests(quirky, engine):
+    quirky.ignore_n = True
+    with remote(quirky.url, engine) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, SamplingParams(n=3, max_tokens=4, seed=1))])
+        assert len(r.completions) == 3 and quirky.calls == 3
+        quirky.calls = 0
+        [r] = gen.generate([GenerationRequest(PROMPT, SamplingParams(n=2, max_tokens=4, seed=1))])
+        assert len(r.completions) == 2 and quirky.calls == 2  # learnt: no wasted n=2 call
+    assert {b["seed"] for b in quirky.bodies[-2:]} == {1, 2}
+
+
+def test_missing_logprobs_is_a_clear_error(quirky, engine):
+    quirky.drop_logprobs = True
+    with remote(quirky.url, engine) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4, logprobs=True))])
+        [ok] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert "no logprobs" in r.error
+    assert ok.error is None
+
+
+def test_two_base_urls_share_the_load(server, engine):
+    proxies = [QuirkyProxy(server.url), QuirkyProxy(server.url)]
+    with ServerThread(proxies[0].app) as a, ServerThread(proxies[1].app) as b:
+        with remote([a.url, b.url], engine, max_concurrency=4) as gen:
+            results = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4, seed=i))
+                                    for i in range(8)])
+    assert all(r.error is None for r in results)
+    assert proxies[0].calls > 0 and proxies[1].calls > 0
+    assert proxies[0].calls + proxies[1].calls == 8
+
+
+def test_one_bad_request_does_not_fail_the_batch(server, engine):
+    with remote(server.url, engine) as gen:
+        bad, good = gen.generate([GenerationRequest(PROMPT, SamplingParams(top_p=0.0)),
+                                  GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert "top_p=0.0" in bad.error
+    assert good.error is None
+
+
+def test_usable_from_a_running_event_loop_and_from_threads(server, engine):
+    with remote(server.url, engine) as gen:
+        async def main():
+            sync = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+            asyn = await gen.agenerate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+            return sync, asyn
+
+        sync, asyn = asyncio.run(main())
+        out = []
+        threads = [threading.Thread(target=lambda: out.append(
+            gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])[0]))
+            for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert sync[0].completions[0].text == asyn[0].completions[0].text
+    assert [r.completions[0].text for r in out] == [sync[0].completions[0].text] * 3
+
+
+def test_tokenize_through_the_server_and_a_clear_error_without(server, quirky, engine):
+    with remote(server.url, engine) as gen:
+        ids = gen.tokenize("Q: 12+7")
+        assert gen.detokenize(ids) == "Q: 12+7"
+        assert gen.context_length == engine.context_length
+    with remote(quirky.url, engine) as gen, pytest.raises(TTScaleError, match="no /tokenize"):
+        gen.tokenize("Q: 1+1")
+
+
+def test_bad_configuration_is_refused(engine):
+    with pytest.raises(TTScaleError, match="http"):
+        remote("localhost:8000", engine)
+    with pytest.raises(TTScaleError, match="max_concurrency"):
+        remote("http://127.0.0.1:1", engine, max_concurrency=0)
+
+
+def test_cached_prompt_tokens_are_reported_and_cost_no_flops(server, engine):
+    prompt = "Q: 11+22*3-4+5*6\n"
+    with remote(server.url, engine) as gen:
+        [first] = gen.generate([GenerationRequest(prompt, greedy(max_tokens=4))])
+        [again] = gen.generate([GenerationRequest(prompt, greedy(max_tokens=4))])
+    assert again.usage.cached_tokens > first.usage.cached_tokens
+    assert again.usage.prompt_tokens == first.usage.prompt_tokens
+    assert again.usage.flops < first.usage.flops
+
+
+def test_load_generator_openai_reads_the_shape_from_a_checkpoint(server, engine, random_model_dir):
+    from ttscale.engine import load_generator
+
+    gen = load_generator(server.url, backend="openai", model_name=MODEL,
+                         shape_from=random_model_dir)
+    try:
+        assert gen.shape == engine.shape
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+        assert r.error is None and r.usage.flops > 0
+    finally:
+        gen.close()

@@ -1,0 +1,119 @@
+"""GRPO with TRL: start-up checks, learning, logs, checkpoints, resuming, failures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from ttscale.errors import TTScaleError
+from ttscale.train.rewards import RewardConfig
+from ttscale.train.rl import RLConfig, RLRunError, last_checkpoint, train_rl
+
+
+def digit_share(prompts, completions, **_):
+    """A trivially learnable task: answer with digits only (share of digit characters)."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def small(**kw) -> RLConfig:
+    base = dict(task="arith", levels=[1], steps=4, generation_batch_size=16, num_generations=8,
+                max_completion_length=8, learning_rate=3e-3, beta=0.0, save_steps=2,
+                num_train_problems=64, seed=0)
+    base.update(kw)
+    return RLConfig(**base)
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(generation_batch_size=12, num_generations=8), "multiple of num_generations=8"),
+    (dict(num_generations=1), "num_generations=1 is out of range"),
+    (dict(max_completion_length=1000), "context is 256 tokens"),
+    (dict(levels=[9]), "unknown level 9"),
+    (dict(task="nope"), "unknown task 'nope'"),
+    (dict(loss_type="ppo"), "unknown loss_type 'ppo'"),
+    (dict(rewards=RewardConfig(length_penalty=-0.5)), "length_penalty"),
+])
+def test_bad_configuration_is_refused_before_any_work(random_model_dir, tmp_path, kw, match):
+    with pytest.raises(TTScaleError, match=match):
+        train_rl(small(**kw), random_model_dir, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_grpo_raises_the_mean_reward_of_a_learnable_task(random_model_dir, tmp_path):
+    out = tmp_path / "rl"
+    summary = train_rl(small(steps=20, save_steps=100), random_model_dir, out, reward_funcs=[digit_share],
+                       progress=False)
+    log = read_log(out)
+    assert [r["step"] for r in log] == list(range(1, 21))
+    first = sum(r["reward_mean"] for r in log[:4]) / 4
+    last = sum(r["reward_mean"] for r in log[-4:]) / 4
+    assert last > first + 0.2, (first, last)
+    for key in ("reward_std", "mean_length", "frac_zero_std", "loss", "elapsed_s"):
+        assert all(isinstance(r[key], float) for r in log), key
+    # The result is a model directory in Hugging Face format that names its parent.
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["parent"] == Path(random_model_dir).name and summary["steps"] == 20
+    assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
+    assert not list(out.glob("checkpoint-*"))  # cleaned up once the model is saved
+
+
+def test_kl_is_logged_with_a_reference_and_flat_groups_are_counted(random_model_dir, tmp_path):
+    def constant(prompts, completions, **_):
+        return [1.0] * len(completions)
+
+    out = tmp_path / "flat"
+    train_rl(small(steps=2, beta=0.1), random_model_dir, out, reward_funcs=[constant], progress=False)
+    log = read_log(out)
+    assert all(r["frac_zero_std"] == 1.0 for r in log)  # every group scored the same: no signal
+    assert all(r["kl"] is not None and r["kl"] >= 0 for r in log)
+
+
+def test_a_failed_run_keeps_its_checkpoint_and_a_rerun_resumes_from_it(random_model_dir, tmp_path):
+    out = tmp_path / "resume"
+    calls = []
+
+    def breaks_at_third_step(prompts, completions, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ValueError("reward server down")
+        return digit_share(prompts, completions)
+
+    with pytest.raises(RLRunError, match=r"reward server down.*checkpoint kept at .*checkpoint-2"):
+        train_rl(small(steps=4), random_model_dir, out, reward_funcs=[breaks_at_third_step], progress=False)
+    assert last_checkpoint(out).name == "checkpoint-2"
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+
+    resumed = []
+
+    def counting(prompts, completions, **kw):
+        resumed.append(1)
+        return digit_share(prompts, completions)
+
+    summary = train_rl(small(steps=4), random_model_dir, out, reward_funcs=[counting], progress=False)
+    assert len(resumed) == 2  # only steps 3 and 4 were generated again
+    assert summary["steps"] == 4
+    assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
+
+
+def test_non_finite_weights_stop_the_run_before_they_are_checkpointed(random_model_dir, tmp_path):
+    class Blowup(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+
+    out = tmp_path / "nan"
+    with pytest.raises(RLRunError, match=r"non-finite weights after step 3.*checkpoint-2"):
+        train_rl(small(steps=4), random_model_dir, out, reward_funcs=[digit_share], progress=False,
+                 callbacks=[Blowup()])
+    kept = last_checkpoint(out)
+    assert kept.name == "checkpoint-2"
+    from safetensors.torch import load_file
+
+    assert all(torch.isfinite(t).all() for t in load_file(kept / "model.safetensors").values())
