@@ -127,7 +127,7 @@ def test_scorer_lookup_errors(tmp_path, monkeypatch):
     with pytest.raises(TTScaleError, match="unknown aggregate"):
         get_scorer("oracle", task=ARITH, aggregate="median")
     monkeypatch.setenv("TTSCALE_MODELS_DIR", str(tmp_path))
-    with pytest.raises(TTScaleError, match="no PRM model given .* ttscale train prm"):
+    with pytest.raises(TTScaleError, match="no PRM model given .* `ttscale train prm`"):
         get_scorer("prm", task=ARITH)
     with pytest.raises(TTScaleError, match="judge scorer needs a model or a generator"):
         get_scorer("judge")

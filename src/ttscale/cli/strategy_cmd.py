@@ -35,7 +35,15 @@ def solve_cmd(
     aggregate: str = typer.Option("last", "--aggregate", help="Step-score aggregation: last, "
                                   "min, prod or mean."),
     backend: str = typer.Option("torch", "--backend", help="torch, hf or openai."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL (openai)."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL(s), comma-"
+                                           "separated (openai)."),
+    shape_from: Optional[str] = typer.Option(None, "--shape-from", help="A local checkpoint of "
+                                             "the served model's shape, to count its FLOPs "
+                                             "(openai)."),
+    n_params: Optional[int] = typer.Option(None, "--n-params", help="Served model's "
+                                           "parameters, with --n-layer and --d-model (openai)."),
+    n_layer: Optional[int] = typer.Option(None, "--n-layer"),
+    d_model: Optional[int] = typer.Option(None, "--d-model"),
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Also write every "
                                                "candidate as a store for `ttscale select`."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -49,7 +57,9 @@ def solve_cmd(
         if value is not None:
             params[key] = value
     params.update(parse_param_pairs(param))
-    options = {"base_url": base_url} if base_url else {}
+    options = {k: v for k, v in (("base_url", base_url), ("shape_from", shape_from),
+                                 ("n_params", n_params), ("n_layer", n_layer),
+                                 ("d_model", d_model)) if v is not None}
     out = run_solve(model, task=task, level=level, num_problems=num_problems, strategy=strategy,
                     params=params, scorer=scorer, scorer_model=scorer_model,
                     aggregate=aggregate, split=split, problem_seed=problem_seed,

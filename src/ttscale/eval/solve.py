@@ -58,14 +58,24 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
               aggregate: str = "last", split: str = "test", problem_seed: int = 0,
               backend: str = "torch", generator_options: Mapping[str, Any] | None = None,
               samples_out: str | Path | None = None) -> dict[str, Any]:
-    """Run `strategy` on `num_problems` problems of `task`; accuracy, mean cost, per problem."""
-    from ttscale.engine import load_generator
+    """Run `strategy` on `num_problems` problems of `task`; accuracy, mean cost, per problem.
+
+    `model` is a shipped model name or directory, or with backend "openai" the model's name on
+    the server, whose URL is `generator_options["base_url"]`; other `generator_options` go to
+    `ttscale.engine.load_generator` (e.g. `shape_from`, a local checkpoint of the same shape,
+    so that FLOPs of a remote model are counted).
+    """
     from ttscale.rewards import get_scorer
 
+    from ttscale.errors import unknown
+    from ttscale.rewards import SCORERS
+
     task_obj = get_task(task)
-    checked = get_params(strategy, dict(params or {}))  # bad parameters fail before loading
+    checked = get_params(strategy, dict(params or {}))  # bad input fails before any loading
+    if scorer is not None and scorer not in SCORERS:
+        raise unknown("scorer", scorer, SCORERS)
     problems = load_problems(task_obj, level, num_problems, split, problem_seed)
-    generator = load_generator(model, backend=backend, **dict(generator_options or {}))
+    generator = _load_generator(model, backend, dict(generator_options or {}))
     scorer_obj = None
     if scorer is not None:
         scorer_obj = get_scorer(scorer, task=task_obj, generator=generator, model=scorer_model,
@@ -81,6 +91,22 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
     if callable(close):
         close()
     return out
+
+
+def _load_generator(model: str, backend: str, options: dict[str, Any]) -> Any:
+    """The policy: a local model, or with backend "openai" the model `model` served at
+    `options["base_url"]` (FLOPs counted from `shape_from` or n_params/n_layer/d_model)."""
+    from ttscale.engine import load_generator
+
+    url = options.pop("base_url", None)
+    if backend == "openai":
+        if not url:
+            raise TTScaleError("--backend openai needs --base-url (the server's URL; several "
+                               "comma-separated)")
+        return load_generator(url, backend="openai", model_name=model, **options)
+    if url:
+        raise TTScaleError(f"--base-url is only for --backend openai, not {backend!r}")
+    return load_generator(model, backend=backend, **options)
 
 
 def parse_param_pairs(pairs: Sequence[str]) -> dict[str, str]:

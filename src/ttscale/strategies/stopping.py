@@ -23,6 +23,7 @@ import numpy as np
 from scipy.special import betainc
 
 from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.base import Candidate, Meter, Solution, register, require
 from ttscale.strategies.parallel import sample_n
@@ -164,6 +165,9 @@ def deepconf(problem: Problem, task: Task, generator: Generator, scorer: Scorer 
     k = params.top_logprobs
     comps = draw(meter, generator, [problem.prompt],
                  [sampling(params, n=params.warmup, logprobs=True, top_logprobs=k)])[0]
+    if any(c.token_ids and c.logprobs is None for c in comps):
+        raise TTScaleError("deepconf needs the policy's logprobs; the generator returned none "
+                           "(use a backend that supports logprobs)")
     traces: list[dict] = [{"text": c.text, "conf": token_confidences(c), "done": True,
                            "warmup": True} for c in comps]
     lowest = [lowest_group_confidence(t["conf"], params.window) for t in traces]

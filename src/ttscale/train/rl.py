@@ -16,6 +16,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -273,17 +274,22 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
             if model is not None and not all(torch.isfinite(p).all() for p in model.parameters()):
                 raise FloatingPointError(f"non-finite weights after step {state.global_step}")
 
-    trainer = _guarded_trainer_class()(model=policy, reward_funcs=funcs, args=args, train_dataset=dataset,
-                                       processing_class=tokenizer, callbacks=[_Log(), *(callbacks or []), _Finite()])
-    trainer.remove_callback(PrinterCallback)  # our own log and bar replace its printed dicts
+    trainer = None
     t0 = time.time()
     try:
-        trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
+        with warnings.catch_warnings():  # TRL calls transformers APIs deprecated for v6: noise only
+            warnings.simplefilter("ignore", FutureWarning)
+            trainer = _guarded_trainer_class()(
+                model=policy, reward_funcs=funcs, args=args, train_dataset=dataset,
+                processing_class=tokenizer, callbacks=[_Log(), *(callbacks or []), _Finite()])
+            trainer.remove_callback(PrinterCallback)  # our own log and bar replace its printed dicts
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except BaseException as e:  # noqa: BLE001 - every failure is reported the same way, then re-raised
         kept = last_checkpoint(out)
         where = f"last good checkpoint kept at {kept}" if kept else "no checkpoint was written yet"
         what = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        raise RLRunError(f"RL run stopped at step {trainer.state.global_step} ({what}); {where}; "
+        step = trainer.state.global_step if trainer is not None else 0
+        raise RLRunError(f"RL run stopped at step {step} ({what}); {where}; "
                          "rerun the same command to resume") from e
 
     wall = elapsed_before + time.time() - t0
