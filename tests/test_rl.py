@@ -117,3 +117,36 @@ def test_non_finite_weights_stop_the_run_before_they_are_checkpointed(random_mod
     from safetensors.torch import load_file
 
     assert all(torch.isfinite(t).all() for t in load_file(kept / "model.safetensors").values())
+
+
+def _cli(*args: str, cwd: Path) -> "subprocess.CompletedProcess":
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    return subprocess.run([sys.executable, "-c", "from ttscale.cli import main; main()", *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_cli_trains_writes_a_card_with_its_parent_and_prints_the_table(random_model_dir, tmp_path):
+    out = tmp_path / "cli-rl"
+    r = _cli("train", "rl", "--model", random_model_dir, "--task", "arith", "--out", str(out),
+             "--steps", "2", "--level", "1", "--generation-batch-size", "8", "--num-generations", "4",
+             "--max-completion-length", "8", "--length-penalty", "0.5", "--eval-problems", "2",
+             "--eval-n", "2", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"wrote {out}" in r.stdout
+    assert "| greedy | maj@n | pass@n |" in r.stdout  # the card's table
+    card = (out / "README.md").read_text()
+    assert f"- parent: {Path(random_model_dir).name}" in card and "ttscale train rl" in card
+    assert "wall time:" in card and "length penalty 0.5" in card
+    meta = json.loads((out / "training.json").read_text())
+    assert meta["parent"] == Path(random_model_dir).name and meta["command"].startswith("ttscale train rl")
+
+
+def test_cli_reports_a_bad_group_size_in_one_line(random_model_dir, tmp_path):
+    r = _cli("train", "rl", "--model", random_model_dir, "--task", "arith", "--out", str(tmp_path / "x"),
+             "--generation-batch-size", "12", "--num-generations", "8", cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith("error: generation_batch_size=12 is out of range")

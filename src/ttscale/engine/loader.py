@@ -141,5 +141,5 @@ def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32") ->
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model = model.to(device=device, dtype=torch_dtype).eval()
-    model.setup_rope(cfg.max_position + 1)
+    model.prepare()
     return LoadedModel(model, Tokenizer.from_file(str(tok_file)), eos_ids(path), cfg)

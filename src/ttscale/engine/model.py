@@ -44,10 +44,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return _rms(x, self.weight, self.eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -58,39 +55,16 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.cfg = cfg
         hd, h, kvh = cfg.head_dim, cfg.n_head, cfg.n_kv_head
         self.wqkv = nn.Linear(cfg.d_model, (h + 2 * kvh) * hd, bias=cfg.qkv_bias)
         self.wo = nn.Linear(h * hd, cfg.d_model, bias=cfg.o_bias)
-
-    def forward(self, x, cos, sin, k_cache, v_cache, rows, row0, pos, kv_len, mask):
-        cfg = self.cfg
-        b, m, _ = x.shape
-        hd, h, kvh = cfg.head_dim, cfg.n_head, cfg.n_kv_head
-        q, k, v = self.wqkv(x).split([h * hd, kvh * hd, kvh * hd], dim=-1)
-        q = q.view(b, m, h, hd).transpose(1, 2)
-        k = k.view(b, m, kvh, hd).transpose(1, 2)
-        v = v.view(b, m, kvh, hd)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        k_cache[rows, :, pos] = k.transpose(1, 2)
-        v_cache[rows, :, pos] = v
-        keys = k_cache[row0:row0 + b, :, :kv_len]
-        values = v_cache[row0:row0 + b, :, :kv_len]
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=kvh != h)
-        return self.wo(y.transpose(1, 2).reshape(b, m, h * hd))
 
 
 class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.d_ff = cfg.d_ff
         self.w_gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=cfg.mlp_bias)
         self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.mlp_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).split(self.d_ff, dim=-1)
-        return self.w_down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -100,6 +74,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.mlp = MLP(cfg)
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
 
 
 class Transformer(nn.Module):
@@ -130,25 +110,44 @@ class Transformer(nn.Module):
         dtype = self.embed.weight.dtype
         self.rope_cos, self.rope_sin = emb.cos().to(dtype), emb.sin().to(dtype)
 
+    def prepare(self) -> None:
+        """Cache plain tensor handles per layer: the forward skips nn.Module dispatch."""
+        self._layers = [
+            (blk.attn_norm.weight, blk.attn.wqkv.weight, blk.attn.wqkv.bias, blk.attn.wo.weight,
+             blk.attn.wo.bias, blk.mlp_norm.weight, blk.mlp.w_gate_up.weight, blk.mlp.w_gate_up.bias,
+             blk.mlp.w_down.weight, blk.mlp.w_down.bias)
+            for blk in self.layers]
+
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, row0: int,
-                kv_len: int, mask: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+                kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of new tokens.
 
         tokens, pos: [B, M] token ids and their positions, for cache rows row0 .. row0+B-1
         (padding tokens carry position `cache.scratch`, a slot that is never attended to).
-        mask: [B, 1, M, kv_len] bool, True where a query may attend to a cache position.
+        mask: [B, 1, M, kv_len] bool, True where a query may attend to a cache position; None
+        when every query may see all kv_len positions.
         last: [B] index in 0..M-1 of the token whose logits are wanted (default: every token).
         """
+        cfg = self.cfg
         b, m = tokens.shape
-        x = self.embed(tokens)
+        hd, h, kvh, eps, ff = cfg.head_dim, cfg.n_head, cfg.n_kv_head, cfg.norm_eps, cfg.d_ff
+        x = F.embedding(tokens, self.embed.weight)
         cos = self.rope_cos[pos].unsqueeze(1)
         sin = self.rope_sin[pos].unsqueeze(1)
         rows = torch.arange(row0, row0 + b, device=tokens.device)[:, None].expand(b, m)
-        for i, layer in enumerate(self.layers):
+        for i, (n1, wqkv, bqkv, wo, bo, n2, wgu, bgu, wd, bd) in enumerate(self._layers):
             k_cache, v_cache = cache.layer(i)
-            x = x + layer.attn(layer.attn_norm(x), cos, sin, k_cache, v_cache, rows, row0, pos,
-                                    kv_len, mask)
-            x = x + layer.mlp(layer.mlp_norm(x))
+            qkv = F.linear(_rms(x, n1, eps), wqkv, bqkv)
+            qk = qkv[..., :(h + kvh) * hd].view(b, m, h + kvh, hd).transpose(1, 2)
+            qk = qk * cos + _rotate_half(qk) * sin
+            k_cache[rows, :, pos] = qk[:, h:].transpose(1, 2)
+            v_cache[rows, :, pos] = qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd)
+            y = F.scaled_dot_product_attention(
+                qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
+                attn_mask=mask, enable_gqa=kvh != h)
+            x = x + F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo)
+            gate, up = F.linear(_rms(x, n2, eps), wgu, bgu).split(ff, dim=-1)
+            x = x + F.linear(F.silu(gate) * up, wd, bd)
         if last is not None:
             x = x[torch.arange(b, device=x.device), last]
-        return self.lm_head(self.norm(x)).float()
+        return F.linear(_rms(x, self.norm.weight, eps), self.lm_head.weight).float()

@@ -313,10 +313,13 @@ class TorchEngine:
         return torch.cat(out)
 
     def _decode_step(self, batch: _Batch, cache: KVCache) -> None:
-        kv_len = max(r.length for r in batch.rows)
+        lengths = [r.length for r in batch.rows]
+        kv_len = max(lengths)
         pos = batch.pos[:, None]
-        logits = self._forward(batch.next_tok[:, None], pos, cache, 0, kv_len,
-                               self._mask(pos, kv_len))[:, 0]
+        window = self.cfg.sliding_window
+        uniform = min(lengths) == kv_len and not (window and kv_len > window)
+        mask = None if uniform else self._mask(pos, kv_len)  # equal lengths see everything
+        logits = self._forward(batch.next_tok[:, None], pos, cache, 0, kv_len, mask)[:, 0]
         tok = sample(logits, batch.rp, batch.steps)
         batch.pos += 1
         batch.steps += 1

@@ -93,9 +93,12 @@ def allocate(frontiers: Sequence[Sequence[Option]], budget: float) -> Allocation
 class Ledger:
     """Sequential execution of an allocation: a pool of unspent budget flows to later problems.
 
-    `limit(i)` is the most problem i may spend (its allotment plus the free pool); `upgrade(i)`
-    spends the pool on further frontier steps whose gain per FLOP is at least the allocation's
-    marginal price; `charge(i, spent)` returns what was not spent to the pool.
+    The pool is the budget minus what was spent minus the allotments of problems not yet run.
+    `upgrade(i)` spends a positive pool on further frontier steps whose gain per FLOP is at
+    least the allocation's marginal price, and downgrades problem i while the pool is
+    negative (an earlier problem overran); `limit(i)` is the most problem i may spend: its
+    allotment twice over plus the free pool, never more than what is left of the budget;
+    `charge(i, spent)` settles it.
     """
 
     def __init__(self, frontiers: Sequence[Sequence[Option]], budget: float) -> None:
@@ -108,6 +111,10 @@ class Ledger:
 
     def upgrade(self, i: int) -> int:
         h = self.frontiers[i]
+        while self.pool < -1e-9 and self.choice[i] > 0:
+            j = self.choice[i]
+            self.pool += h[j].cost - h[j - 1].cost
+            self.choice[i] = j - 1
         price = self.allocation.price
         while self.choice[i] + 1 < len(h):
             j = self.choice[i]
@@ -122,7 +129,7 @@ class Ledger:
         return self.frontiers[i][self.choice[i]].cost
 
     def limit(self, i: int) -> float:
-        return self.allotment(i) + max(self.pool, 0.0)
+        return max(0.0, min(self.budget - self.spent, 2 * self.allotment(i) + max(self.pool, 0.0)))
 
     def charge(self, i: int, spent: float) -> None:
         self.pool += self.allotment(i) - spent

@@ -193,6 +193,9 @@ def create_app(cfg: ServeConfig) -> FastAPI:
             prompt = cfg.chat_template(messages)
             _fit_context(state, [prompt], params, explicit=max_tokens is not None)
             job = _job(state, choice, [prompt], params, req, chat_messages=None)
+        elif not cfg.upstream:
+            raise APIError(400, "this model has no chat template; use /v1/completions",
+                           code="no_chat_template")
         else:
             user = [m["content"] for m in messages if m["role"] == "user"]
             job = _job(state, choice, [user[-1] if user else ""], params, req,

@@ -170,8 +170,9 @@ def deepconf(problem: Problem, task: Task, generator: Generator, scorer: Scorer 
                            "(use a backend that supports logprobs)")
     traces: list[dict] = [{"text": c.text, "conf": token_confidences(c), "done": True,
                            "warmup": True} for c in comps]
-    lowest = [lowest_group_confidence(t["conf"], params.window) for t in traces]
-    threshold = float(np.percentile(lowest, params.percentile))
+    lowest = [lowest_group_confidence(t["conf"], params.window) for t in traces if t["conf"]]
+    # empty warm-up traces carry no confidence; with none at all, nothing is filtered
+    threshold = float(np.percentile(lowest, params.percentile)) if lowest else -np.inf
     call = 1
     active: list[dict] = []
     if params.n > params.warmup:
@@ -197,7 +198,8 @@ def deepconf(problem: Problem, task: Task, generator: Generator, scorer: Scorer 
             t["conf"] += token_confidences(c)
             if lowest_group_confidence(t["conf"], params.window, full_only=True) < threshold:
                 t["terminated"] = True  # early termination: a full window fell below
-            elif c.finish_reason == "stop" or len(t["conf"]) >= params.max_tokens:
+            elif (c.finish_reason == "stop" or not c.token_ids
+                  or len(t["conf"]) >= params.max_tokens):
                 t["done"] = True
             else:
                 still.append(t)

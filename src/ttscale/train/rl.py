@@ -195,7 +195,7 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
     """
     from datasets import Dataset
     from transformers import AutoTokenizer, LlamaForCausalLM, PrinterCallback, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     out = Path(out)
     model_dir = resolve_model(model)
@@ -261,7 +261,6 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
                 self.bar.n = state.global_step
                 self.bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", acc=f"{rec['accuracy']:.2f}",
                                      len=f"{rec['mean_length']:.0f}", zero_std=f"{rec['frac_zero_std']:.2f}")
-                self.bar.refresh()
 
         def on_train_end(self, args, state, control, **kw):
             if self.bar is not None:
