@@ -63,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ttscale-small")
     ap.add_argument("--num-problems", type=int, default=20)
-    ap.add_argument("--aggregate", default="min")
+    ap.add_argument("--aggregate", default="last")
     ap.add_argument("--out", default="benchmarks/results/strategies_equal_flops.jsonl")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

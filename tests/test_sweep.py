@@ -16,7 +16,7 @@ from ttscale.eval.sweep import RunSpec, SweepConfig, run_sweep
 
 GRID = ["--task", "countdown", "--levels", "1,2", "--num-problems", "3", "--n-max", "8",
         "--ns", "1,2,4,8", "--replicates", "2", "--max-tokens", "24", "--strategies", "greedy",
-        "--no-report", "--threads", "2", "--json"]
+        "--no-report", "--threads", "1", "--json"]
 
 
 def config(model: str) -> SweepConfig:
@@ -57,7 +57,7 @@ def test_killed_sweep_resumes_with_exactly_the_records_of_an_uninterrupted_run(
         random_model_dir, tmp_path):
     import torch
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     reference = tmp_path / "reference"
     run_sweep(config(random_model_dir), reference, progress=False)
     expected = {r["key"]: _stable(r) for r in read_jsonl(reference / "results.jsonl")}

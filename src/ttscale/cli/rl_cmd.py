@@ -16,16 +16,16 @@ def _command() -> str:
     return "ttscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _finish(out: Path, task: str, levels: list[int] | None, eval_problems: int, eval_n: int,
-            split: str) -> None:
-    """Evaluate the trained model per level, write its card, print where it is and the table."""
+def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str) -> None:
+    """Evaluate the trained model on every level (training can also cost the untrained ones),
+    write its card, print where it is and the table."""
     from ttscale.eval.evaluate import format_table
     from ttscale.train.rl import evaluate_levels, length_table, write_trained_card
 
     print(f"wrote {out}")
     if eval_problems <= 0:
         return
-    rows = evaluate_levels(out, task, levels, split=split, num_problems=eval_problems, n=eval_n)
+    rows = evaluate_levels(out, task, None, split=split, num_problems=eval_problems, n=eval_n)
     write_trained_card(out, rows, _command(), split)
     print(format_table(rows))
     print()
@@ -74,7 +74,7 @@ def rl(
     print(f"{summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; last 10 steps: reward "
           f"{last['reward_mean']}, accuracy {last['accuracy']}, length {last['mean_length']}, "
           f"zero-std groups {last['frac_zero_std']}, KL {last['kl']}")
-    _finish(out, task, level, eval_problems, eval_n, eval_split)
+    _finish(out, task, eval_problems, eval_n, eval_split)
 
 
 @train_app.command("distill")
@@ -105,4 +105,4 @@ def distill(
     for r in summary["rounds"]:
         print(f"round {r['round']}: solved {r['solved']:.1%} of {r['problems']} training problems "
               f"({r['kept']} verified solutions kept); policy greedy accuracy {r['accuracy']:.1%}")
-    _finish(out, task, level, eval_problems, eval_n, eval_split)
+    _finish(out, task, eval_problems, eval_n, eval_split)

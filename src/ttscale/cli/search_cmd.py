@@ -19,28 +19,32 @@ def train_prm_cmd(
     task: Optional[list[str]] = typer.Option(None, help="Built-in task (repeatable); default: arith and countdown."),
     level: Optional[list[int]] = typer.Option(None, help="Level (repeatable); default: 2, 3, 4."),
     kind: str = typer.Option("prm", help="prm (a label per step) or orm (one label per solution)."),
-    problems: int = typer.Option(24, help="Training problems per (task, level)."),
+    problems: int = typer.Option(16, help="Training problems per (task, level)."),
     samples: int = typer.Option(4, help="Solutions sampled per problem."),
     rollouts: int = typer.Option(4, help="Math-Shepherd rollouts per step (k)."),
     label: str = typer.Option("soft", help="soft (fraction of rollouts right) or hard (any right)."),
-    heldout_problems: int = typer.Option(12, help="Held-out problems per (task, level) for the card."),
+    heldout_problems: int = typer.Option(8, help="Held-out problems per (task, level) for the card."),
     init: str = typer.Option("policy", help="Backbone from the policy's weights, or scratch."),
     size: Optional[str] = typer.Option(None, help="With --init scratch: a family size."),
-    steps: int = typer.Option(300, help="Optimizer steps."),
-    batch_size: int = typer.Option(32, help="Solutions per step."),
+    steps: int = typer.Option(150, help="Optimizer steps."),
+    batch_size: int = typer.Option(16, help="Solutions per step."),
     lr: float = typer.Option(1e-3, help="Peak learning rate."),
     temperature: float = typer.Option(1.0, help="Sampling temperature of solutions and rollouts."),
+    max_tokens: int = typer.Option(128, help="Longest sampled solution or rollout."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Train a reward model on the policy's own samples, labelled Math-Shepherd-style."""
     from ttscale.train.prm import PRMConfig, train_prm
 
-    cfg = PRMConfig(policy=policy, tasks=task or ["arith", "countdown"], levels=level or [2, 3, 4],
+    defaults = PRMConfig()
+    cfg = PRMConfig(policy=policy, tasks=task or defaults.tasks, levels=level or defaults.levels,
                     kind=kind, problems=problems, samples=samples, rollouts=rollouts, label=label,
                     heldout_problems=heldout_problems, init=init, size=size, steps=steps,
-                    batch_size=batch_size, lr=lr, temperature=temperature, seed=seed, device=device)
+                    batch_size=batch_size, lr=lr, temperature=temperature, max_tokens=max_tokens,
+                    seed=seed, device=device, threads=threads)
     command = "ttscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     summary = train_prm(cfg, out, command=command)
     if as_json:

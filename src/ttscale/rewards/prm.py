@@ -85,7 +85,8 @@ def shape_of(model: torch.nn.Module) -> ModelShape:
 
 
 class LearnedPRM:
-    """Scores solutions with a reward model trained by `ttscale train prm`.
+    """Scores solutions with a reward model trained by `ttscale train prm` (a directory or the
+    name of a shipped one, e.g. `ttscale-prm`).
 
     `kind="prm"` scores each step and aggregates them (`last`, `min`, `prod`, `mean`);
     `kind="orm"` scores the solution by its last step only (step scores are still reported).
@@ -98,6 +99,10 @@ class LearnedPRM:
         self.aggregate = check_aggregate(aggregate)
         self.kind = kind
         self.name = kind
+        if not Path(path).is_dir():
+            from ttscale.models.registry import resolve_model
+
+            path = resolve_model(str(path))  # a shipped model's name
         self.path = str(path)
         self.meta = reward_model_meta(path)
         self.delimiter = self.meta.get("step_delimiter", "\n")

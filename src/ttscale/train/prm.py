@@ -46,17 +46,17 @@ class PRMConfig:
     tasks: list[str] = field(default_factory=lambda: ["arith", "countdown"])
     levels: list[int] = field(default_factory=lambda: [2, 3, 4])
     kind: str = "prm"  # "prm": a label per step; "orm": one label per solution
-    problems: int = 24  # training problems per (task, level)
+    problems: int = 16  # training problems per (task, level)
     samples: int = 4  # solutions sampled per problem
     rollouts: int = 4  # Math-Shepherd rollouts per step (k)
     label: str = "soft"  # "soft": fraction of rollouts right; "hard": 1 if any is right
-    heldout_problems: int = 12  # held-out problems per (task, level) for the card's metrics
+    heldout_problems: int = 8  # held-out problems per (task, level) for the card's metrics
     temperature: float = 1.0  # sampling temperature of solutions and rollouts
     max_tokens: int = 128
     init: str = "policy"  # backbone: "policy" weights or "scratch"
     size: str | None = None  # with init="scratch": a family size (default: the policy's shape)
-    steps: int = 300  # optimizer steps
-    batch_size: int = 32
+    steps: int = 150  # optimizer steps
+    batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.01
     seed: int = 0

@@ -59,7 +59,7 @@ class RLConfig:
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     rewards: RewardConfig = field(default_factory=RewardConfig)
-    num_train_problems: int = 4000  # distinct training problems, cycled if the run needs more
+    num_train_problems: int = 2000  # at most this many distinct training problems (then cycled)
     save_steps: int = 20  # checkpoint every this many steps (two are kept)
     seed: int = 0
     device: str = "cpu"
@@ -129,21 +129,25 @@ def _sample_prompts(task: Task, cfg: RLConfig) -> list[Problem]:
 
 
 def training_problems(task: Task, cfg: RLConfig) -> list[Problem]:
-    """Distinct train-split problems, levels interleaved in a seeded random order."""
+    """Distinct train-split problems, levels interleaved in a seeded random order.
+
+    As many as the run visits (steps x prompts per step), at most `num_train_problems`; the
+    trainer cycles through them when the run needs more.
+    """
     levels = cfg.levels if isinstance(task, BuiltinTask) else [None]
-    per_level = max(1, cfg.num_train_problems // len(levels))
+    total = min(cfg.num_train_problems, cfg.steps * cfg.prompts_per_step)
+    per_level = max(1, math.ceil(total / len(levels)))
     out: list[Problem] = []
     for lv in levels:
         try:
             out += task.problems(split="train", level=lv, n=per_level, seed=cfg.seed)
         except TTScaleError:  # a small level has fewer distinct problems: take them all
-            out += _all_problems(task, lv, cfg.seed)
+            out += _as_many_as(task, lv, cfg.seed, per_level // 2)
     random.Random(cfg.seed).shuffle(out)
     return out
 
 
-def _all_problems(task: Task, level: int | None, seed: int) -> list[Problem]:
-    n = 4096
+def _as_many_as(task: Task, level: int | None, seed: int, n: int) -> list[Problem]:
     while n >= 1:
         try:
             return task.problems(split="train", level=level, n=n, seed=seed)
