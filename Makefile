@@ -11,7 +11,7 @@ setup:
 	$(BIN)/pip install -q -e ".[dev]"
 
 main:
-	$(BIN)/ttscale eval
+	$(BIN)/ttscale sweep
 
 test:
 	$(BIN)/pytest

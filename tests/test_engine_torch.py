@@ -71,17 +71,13 @@ def engine(random_model_dir):
     return TorchEngine(random_model_dir)
 
 
-def _hf_greedy(model_dir: str, prompts, max_tokens: int):
-    hf = HFGenerator(model_dir)
+def _assert_same_greedy(model_dir: str, max_tokens: int = 16):
+    """Token ids in (transformers may pick another tokenizer class for a Qwen2 config)."""
+    eng, hf = TorchEngine(model_dir), HFGenerator(model_dir)
+    prompts = [eng.tokenize(p) for p in PROMPTS]
     reqs = [Req(p, SP(temperature=0, max_tokens=max_tokens, logprobs=True)) for p in prompts]
-    return hf.generate(reqs)
-
-
-def _assert_same_greedy(model_dir: str, max_tokens: int = 24, **engine_kw):
-    eng = TorchEngine(model_dir, **engine_kw)
-    reqs = [Req(p, SP(temperature=0, max_tokens=max_tokens, logprobs=True)) for p in PROMPTS]
     ours = eng.generate(reqs)  # one batch: prompts of different lengths decoded together
-    ref = _hf_greedy(model_dir, PROMPTS, max_tokens)
+    ref = hf.generate(reqs)
     for p, a, b in zip(PROMPTS, ours, ref):
         assert a.error is None and b.error is None
         ca, cb = a.completions[0], b.completions[0]
@@ -94,6 +90,9 @@ def _assert_same_greedy(model_dir: str, max_tokens: int = 24, **engine_kw):
 
 def test_greedy_matches_transformers_llama(random_model_dir):
     _assert_same_greedy(random_model_dir)
+    eng, hf = TorchEngine(random_model_dir), HFGenerator(random_model_dir)
+    assert all(eng.tokenize(p) == hf.tokenize(p) for p in PROMPTS)  # the shipped tokenizer, BOS added
+    assert eng.tokenize("ab")[0] == 1
 
 
 def test_greedy_matches_transformers_qwen2(qwen2_dir):
@@ -101,7 +100,7 @@ def test_greedy_matches_transformers_qwen2(qwen2_dir):
 
 
 def test_greedy_matches_transformers_mistral_sliding_window(mistral_dir):
-    _assert_same_greedy(mistral_dir, max_tokens=30)
+    _assert_same_greedy(mistral_dir, max_tokens=24)
 
 
 @pytest.mark.parametrize("name", list(SIZES))
@@ -109,7 +108,7 @@ def test_greedy_matches_transformers_shipped(name):
     path = models_dir() / name
     if not (path / "config.json").exists():
         pytest.skip(f"shipped model {name} is not in {models_dir()} yet (still training)")
-    _assert_same_greedy(str(path), max_tokens=40)
+    _assert_same_greedy(str(path), max_tokens=32)
 
 
 def test_prefix_cached_continuation_equals_uncached(random_model_dir, engine):

@@ -156,3 +156,42 @@ def test_metrics_count_requests_tokens_and_flops(server, client):
     assert values["ttscale_flops_total"] > 0
     assert values['ttscale_request_duration_seconds_bucket{le="+Inf"}'] >= 1
     assert "ttscale_queue_depth 0" in text
+
+
+def test_auto_answers_with_the_plan_under_the_budget(engine, random_model_dir, tmp_path):
+    from ttscale.planner.allocate import Option
+    from ttscale.planner.plan import Plan
+    from ttscale.serve.auto import plan_runner
+
+    # A plan whose only paid configuration is majority vote over 4 samples (no probe affordable).
+    plan = Plan(model=MODEL, probe_samples=2, probe_cost=1e30, edges=[], bins=[[Option("probe", 0, 0)]],
+                blind=[Option("none", 0.0, 0.0), Option("majority-4", 1.0, 0.5)],
+                strategies={"majority-4": {"strategy": "majority", "params": {"n": 4},
+                                           "source": "samples"}},
+                sampling={"temperature": 1.0, "max_tokens": 8}, calibration={"bin_sizes": [1]})
+    runner = plan_runner(str(plan.save(tmp_path / "plan.json")))
+    with engine_server(engine, chat_template=chat_template_of(random_model_dir),
+                       planner=runner) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        r = c.chat.completions.create(model=f"auto/{MODEL}", max_tokens=8,
+                                      messages=[{"role": "user", "content": COUNTDOWN}],
+                                      extra_body={"ttscale": {"budget_flops": 1e12}})
+        t = r.model_extra["ttscale"]
+        assert t["strategy"] == "auto" and t["config"] == "majority-4"
+        assert r.usage.completion_tokens > 0 and 0 < t["flops"] <= 1e12
+        with pytest.raises(openai.BadRequestError, match="budget_flops"):
+            c.chat.completions.create(model=f"auto/{MODEL}", max_tokens=8,
+                                      messages=[{"role": "user", "content": COUNTDOWN}])
+
+
+def test_build_config_for_the_embedded_engine_and_bad_options(random_model_dir):
+    from ttscale.errors import TTScaleError
+    from ttscale.serve.build import ServeOptions, build_config
+
+    cfg = build_config(ServeOptions(model=random_model_dir, api_keys=["k"]))
+    assert cfg.api_keys == ["k"] and not cfg.upstream
+    assert cfg.chat_template([{"role": "user", "content": "1+1"}]) == "Q: 1+1\n"
+    with pytest.raises(TTScaleError, match="not both"):
+        build_config(ServeOptions(model=random_model_dir, upstream=["http://127.0.0.1:1"]))
+    with pytest.raises(TTScaleError, match="--upstream-params"):
+        build_config(ServeOptions(upstream=["http://127.0.0.1:1"], upstream_model="m"))

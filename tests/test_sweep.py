@@ -57,9 +57,13 @@ def test_killed_sweep_resumes_with_exactly_the_records_of_an_uninterrupted_run(
         random_model_dir, tmp_path):
     import torch
 
-    torch.set_num_threads(1)
-    reference = tmp_path / "reference"
-    run_sweep(config(random_model_dir), reference, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses below (--threads 1): identical arithmetic
+    try:
+        reference = tmp_path / "reference"
+        run_sweep(config(random_model_dir), reference, progress=False)
+    finally:
+        torch.set_num_threads(threads)
     expected = {r["key"]: _stable(r) for r in read_jsonl(reference / "results.jsonl")}
 
     out = tmp_path / "killed"

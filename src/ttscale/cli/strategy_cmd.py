@@ -47,8 +47,18 @@ def solve_cmd(
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Also write every "
                                                "candidate as a store for `ttscale select`."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="A plan from `ttscale plan`: pick "
+                                        "the strategy per problem within --budget."),
+    budget: Optional[float] = typer.Option(None, "--budget", help="Total FLOPs for all problems "
+                                           "with --plan (probes included; never exceeded)."),
 ) -> None:
     """Run one test-time strategy over problems: accuracy and exact compute per problem."""
+    if plan is not None or budget is not None:
+        from ttscale.cli.sweep_cmd import solve_with_plan_cmd
+
+        solve_with_plan_cmd(model, plan, budget, task, level, num_problems, split, problem_seed,
+                            scorer, scorer_model, backend, base_url, seed, as_json)
+        return
     from ttscale.eval.solve import parse_param_pairs, run_solve
 
     params: dict[str, object] = {}

@@ -207,3 +207,29 @@ def report_cmd(
         return
     a["report"] = str(path)
     print(render_summary(a))
+
+
+def solve_with_plan_cmd(model: str, plan: Optional[Path], budget: Optional[float], task: str,
+                        level: Optional[int], num_problems: int, split: str, problem_seed: int,
+                        scorer: Optional[str], scorer_model: Optional[str], backend: str,
+                        base_url: Optional[str], seed: Optional[int], as_json: bool) -> None:
+    """`ttscale solve --plan FILE --budget FLOPS` (called from the solve command)."""
+    from ttscale.planner.solve import run_planned
+
+    if plan is None or budget is None:
+        raise TTScaleError("--plan and --budget go together: give a plan file and a total "
+                           "FLOP budget")
+    out = run_planned(model, str(plan), budget, task=task, level=level,
+                      num_problems=num_problems, split=split, problem_seed=problem_seed,
+                      scorer=scorer, scorer_model=scorer_model, backend=backend,
+                      generator_options={"base_url": base_url} if base_url else None,
+                      seed=seed or 0)
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    for r in out["problems"]:
+        mark = "ok " if r["correct"] else "-- "
+        print(f"{mark}{r['problem_id']:<28} {r['config']:<44} answer={r['answer']!s:<14} "
+              f"flops={r['flops']:.3g}")
+    print(f"\nplan {plan} ({out['mode']}): accuracy {out['accuracy']:.3f} on "
+          f"{out['num_problems']} problems; spent {out['spent']:.3g} of {out['budget']:.3g} FLOPs")

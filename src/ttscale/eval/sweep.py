@@ -295,6 +295,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                         scorer = _scorer(scorers, cfg.scorer, task, gen, get_scorer)
                         sp = SamplingParams(n=cfg.n_max, temperature=cfg.temperature,
                                             top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+                        _fresh(gen)
                         ss = draw_samples(gen, p, task, cfg.n_max, sp, scorer)
                         stored = _samples_record(skey, base, p, ss, cfg.scorer, seed)
                         samples.append(stored)
@@ -313,6 +314,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                     if key not in results:
                         gen = gen or generator_for(model)
                         scorer = _scorer(scorers, scorer_name, task, gen, get_scorer)
+                        _fresh(gen)
                         sol = solve(p, task, gen, spec.strategy, params, scorer)
                         emit({"key": key, **base, "strategy": spec.strategy, "params": spec.params,
                               "config": config_id(spec.strategy, spec.params),
@@ -326,6 +328,15 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
         results.close()
         samples.close()
     return SweepResult(str(out), len(results), written, time.perf_counter() - t0)
+
+
+def _fresh(gen: Generator) -> None:
+    """Empty the engine's prefix cache, so that a record costs what its strategy costs when
+    run alone: what other records computed before it (in this run, or not at all in a
+    resumed one) must not change its FLOPs. Reuse within one strategy run still counts."""
+    clear = getattr(getattr(gen, "prefix", None), "clear", None)
+    if callable(clear):
+        clear()
 
 
 def _scorer(cache: dict[str, Any], name: str | None, task, gen, get_scorer):
