@@ -108,6 +108,10 @@ def test_model_name_prefix_picks_the_strategy(client):
                                                           "params": {"width": 2, "max_depth": 3}}})
     assert r.model_extra["ttscale"]["strategy"] == "beam_search"
     assert r.usage.completion_tokens > 0
+    r = client.completions.create(model=f"best_of_n-2/{MODEL}", prompt="hello", max_tokens=6,
+                                  extra_body={"ttscale": {"scorer": "self-certainty",
+                                                          "return_candidates": True}})
+    assert all(c["score"] is not None for c in r.model_extra["ttscale"]["candidates"])
 
 
 def test_models_lists_the_model_and_strategies(client):
@@ -195,3 +199,13 @@ def test_build_config_for_the_embedded_engine_and_bad_options(random_model_dir):
         build_config(ServeOptions(model=random_model_dir, upstream=["http://127.0.0.1:1"]))
     with pytest.raises(TTScaleError, match="--upstream-params"):
         build_config(ServeOptions(upstream=["http://127.0.0.1:1"], upstream_model="m"))
+
+
+def test_a_strategy_answer_can_be_streamed(client):
+    stream = client.chat.completions.create(
+        model=f"majority-3/{MODEL}", messages=[{"role": "user", "content": COUNTDOWN}],
+        max_tokens=8, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].model_extra["ttscale"]["strategy"] == "majority"
+    assert chunks[-1].model_extra["ttscale"]["num_candidates"] == 3
+    assert chunks[-1].usage.completion_tokens > 0

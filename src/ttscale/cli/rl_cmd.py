@@ -49,6 +49,7 @@ def rl(
     max_completion_length: int = typer.Option(96, help="Longest completion in tokens."),
     temperature: float = typer.Option(1.0, help="Sampling temperature of the groups."),
     num_iterations: int = typer.Option(1, help="Policy updates per generated batch (>1: the clip bites)."),
+    scale_rewards: str = typer.Option("batch", help="Advantage scale: batch std, group std, or none."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -61,7 +62,7 @@ def rl(
 
     cfg = RLConfig(task=task, levels=level or [1, 2, 3], steps=steps, num_generations=num_generations,
                    generation_batch_size=generation_batch_size, num_iterations=num_iterations,
-                   max_completion_length=max_completion_length, temperature=temperature,
+                   max_completion_length=max_completion_length, temperature=temperature, scale_rewards=scale_rewards,
                    learning_rate=learning_rate, beta=beta, seed=seed, device=device,
                    rewards=RewardConfig(format=format_weight, partial=partial_credit,
                                         length_penalty=length_penalty))
@@ -89,6 +90,7 @@ def distill(
     scorer_model: Optional[str] = typer.Option(None, help="PRM directory (default: models/ttscale-prm)."),
     problems_per_round: int = typer.Option(200, help="Training problems searched per round (all levels)."),
     sft_steps: int = typer.Option(150, help="Fine-tuning steps per round."),
+    learning_rate: float = typer.Option(1e-4, help="Peak fine-tuning learning rate."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -100,9 +102,13 @@ def distill(
 
     cfg = DistillConfig(task=task, levels=level or [1, 2, 3, 4, 5], rounds=rounds, strategy=strategy,
                         scorer=scorer, scorer_model=scorer_model, problems_per_round=problems_per_round,
-                        sft_steps=sft_steps, seed=seed, device=device)
+                        sft_steps=sft_steps, learning_rate=learning_rate, seed=seed,
+                        device=device)
     summary = run(cfg, model, out)
     for r in summary["rounds"]:
+        if r["round"] == 0:
+            print(f"round 0 (parent): held-out greedy accuracy {r['accuracy']:.1%}")
+            continue
         print(f"round {r['round']}: solved {r['solved']:.1%} of {r['problems']} training problems "
               f"({r['kept']} verified solutions kept); policy greedy accuracy {r['accuracy']:.1%}")
     _finish(out, task, eval_problems, eval_n, eval_split)

@@ -32,10 +32,11 @@ RANDOM_SIZE = "ttscale-base"
 
 
 def default_model() -> tuple[str, str]:
-    """(path, description): the largest shipped model, else a random model of the base size."""
+    """(path, description): the largest shipped policy model, else a random model of the base size."""
+    from ttscale.models.family import SIZES
     from ttscale.models.registry import list_models
 
-    shipped = list_models()
+    shipped = [m for m in list_models() if m.name in SIZES]
     if shipped:
         return shipped[-1].path, shipped[-1].name
     return random_model(RANDOM_SIZE), f"random {RANDOM_SIZE} (no shipped model yet)"
@@ -166,7 +167,7 @@ def environment(device: torch.device) -> dict:
 
 def bench_engine(model: str | None = None, ns=DEFAULT_NS, max_tokens: int = 128,
                  device: str = "cpu", dtype: str = "float32", repeats: int = 1,
-                 compile: bool = False) -> dict:
+                 compile: bool = False, tree_depth: int = 6) -> dict:
     """Run the benchmark and return its figures (see the module docstring)."""
     from transformers import AutoModelForCausalLM
 
@@ -195,7 +196,7 @@ def bench_engine(model: str | None = None, ns=DEFAULT_NS, max_tokens: int = 128,
     result.update(_throughput(engine, hf, prompt, ns, max_tokens, repeats))
 
     engine.prefix.clear()
-    rounds = tree_workload(engine, prompt)
+    rounds = tree_workload(engine, prompt, depth=tree_depth)
     cached_engine = TorchEngine(path, device=device, dtype=dtype)
     total, with_cache, t_with = _prompt_computed(cached_engine, rounds)
     plain = TorchEngine(path, device=device, dtype=dtype, prefix_cache_bytes=0)

@@ -31,6 +31,7 @@ from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError, unknown
 from ttscale.eval.store import RESULTS_FILE, SAMPLES_FILE, JsonlStore, record_key
 from ttscale.planner.plan import config_id
+from ttscale.planner.solve import run_params
 from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, SampleSet,
                                      draw_samples, sample_order, select)
 from ttscale.types import Problem, SamplingParams
@@ -44,6 +45,7 @@ class RunSpec:
 
     strategy: str
     params: dict[str, Any] = field(default_factory=dict)
+    scorer: str | None = None  # overrides the sweep's scorer for this run (e.g. "prm")
 
     @property
     def budget(self) -> float:
@@ -97,7 +99,7 @@ class SweepConfig:
         from ttscale.strategies import get_params
 
         for spec in self.runs + self.baseline_runs:  # fail before any work starts
-            get_params(spec.strategy, {"max_tokens": self.max_tokens, **spec.params})
+            get_params(spec.strategy, run_params(spec.strategy, spec.params, self.max_tokens, 0))
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -305,10 +307,10 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                             emit(rec)
                     bar.update(1)
                 for spec in runs:
-                    params = {"max_tokens": cfg.max_tokens, "seed": seed, **spec.params}
+                    params = run_params(spec.strategy, spec.params, cfg.max_tokens, seed)
                     uses_scorer = spec.strategy not in ("greedy", "majority", "esc",
                                                         "adaptive_consistency", "budget_forcing")
-                    scorer_name = cfg.scorer if uses_scorer else None
+                    scorer_name = (spec.scorer or cfg.scorer) if uses_scorer else None
                     key = record_key(**base, strategy=spec.strategy, params=spec.params, seed=0,
                                      sampling={"max_tokens": cfg.max_tokens}, scorer=scorer_name)
                     if key not in results:
@@ -391,8 +393,12 @@ def default_config() -> SweepConfig:
     if not policies:
         raise TTScaleError("no shipped models found; train them with `make models` or pass --model")
     small, large = policies[0].name, policies[-1].name
+    runs = [RunSpec("greedy")]
+    if any(getattr(m, "kind", "") == "prm" for m in list_models()):  # tree search needs a PRM
+        runs += [RunSpec("beam_search", {"n": 4}, "prm"), RunSpec("beam_search", {"n": 8}, "prm"),
+                 RunSpec("mcts", {}, "prm")]
     return SweepConfig(
         models=[small], baseline_models=[large] if large != small else [],
         tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=12, split="test",
-        n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=1.0, max_tokens=64,
-        scorer="self-certainty", runs=[RunSpec("greedy")], baseline_runs=[RunSpec("greedy")])
+        n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=64,
+        scorer="self-certainty", runs=runs, baseline_runs=[RunSpec("greedy")])

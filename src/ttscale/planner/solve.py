@@ -167,8 +167,8 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
                 else:
                     from ttscale.strategies import solve
 
-                    params = {"max_tokens": int(plan.sampling.get("max_tokens", 128)),
-                              "seed": seed * 7919 + i, **cfg["params"]}
+                    params = run_params(cfg["strategy"], cfg["params"],
+                                        int(plan.sampling.get("max_tokens", 128)), seed * 7919 + i)
                     answer = solve(p, task, guard, cfg["strategy"], params, gscorer).answer
         except BudgetExhausted:
             cfg_name += " (stopped)"
@@ -214,3 +214,15 @@ def run_planned(model: str, plan_file: str, budget: float, task: str = "arith",
         if needs or scorer else None
     run = solve_with_plan(problems, t, gen, plan, budget, sc, seed)
     return {"plan": str(plan_file), "model": model, "task": task, **run.to_dict()}
+
+
+def run_params(strategy: str, params: dict[str, Any], max_tokens: int, seed: int) -> dict[str, Any]:
+    """A run's parameters: the grid's, plus the sweep's max_tokens and seed where the
+    strategy has such fields (tree searches bound each step instead)."""
+    import dataclasses
+
+    from ttscale.strategies import STRATEGIES
+
+    names = {f.name for f in dataclasses.fields(STRATEGIES[strategy][1])} if strategy in STRATEGIES else set()
+    base = {k: v for k, v in (("max_tokens", max_tokens), ("seed", seed)) if k in names}
+    return {**base, **params}

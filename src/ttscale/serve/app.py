@@ -78,7 +78,7 @@ class _State:
         self.admission = Admission(cfg.limits)
         self.metrics = Metrics()
         self.keys = KeyChecker(cfg.api_keys)
-        self.scorers = ScorerCache(cfg.generator)
+        self.scorers = ScorerCache(self.generator)  # a judge shares the engine's queue
         # Threads beyond the slots let cancelled work finish while new work starts.
         self.pool = ThreadPoolExecutor(max_workers=cfg.limits.max_concurrency * 2 + 2,
                                        thread_name_prefix="ttscale-work")

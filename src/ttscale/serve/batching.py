@@ -89,6 +89,11 @@ class BatchingGenerator:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.inner.detokenize(ids)
 
+    def __getattr__(self, name: str) -> object:  # e.g. vocab_size, for scorers that ask
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -174,3 +179,8 @@ class JobGenerator:
 
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.inner.detokenize(ids)
+
+    def __getattr__(self, name: str) -> object:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -25,7 +25,7 @@ class Limits:
     max_prompt_chars: int = 16_384  # per prompt, and all chat messages together
     max_prompts: int = 16  # prompts in one /v1/completions request
     max_body_bytes: int = 1_000_000
-    max_concurrency: int = 4  # requests worked on at once
+    max_concurrency: int = 16  # requests worked on at once (their engine calls are merged)
     max_queue: int = 64  # requests waiting for a worker; beyond that, 429
     request_timeout_s: float = 120.0  # then 504
 

@@ -48,7 +48,7 @@ class DistillConfig:
     epochs: float = 4.0  # at most this many passes over a round's verified solutions
     batch_size: int = 16
     block: int = 256
-    learning_rate: float = 3e-4
+    learning_rate: float = 1e-4  # fresh AdamW on a converged model: 3e-4 cost tiny 10 points (docs/results.md)
     eval_problems: int = 30  # held-out problems per level for the per-round greedy accuracy
     seed: int = 0
     device: str = "cpu"

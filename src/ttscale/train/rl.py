@@ -55,7 +55,10 @@ class RLConfig:
     beta: float = 0.02  # KL weight to the starting model; 0 loads no reference and logs no KL
     epsilon: float = 0.2  # clip range of the probability ratio
     loss_type: str = "dapo"  # token-level normalisation (TRL's default)
-    scale_rewards: str = "group"  # divide advantages by the group std ("none": Dr. GRPO)
+    # Divide advantages by the batch std ("group": per-group std as in the GRPO paper; "none":
+    # Dr. GRPO). Group scaling blows a small length reward up to a full advantage in groups where
+    # every sample is wrong, which collapsed a length-penalised run (docs/results.md).
+    scale_rewards: str = "batch"
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     rewards: RewardConfig = field(default_factory=RewardConfig)

@@ -1,0 +1,34 @@
+"""`ttscale bench engine` on a tiny random model: the figures it reports and the doc it appends."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from ttscale.eval.bench_engine import append_to_doc, bench_engine, table
+
+
+def test_bench_engine_reports_and_appends(random_model_dir, tmp_path):
+    r = bench_engine(random_model_dir, ns=(1, 3), max_tokens=6, tree_depth=2)
+    for key in ("engine_tok_s", "hf_tok_s", "speedup"):
+        assert set(r[key]) == {"1", "3"} and all(v > 0 for v in r[key].values())
+    assert r["tree_computed_without_cache"] == r["tree_prompt_tokens"]
+    assert 0 < r["tree_computed_with_cache"] < r["tree_computed_without_cache"]
+    assert r["tree_prefill_ratio"] > 1 and r["peak_kv_bytes"] > 0
+    doc = append_to_doc(r, "test run", tmp_path / "benchmarks.md")
+    text = doc.read_text()
+    assert text.startswith("# Benchmarks") and "torch " in text and r["date"] in text
+    assert "tree search" in table(r)
+
+
+def test_bench_engine_cli_json(random_model_dir):
+    from ttscale.cli import engine_cmd  # noqa: F401 - registers the command
+    from ttscale.cli.app import app
+
+    res = CliRunner().invoke(app, ["bench", "engine", "--model", random_model_dir, "--n", "2",
+                                   "--max-tokens", "4", "--tree-depth", "1", "--json", "--no-doc"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert set(out["speedup"]) == {"2"} and "tree_prefill_ratio" in out
+    bad = CliRunner().invoke(app, ["bench", "engine", "--n", "a,b", "--no-doc"])
+    assert bad.exit_code != 0 and "a,b" in str(bad.exception)
