@@ -133,7 +133,7 @@ def test_cli_trains_writes_a_card_with_its_parent_and_prints_the_table(random_mo
     out = tmp_path / "cli-rl"
     r = _cli("train", "rl", "--model", random_model_dir, "--task", "arith", "--out", str(out),
              "--steps", "2", "--level", "1", "--generation-batch-size", "8", "--num-generations", "4",
-             "--max-completion-length", "8", "--length-penalty", "0.5", "--eval-problems", "2",
+             "--max-completion-length", "8", "--length-penalty", "0.5", "--eval-problems", "1",
              "--eval-n", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"wrote {out}" in r.stdout

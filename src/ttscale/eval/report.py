@@ -243,15 +243,13 @@ def bin_curves(table, plan) -> list[dict[str, Any]]:
 
 def recommendations(plan, points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Budget -> recommended configuration (difficulty-blind and per bin), at three budgets:
-    low = the cheapest configuration's FLOPs, medium = 8 samples' worth, high = the most
-    expensive configuration's FLOPs."""
+    low = the cheapest configuration's FLOPs, high = the most expensive one's, medium = their
+    geometric mean."""
     dep = [p for p in points if not p["oracle"]]
     if not dep:
         return []
     costs = sorted(p["flops"] for p in dep)
-    one = min((p["flops"] for p in dep if p["strategy"] == "majority" and p["budget"] == 1),
-              default=costs[0])
-    levels = [("low", costs[0]), ("medium", 8 * one), ("high", costs[-1])]
+    levels = [("low", costs[0]), ("medium", math.sqrt(costs[0] * costs[-1])), ("high", costs[-1])]
     rows = []
     for (name, b), (_, seed) in zip(levels, SEED_TABLE):
         blind = [o for o in plan.blind if o.cost <= b][-1]

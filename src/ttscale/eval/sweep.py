@@ -157,6 +157,11 @@ def _base(model: str, backend: str, task, p: Problem, cfg: SweepConfig) -> dict[
             "split": cfg.split, "problem_id": p.id}
 
 
+def _identity(base: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a record: everything but the backend, which must not change results."""
+    return {k: v for k, v in base.items() if k != "backend"}
+
+
 def _rule_params(rule: str, n: int, cfg: SweepConfig) -> dict[str, Any]:
     if rule == "esc":
         return {"n": n, "window": min(cfg.esc_window, n)}
@@ -187,7 +192,7 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
                              threshold=cfg.ac_threshold)
                 cost = ss.cost(order[:sel.used])
                 scorer = scorer_name if uses_scorer else None
-                key = record_key(**base, strategy=rule, params=params, seed=rep,
+                key = record_key(**_identity(base), strategy=rule, params=params, seed=rep,
                                  sampling=cfg.sampling, scorer=scorer, n_max=cfg.n_max)
                 out.append({"key": key, **base, "strategy": rule, "params": params,
                             "config": config_id(rule, params), "budget": n, "seed": rep,
@@ -289,7 +294,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                 base = _base(model, cfg.backend, task, p, cfg)
                 seed = problem_seed(cfg.seed, p.id)
                 if grid:
-                    skey = record_key(kind="samples", **base, n=cfg.n_max, sampling=cfg.sampling,
+                    skey = record_key(kind="samples", **_identity(base), n=cfg.n_max, sampling=cfg.sampling,
                                       scorer=cfg.scorer, seed=seed)
                     stored = samples.get(skey)
                     if stored is None:
@@ -311,7 +316,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                     uses_scorer = spec.strategy not in ("greedy", "majority", "esc",
                                                         "adaptive_consistency", "budget_forcing")
                     scorer_name = (spec.scorer or cfg.scorer) if uses_scorer else None
-                    key = record_key(**base, strategy=spec.strategy, params=spec.params, seed=0,
+                    key = record_key(**_identity(base), strategy=spec.strategy, params=spec.params, seed=0,
                                      sampling={"max_tokens": cfg.max_tokens}, scorer=scorer_name)
                     if key not in results:
                         gen = gen or generator_for(model)

@@ -164,14 +164,15 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
     answers = [task.extract_answer(t) for t in texts]
     u = res.usage
     shape = generator.shape
-    sample_flops = [shape.span_flops(u.prompt_tokens, len(c.token_ids)) for c in comps]
+    lengths = _completion_lengths(comps, u.completion_tokens)
+    sample_flops = [shape.span_flops(u.prompt_tokens, k) for k in lengths]
     scores: list[float | None] = [None] * len(comps)
     vflops = [0.0] * len(comps)
     vtok = [0] * len(comps)
     if scorer is not None:
         batch = scorer.score(problem, texts, comps)
         scores = [float(s.value) for s in batch.scores]
-        weights = [len(c.token_ids) + 1 for c in comps]
+        weights = [k + 1 for k in lengths]
         total = sum(weights)
         vflops = [batch.usage.flops * w / total for w in weights]
         computed = batch.usage.computed_tokens
@@ -180,11 +181,22 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
     return SampleSet(
         answers=answers, keys=[task.answer_key(a) for a in answers],
         correct=[bool(task.check(problem, a)) if a is not None else False for a in answers],
-        scores=scores, texts=texts, completion_tokens=[len(c.token_ids) for c in comps],
+        scores=scores, texts=texts, completion_tokens=lengths,
         sample_flops=sample_flops, verifier_flops=vflops, verifier_tokens=vtok,
         prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,
         prefill_flops=max(u.flops - sum(sample_flops), 0.0),
         wall_s=time.perf_counter() - t0)
+
+
+def _completion_lengths(comps: Sequence[Any], total: int) -> list[int]:
+    """Tokens of each completion: its token ids where the backend returns them, else the
+    usage's completion tokens shared out by text length (servers report only the total)."""
+    if all(c.token_ids for c in comps) or total == 0:
+        return [len(c.token_ids) for c in comps]
+    chars = [len(c.text) + 1 for c in comps]
+    out = [total * ch // sum(chars) for ch in chars]
+    out[-1] += total - sum(out)
+    return out
 
 
 def sample_order(n: int, replicate: int) -> list[int]:

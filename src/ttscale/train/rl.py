@@ -27,7 +27,8 @@ from tqdm import tqdm
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.registry import resolve_model
 from ttscale.tasks import BuiltinTask, Task, get_task
-from ttscale.train.rewards import RewardConfig, RewardFunc, checked, oracle_reward_funcs
+from ttscale.train.rewards import (RewardConfig, RewardFunc, checked, oracle_reward_funcs,
+                                   zero_std_fraction)
 from ttscale.types import Problem
 
 TRL_VERSION = "1.16.0"  # pinned in pyproject.toml; the trainer's internals changed across releases
@@ -225,6 +226,7 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
             raise TTScaleError(f"{len(weights)} reward weights for {len(funcs)} reward functions; "
                                "accepted: one weight per function")
     dataset = Dataset.from_list([{"prompt": p.prompt, "problem_id": p.id} for p in problems])
+    funcs, weights = with_group_stats(funcs, weights)
 
     ckpt = last_checkpoint(out)
     log_path = out / "train_log.jsonl"
@@ -317,18 +319,44 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
     return summary
 
 
+def with_group_stats(funcs: Sequence[RewardFunc], weights: Sequence[float]
+                     ) -> tuple[list[RewardFunc], list[float]]:
+    """Add a weight-0 function that logs the share of groups whose total reward is flat.
+
+    TRL's own `frac_reward_zero_std` compares the std it divides by, which is the batch std
+    under `scale_rewards="batch"`; this one always looks at the groups (samples of one prompt).
+    """
+    last: dict[int, list[float]] = {}
+
+    def recording(i: int, fn: RewardFunc) -> RewardFunc:
+        def wrapper(**kw):
+            last[i] = fn(**kw)
+            return last[i]
+
+        wrapper.__name__ = fn.__name__
+        return wrapper
+
+    def group_stats(prompts, completions, log_metric=None, **_):
+        total = [sum(w * last[i][j] for i, w in enumerate(weights)) for j in range(len(completions))]
+        if log_metric is not None:
+            log_metric("frac_zero_std_groups", zero_std_fraction(total, prompts))
+        return [0.0] * len(completions)
+
+    return [*(recording(i, f) for i, f in enumerate(funcs)), group_stats], [*weights, 0.0]
+
+
 def step_record(step: int, logs: dict, elapsed_s: float) -> dict:
     """The per-step log record, from TRL's metric names to ours."""
     rec = {
         "step": step, "reward_mean": logs.get("reward"), "reward_std": logs.get("reward_std"),
         "accuracy": logs.get("rewards/correctness/mean", float("nan")),
-        "mean_length": logs.get("completions/mean_length"), "frac_zero_std": logs.get("frac_reward_zero_std"),
+        "mean_length": logs.get("completions/mean_length"), "frac_zero_std": logs.get("frac_zero_std_groups", logs.get("frac_reward_zero_std")),
         "kl": logs.get("kl"), "loss": logs.get("loss"), "lr": logs.get("learning_rate"),
         "clip_ratio": logs.get("clip_ratio/region_mean"), "entropy": logs.get("entropy"),
         "truncated": logs.get("completions/clipped_ratio"), "elapsed_s": round(elapsed_s, 2),
     }
     for k, v in logs.items():
-        if k.startswith("rewards/") and k.endswith("/mean"):
+        if k.startswith("rewards/") and k.endswith("/mean") and k != "rewards/group_stats/mean":
             rec["reward_" + k.split("/")[1]] = v
     return rec
 
