@@ -350,10 +350,12 @@ def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = Non
     tokenizer.save_pretrained(out)
     scorer = LearnedPRM(out, kind=cfg.kind)
     metrics = evaluate_reward_model(scorer, heldout)
+    by_task = {t: evaluate_reward_model(scorer, [d for d in heldout if d.problem.task == t])
+               for t in cfg.tasks}
     k = max(1, min(20, len(losses) // 10))
     summary = {"kind": cfg.kind, "parent": Path(policy_dir).name, "config": asdict(cfg),
                "params": sum(p.numel() for p in model.parameters()),
-               "labels": label_statistics(train, cfg.kind), "metrics": metrics,
+               "labels": label_statistics(train, cfg.kind), "metrics": metrics, "metrics_by_task": by_task,
                "initial_loss": sum(losses[:k]) / k, "final_loss": sum(losses[-k:]) / k,
                "label_wall_s": round(t_label, 1), "train_wall_s": round(t_train, 1),
                "wall_s": round(time.time() - t0, 1), "command": command, "torch": torch.__version__}
@@ -381,7 +383,11 @@ def model_card(name: str, s: dict) -> str:
                     else "1 if any rollout reaches the right answer (hard)")
                  + "; a step stating the final answer is labelled by the task's exact check"
                  if s["kind"] == "prm" else "whether the sampled solution's final answer is right")
-    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in m.items())
+    by_task = s.get("metrics_by_task", {})
+    head = "| metric | all |" + "".join(f" {t} |" for t in by_task)
+    rule = "|---|---|" + "---|" * len(by_task)
+    rows = "\n".join([head, rule] + [f"| {k} | {_fmt(v)} |" + "".join(f" {_fmt(by_task[t].get(k))} |" for t in by_task)
+                                      for k, v in m.items()])
     lrows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in lab.items())
     return f"""---
 library_name: transformers
@@ -428,8 +434,6 @@ exact step checker of each task (`task.check_steps`), with threshold 0.5:
 step-label accuracy, and ProcessBench-style F1 (harmonic mean of the accuracy at locating the
 first wrong step on erroneous solutions and of saying "no error" on correct ones).
 
-| metric | value |
-|---|---|
 {rows}
 
 ## Limits
