@@ -18,6 +18,7 @@ def bench_engine_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs per n (the best counts)."),
     compile: bool = typer.Option(False, "--compile", help="Run the engine's forward via torch.compile."),
+    threads: int = typer.Option(0, "--threads", help="torch threads for both sides (0: torch's default)."),
     tree_depth: int = typer.Option(6, "--tree-depth", help="Rounds of the tree-search workload."),
     note: str = typer.Option("", "--note", help="A remark recorded with the run in docs/benchmarks.md."),
     no_doc: bool = typer.Option(False, "--no-doc", help="Do not append to docs/benchmarks.md."),
@@ -35,6 +36,12 @@ def bench_engine_cmd(
         raise TTScaleError(f"--n {n!r} is out of range; accepted: positive integers, e.g. 1,16,64")
     if max_tokens < 1:
         raise TTScaleError(f"--max-tokens {max_tokens} is out of range; accepted: >= 1")
+    if threads < 0:
+        raise TTScaleError(f"--threads {threads} is out of range; accepted: >= 0")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     result = bench_engine(model, ns, max_tokens, device, dtype, repeats, compile, tree_depth)
     if not no_doc:
         append_to_doc(result, note)
