@@ -1,10 +1,11 @@
 """Greedy, majority-vote and pass@n accuracy of a model on a task level: the family's yardstick."""
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ttscale.engine.base import Generator
+from ttscale.strategies.base import Candidate
+from ttscale.strategies.voting import vote
 from ttscale.tasks import Task
 from ttscale.types import GenerationRequest, Problem, SamplingParams
 
@@ -30,12 +31,9 @@ class EvalResult:
 
 def majority_answer(task: Task, answers: list[str | None]) -> str | None:
     """The most common answer (by task.answer_key); ties go to the answer seen first."""
-    keys = [task.answer_key(a) for a in answers]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return None
-    best = max(counts.values())
-    return next(a for a, k in zip(answers, keys) if k is not None and counts[k] == best)
+    candidates = [Candidate(text="", answer=a) for a in answers]
+    winner = vote(task, candidates)
+    return None if winner is None else answers[winner]
 
 
 def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int = 16,
