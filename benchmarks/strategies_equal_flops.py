@@ -10,7 +10,7 @@ the other strategies' settings were picked on a few held-out problems to land ne
 FLOPs (policy plus verifier). The oracle rows use the same settings with the exact checker as
 scorer (which costs no FLOPs): they show what a perfect verifier would get from the same samples.
 
-    python benchmarks/strategies_equal_flops.py [--num-problems 20] [--model ttscale-small]
+    python benchmarks/strategies_equal_flops.py [--num-problems 50] [--model ttscale-small]
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ttscale-small")
-    ap.add_argument("--num-problems", type=int, default=20)
+    ap.add_argument("--num-problems", type=int, default=50)
     ap.add_argument("--aggregate", default="last")
     ap.add_argument("--out", default="benchmarks/results/strategies_equal_flops.jsonl")
     ap.add_argument("--threads", type=int, default=1)
