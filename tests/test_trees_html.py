@@ -83,3 +83,19 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
     (tmp_path / "x.json").write_text("not json")
     with pytest.raises(TTScaleError, match="not JSON"):
         Tree.load(tmp_path / "x.json")
+
+
+def test_solve_saves_each_search_tree_as_json_and_html(tmp_path):
+    """`ttscale solve --trees-out DIR` (run_solve) leaves one loadable tree and page per problem."""
+    from ttscale.eval.solve import run_solve
+    from ttscale.strategies.tree import Tree
+
+    out = run_solve("ttscale-tiny", task="countdown", level=2, num_problems=2,
+                    strategy="beam_search", params={"n": 4, "width": 2}, scorer="oracle",
+                    trees_out=tmp_path)
+    pages = sorted(tmp_path.glob("*.html"))
+    assert len(pages) == out["num_problems"] == 2
+    for page in pages:
+        tree = Tree.load(page.with_suffix(".json"))
+        assert len(tree.nodes) > 1
+        assert "http" not in page.read_text()

@@ -20,7 +20,7 @@ def solve_cmd(
     split: str = typer.Option("test", "--split", help="train, heldout or test."),
     problem_seed: int = typer.Option(0, "--problem-seed", help="Which problems are drawn."),
     strategy: str = typer.Option("greedy", "--strategy", help="Strategy name."),
-    n: Optional[int] = typer.Option(None, "--n", help="Samples (or beams) per problem."),
+    n: Optional[int] = typer.Option(None, "--n", help="Samples, beams, or MCTS iterations per problem."),
     width: Optional[int] = typer.Option(None, "--width", help="Tree-search width."),
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
@@ -46,6 +46,8 @@ def solve_cmd(
     d_model: Optional[int] = typer.Option(None, "--d-model"),
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Also write every "
                                                "candidate as a store for `ttscale select`."),
+    trees_out: Optional[Path] = typer.Option(None, "--trees-out", help="Save each search "
+                                             "tree as DIR/<problem>.json and .html."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     plan: Optional[Path] = typer.Option(None, "--plan", help="A plan from `ttscale plan`: pick "
                                         "the strategy per problem within --budget."),
@@ -62,7 +64,8 @@ def solve_cmd(
     from ttscale.eval.solve import parse_param_pairs, run_solve
 
     params: dict[str, object] = {}
-    for key, value in (("n", n), ("width", width), ("temperature", temperature),
+    n_key = "iterations" if strategy == "mcts" else "n"  # MCTS spends its budget in iterations
+    for key, value in ((n_key, n), ("width", width), ("temperature", temperature),
                        ("max_tokens", max_tokens), ("seed", seed)):
         if value is not None:
             params[key] = value
@@ -73,7 +76,8 @@ def solve_cmd(
     out = run_solve(model, task=task, level=level, num_problems=num_problems, strategy=strategy,
                     params=params, scorer=scorer, scorer_model=scorer_model,
                     aggregate=aggregate, split=split, problem_seed=problem_seed,
-                    backend=backend, generator_options=options, samples_out=samples_out)
+                    backend=backend, generator_options=options, samples_out=samples_out,
+                    trees_out=trees_out)
     if as_json:
         print(json.dumps(out, indent=2))
         return

@@ -52,18 +52,37 @@ def write_samples(path: str | Path, task: Task, problems: Sequence[Problem],
             f.write(json.dumps(samples_record(task, p, s)) + "\n")
 
 
+def write_trees(directory: str | Path, problems, solutions) -> list[Path]:
+    """Save every solution's search tree as JSON and as one HTML page (no network)."""
+    from ttscale.eval.trees import write_tree_html
+    from ttscale.strategies.tree import Tree
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for p, s in zip(problems, solutions):
+        if s.tree is None:
+            continue
+        tree = Tree.from_dict(s.tree)
+        tree.save(directory / f"{p.id}.json")
+        written.append(write_tree_html(tree, directory / f"{p.id}.html", title=p.question))
+    return written
+
+
 def run_solve(model: str, task: str = "arith", level: int | None = None, num_problems: int = 10,
               strategy: str = "greedy", params: Mapping[str, Any] | None = None,
               scorer: str | None = None, scorer_model: str | None = None,
               aggregate: str = "last", split: str = "test", problem_seed: int = 0,
               backend: str = "torch", generator_options: Mapping[str, Any] | None = None,
-              samples_out: str | Path | None = None) -> dict[str, Any]:
+              samples_out: str | Path | None = None,
+              trees_out: str | Path | None = None) -> dict[str, Any]:
     """Run `strategy` on `num_problems` problems of `task`; accuracy, mean cost, per problem.
 
     `model` is a shipped model name or directory, or with backend "openai" the model's name on
     the server, whose URL is `generator_options["base_url"]`; other `generator_options` go to
     `ttscale.engine.load_generator` (e.g. `shape_from`, a local checkpoint of the same shape,
-    so that FLOPs of a remote model are counted).
+    so that FLOPs of a remote model are counted). With `trees_out`, each search tree is saved
+    as `<problem id>.json` and a self-contained `<problem id>.html` in that directory.
     """
     from ttscale.rewards import get_scorer
 
@@ -83,6 +102,8 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
     solutions = solve_many(problems, task_obj, generator, strategy, checked, scorer_obj)
     if samples_out is not None:
         write_samples(samples_out, task_obj, problems, solutions)
+    if trees_out is not None:
+        write_trees(trees_out, problems, solutions)
     out = summarize(task_obj, problems, solutions)
     out = {"model": model, "task": task, "level": problems[0].level if problems else level,
            "strategy": strategy, "scorer": scorer, "params": solutions[0].params if solutions
