@@ -98,3 +98,29 @@ def test_unreachable_upstream_is_502_not_a_hang(random_model_dir):
             client_of(p).chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert e.value.status_code == 502 and "could not reach" in e.value.message
+
+
+def test_best_of_n_and_planner_answers_in_front_of_an_upstream(upstream, random_model_dir, tmp_path):
+    """An unmodified client gets best-of-N and `auto` (plan) answers through the proxy."""
+    from ttscale.planner.allocate import Option
+    from ttscale.planner.plan import Plan
+
+    plan = Plan(model=MODEL, probe_samples=2, probe_cost=1e30, edges=[], bins=[[Option("probe", 0, 0)]],
+                blind=[Option("none", 0.0, 0.0), Option("majority-2", 1.0, 0.5)],
+                strategies={"majority-2": {"strategy": "majority", "params": {"n": 2},
+                                           "source": "samples"}},
+                sampling={"temperature": 1.0, "max_tokens": 8}, calibration={"bin_sizes": [1]})
+    path = str(plan.save(tmp_path / "plan.json"))
+    with front([upstream.url], random_model_dir, plan=path) as s:
+        c = client_of(s)
+        r = c.completions.create(model=MODEL, prompt=COUNTDOWN, max_tokens=8,
+                                 extra_body={"ttscale": {"strategy": "best_of_n", "n": 3,
+                                                         "scorer": "oracle"}})
+        t = r.model_extra["ttscale"]
+        assert t["strategy"] == "best_of_n" and t["num_candidates"] == 3
+        assert r.usage.completion_tokens > 0
+        r = c.completions.create(model=f"auto/{MODEL}", prompt=COUNTDOWN, max_tokens=8,
+                                 extra_body={"ttscale": {"budget_flops": 1e12}})
+        t = r.model_extra["ttscale"]
+        assert t["strategy"] == "auto" and t["config"] == "majority-2"
+        assert 0 < t["flops"] <= 1e12
