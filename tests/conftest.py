@@ -24,3 +24,20 @@ def random_model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("random-tiny")
     save_model(LlamaForCausalLM(SIZES["ttscale-tiny"].config()), path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def engine(random_model_dir):
+    """The torch engine over the random tiny model (a module may define its own)."""
+    from serve_helpers import load_engine
+
+    return load_engine(random_model_dir)
+
+
+@pytest.fixture(scope="module")
+def server(engine, random_model_dir):
+    """A live `ttscale serve` on loopback over `engine`."""
+    from serve_helpers import chat_template_of, engine_server
+
+    with engine_server(engine, chat_template=chat_template_of(random_model_dir)) as s:
+        yield s

@@ -6,7 +6,7 @@ import socket
 import threading
 
 import pytest
-from serve_helpers import MODEL, QuirkyProxy, chat_template_of, engine_server, load_engine
+from serve_helpers import MODEL, QuirkyProxy
 
 from ttscale.engine.openai_backend import OpenAIGenerator
 from ttscale.errors import TTScaleError
@@ -14,17 +14,6 @@ from ttscale.serve.runner import ServerThread
 from ttscale.types import GenerationRequest, SamplingParams
 
 PROMPT = "Q: 3+4*2\n"
-
-
-@pytest.fixture(scope="module")
-def engine(random_model_dir):
-    return load_engine(random_model_dir)
-
-
-@pytest.fixture(scope="module")
-def server(engine, random_model_dir):
-    with engine_server(engine, chat_template=chat_template_of(random_model_dir)) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -4,22 +4,11 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-from serve_helpers import MODEL, chat_template_of, engine_server, load_engine
+from serve_helpers import MODEL, chat_template_of, engine_server
 
 from ttscale.types import GenerationRequest, SamplingParams
 
 COUNTDOWN = "Q: 3 5 2 -> 16\n"
-
-
-@pytest.fixture(scope="module")
-def engine(random_model_dir):
-    return load_engine(random_model_dir)
-
-
-@pytest.fixture(scope="module")
-def server(engine, random_model_dir):
-    with engine_server(engine, chat_template=chat_template_of(random_model_dir)) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
