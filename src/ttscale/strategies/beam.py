@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError, out_of_range
 from ttscale.rewards.base import Scorer
-from ttscale.strategies.base import Solution, register
+from ttscale.strategies.base import Solution, register, require_scorer
 from ttscale.strategies.stepwise import (StepSearch, StepSettings, check_select, check_step_settings,
-                                         finish, no_scorer, positive)
+                                         finish, positive)
 from ttscale.strategies.tree import Node
 from ttscale.tasks.base import Task
 from ttscale.types import Problem
@@ -75,8 +75,7 @@ def _score_new(search: StepSearch, nodes: list[Node], lookahead: int) -> None:
 def beam_search(problem: Problem, task: Task, generator: Generator, scorer: Scorer | None,
                 params: BeamParams) -> Solution:
     """Step-level beam search guided by `scorer` (a PRM, or the oracle's step check)."""
-    if scorer is None:
-        raise no_scorer("beam_search")
+    scorer = require_scorer(scorer, "beam_search")
     search = StepSearch(problem, task, generator, scorer, params, "beam_search")
     keep = params.n // params.width
     active: list[Node] = [search.tree.root]
@@ -99,8 +98,7 @@ def beam_search(problem: Problem, task: Task, generator: Generator, scorer: Scor
 def dvts(problem: Problem, task: Task, generator: Generator, scorer: Scorer | None,
          params: DVTSParams) -> Solution:
     """Diverse verifier tree search: independent subtrees, each greedy by step score."""
-    if scorer is None:
-        raise no_scorer("dvts")
+    scorer = require_scorer(scorer, "dvts")
     search = StepSearch(problem, task, generator, scorer, params, "dvts")
     current: list[tuple[int, Node]] = [(i, search.tree.root) for i in range(params.n // params.width)]
     done: list[Node] = []

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from ttscale.engine.base import Generator
 from ttscale.errors import out_of_range
 from ttscale.rewards.base import Scored, Scorer
-from ttscale.strategies.base import Candidate, Meter, Solution, register
-from ttscale.strategies.stepwise import check_select, no_scorer, positive
+from ttscale.strategies.base import Candidate, Meter, Solution, register, require_scorer
+from ttscale.strategies.stepwise import check_select, positive
 from ttscale.tasks.base import Task
 from ttscale.types import GenerationRequest, Problem, SamplingParams
 
@@ -64,8 +64,7 @@ def _sampling(p: HybridParams, n: int, seed_offset: int) -> SamplingParams:
 def hybrid(problem: Problem, task: Task, generator: Generator, scorer: Scorer | None,
            params: HybridParams) -> Solution:
     """Parallel sampling, sequential step-level refinement of each chain, then selection."""
-    if scorer is None:
-        raise no_scorer("hybrid")
+    scorer = require_scorer(scorer, "hybrid")
     meter = Meter()
     first = meter.generate(generator, [GenerationRequest(problem.prompt, _sampling(params, params.n, 0))])[0]
     chains = [c.text for c in first.completions]

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from ttscale.engine.base import Generator
 from ttscale.errors import out_of_range, unknown
 from ttscale.rewards.base import Scorer
-from ttscale.strategies.base import Solution, register
-from ttscale.strategies.stepwise import StepSearch, StepSettings, check_step_settings, finish, no_scorer, positive
+from ttscale.strategies.base import Solution, register, require_scorer
+from ttscale.strategies.stepwise import StepSearch, StepSettings, check_step_settings, finish, positive
 from ttscale.strategies.tree import Node
 from ttscale.tasks.base import Task
 from ttscale.types import Problem
@@ -113,8 +113,7 @@ def complete(search: StepSearch, node: Node) -> Node:
 def mcts(problem: Problem, task: Task, generator: Generator, scorer: Scorer | None,
          params: MCTSParams) -> Solution:
     """Monte Carlo tree search with PUCT selection and the scorer as value function."""
-    if scorer is None:
-        raise no_scorer("mcts")
+    scorer = require_scorer(scorer, "mcts")
     search = StepSearch(problem, task, generator, scorer, params, "mcts")
     for _ in range(params.iterations):
         path = select_leaf(search, params.c_puct)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from ttscale.engine.base import Generator
 from ttscale.errors import out_of_range
 from ttscale.rewards.base import Scorer
-from ttscale.strategies.base import Solution, register
+from ttscale.strategies.base import Solution, register, require_scorer
 from ttscale.strategies.stepwise import (StepSearch, StepSettings, check_select, check_step_settings,
-                                         finish, no_scorer, positive)
+                                         finish, positive)
 from ttscale.strategies.tree import Node
 from ttscale.tasks.base import Task
 from ttscale.types import Problem
@@ -60,8 +60,7 @@ def allocate(scores: Sequence[float], budget: int, temperature: float) -> list[i
 def rebase(problem: Problem, task: Task, generator: Generator, scorer: Scorer | None,
            params: RebaseParams) -> Solution:
     """Reward-balanced tree search; widths per node from a softmax of the scorer's values."""
-    if scorer is None:
-        raise no_scorer("rebase")
+    scorer = require_scorer(scorer, "rebase")
     search = StepSearch(problem, task, generator, scorer, params, "rebase")
     frontier: list[Node] = [search.tree.root]
     widths = [params.n]

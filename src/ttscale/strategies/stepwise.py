@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from ttscale.engine.base import Generator
-from ttscale.errors import TTScaleError, out_of_range, unknown
+from ttscale.errors import out_of_range, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.base import Candidate, Meter, Solution
 from ttscale.strategies.tree import Node, Tree
@@ -201,11 +201,6 @@ def step_probability(c: Completion) -> float:
     if not c.logprobs:
         return 1.0
     return math.exp(sum(c.logprobs) / len(c.logprobs))
-
-
-def no_scorer(strategy: str) -> TTScaleError:
-    return TTScaleError(f"strategy {strategy!r} needs a scorer; accepted: --scorer oracle, prm, orm, "
-                        "self-certainty")
 
 
 def finish(search: StepSearch, chosen: Node | None, finished: Sequence[Node], params: object) -> Solution:
