@@ -5,7 +5,7 @@ import sys
 
 from tqdm import tqdm
 
-from ttscale.errors import out_of_range
+from ttscale.errors import out_of_range, unknown
 from ttscale.eval.card import write_card
 from ttscale.eval.evaluate import EvalResult, evaluate
 from ttscale.models.registry import list_models, resolve_model
@@ -27,7 +27,6 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
     for t in task_objs:  # validate every level before any work starts
         for lv in levels or []:
             if isinstance(t, BuiltinTask) and lv not in t.levels:
-                from ttscale.errors import unknown
                 raise unknown("level", lv, t.levels)
     from ttscale.engine import load_generator
 
@@ -37,7 +36,9 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
     bar = tqdm(jobs, disable=not progress, desc="eval", file=sys.stderr)
     generators = {}
     for mp, t, lv in bar:
-        gen = generators.get(mp) or generators.setdefault(mp, load_generator(mp, backend=backend))
+        if mp not in generators:
+            generators[mp] = load_generator(mp, backend=backend)
+        gen = generators[mp]
         problems = t.problems(split=split, level=lv, n=num_problems, seed=seed)
         rows.append(evaluate(gen, t, problems, n=n, seed=seed))
     if write_cards:
@@ -45,17 +46,6 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
             name = mp.rstrip("/").split("/")[-1]
             cmd = f"ttscale eval --model {name} --num-problems {num_problems} --n {n} --split {split} --seed {seed}"
             write_card(mp, [r for r in rows if r.model == generators[mp].model_name],
-                       command=_train_command(mp), eval_command=cmd)
+                       eval_command=cmd)
     return rows
 
-
-def _train_command(model_path: str) -> str:
-    import json
-    from pathlib import Path
-
-    meta = Path(model_path) / "training.json"
-    if meta.exists():
-        cmd = json.loads(meta.read_text()).get("command")
-        if cmd:
-            return cmd
-    return "ttscale train family --out models  (see docs/training.md)"

@@ -9,7 +9,7 @@ from ttscale.eval.evaluate import EvalResult, format_table
 CARD_TOLERANCE = 0.10  # a re-run on the same fixed sample must land within this of the card
 
 
-def write_card(model_dir: str | Path, rows: list[EvalResult], command: str, eval_command: str) -> Path:
+def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str) -> Path:
     """Write `model_dir/README.md` from `training.json` and the evaluation rows.
 
     The rows are also stored in `eval.json` so tests can compare a re-run with the card.
@@ -19,6 +19,7 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], command: str, eval
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     cfg = meta.get("config", {})
     parent = meta.get("parent")
+    command = meta.get("command", "ttscale train family --out models  (see docs/training.md)")
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [ttscale]", "---",
         f"# {model_dir.name}", "",
