@@ -20,7 +20,7 @@ from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask
 from ttscale.types import Problem
 
 # level -> (operations, largest operand, largest intermediate value)
-LEVEL_PARAMS = {1: (1, 50, 199), 2: (2, 9, 99), 3: (3, 9, 99), 4: (4, 9, 99), 5: (5, 19, 199)}
+LEVEL_PARAMS = {1: (2, 9, 99), 2: (3, 19, 199), 3: (4, 29, 299), 4: (5, 39, 499), 5: (6, 49, 999)}
 _INT = re.compile(r"^\s*(-?\d{1,12})\s*$")
 _TOKENS = re.compile(r"\d+|[-+*]")
 

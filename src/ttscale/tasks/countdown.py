@@ -23,7 +23,7 @@ from ttscale.tasks.safe_eval import UnsafeExpression, parse
 from ttscale.types import Problem
 
 # level -> (how many numbers, largest number, largest target)
-LEVEL_PARAMS = {1: (2, 30, 199), 2: (3, 9, 99), 3: (4, 9, 99), 4: (4, 19, 199), 5: (5, 9, 199)}
+LEVEL_PARAMS = {1: (2, 30, 199), 2: (3, 9, 99), 3: (3, 19, 199), 4: (4, 9, 99), 5: (5, 9, 199)}
 _STEP = re.compile(r"^\s*(\d{1,6})\s*([-+*/])\s*(\d{1,6})\s*=\s*(-?\d{1,12})\s*$")
 _PROMPT = re.compile(r"^Q: ([\d ]+) -> (\d+)\n$")
 
