@@ -20,6 +20,7 @@ def bench_engine_cmd(
     compile: bool = typer.Option(False, "--compile", help="Run the engine's forward via torch.compile."),
     threads: int = typer.Option(0, "--threads", help="torch threads for both sides (0: torch's default)."),
     tree_depth: int = typer.Option(6, "--tree-depth", help="Rounds of the tree-search workload."),
+    workload: str = typer.Option("mixed", "--workload", help="Throughput prompts: mixed (one per task and level) or single (one arith prompt)."),
     note: str = typer.Option("", "--note", help="A remark recorded with the run in docs/benchmarks.md."),
     no_doc: bool = typer.Option(False, "--no-doc", help="Do not append to docs/benchmarks.md."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -42,7 +43,7 @@ def bench_engine_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    result = bench_engine(model, ns, max_tokens, device, dtype, repeats, compile, tree_depth)
+    result = bench_engine(model, ns, max_tokens, device, dtype, repeats, compile, tree_depth, workload)
     if not no_doc:
         append_to_doc(result, note)
     print(json.dumps(result, indent=2) if as_json else table(result))

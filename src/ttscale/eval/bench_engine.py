@@ -2,7 +2,10 @@
 
 Measured in one run on one model:
   * sampling throughput (completion tokens per second, EOS included, padding after EOS not)
-    of the torch engine and of `generate(num_return_sequences=n, do_sample=True)` for each n;
+    of the torch engine and of `generate(num_return_sequences=n, do_sample=True)` for each n,
+    on the prompts of a workload (`workload_prompts`): by default one problem per built-in task
+    and level, all handed over at once as a sweep does; transformers gets them as one
+    left-padded batch, the engine as one `generate` call;
   * a tree-search workload (beam search over one-step continuations that end at "\\n"):
     prompt tokens the engine computes with prefix caching and without it (the same requests
     replayed on an engine whose cache is off); `tree_prefill_ratio` = without / with;
@@ -24,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ttscale.engine.torch_engine import TorchEngine, parse_device
-from ttscale.errors import TTScaleError
+from ttscale.errors import TTScaleError, unknown
 from ttscale.types import GenerationRequest, SamplingParams
 
 DEFAULT_NS = (1, 16, 64)
@@ -58,10 +61,30 @@ def random_model(size: str = RANDOM_SIZE, config=None, seed: int = 0) -> str:
     return str(out)
 
 
+WORKLOADS = ("mixed", "single")
+
+
 def _prompt() -> str:
     from ttscale.tasks import get_task
 
     return get_task("arith").problems("test", level=3, n=1)[0].prompt
+
+
+def workload_prompts(workload: str = "mixed") -> list[str]:
+    """The prompts of a throughput run.
+
+    mixed: one test problem per built-in task and level (10 prompts), as a best-of-n sweep
+    hands them over; easy and hard problems in one batch, so completion lengths differ.
+    single: one arith level-3 prompt.
+    """
+    from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
+
+    if workload not in WORKLOADS:
+        raise unknown("workload", workload, WORKLOADS)
+    if workload == "single":
+        return [_prompt()]
+    return [get_task(t).problems("test", level=lv, n=1)[0].prompt
+            for t in BUILTIN_TASKS for lv in LEVELS]
 
 
 def _hf_tokens(seqs: torch.Tensor, prompt_len: int, eos: set[int]) -> int:
@@ -72,37 +95,48 @@ def _hf_tokens(seqs: torch.Tensor, prompt_len: int, eos: set[int]) -> int:
     return total
 
 
-def _throughput(engine: TorchEngine, hf, prompt: str, ns, max_tokens: int, repeats: int) -> dict:
-    ids = engine.tokenize(prompt)
-    x = torch.tensor([ids], device=engine.device)
-    eos = set(engine.eos)
+def _hf_generate(hf, engine: TorchEngine, prompts: list[list[int]], n: int, max_tokens: int,
+                 seed: int) -> int:
+    """Completion tokens (up to and including EOS) of `generate(num_return_sequences=n)` on
+    all prompts at once, left-padded as transformers expects for batched generation."""
+    width = max(len(p) for p in prompts)
+    x = torch.zeros(len(prompts), width, dtype=torch.long)
+    mask = torch.zeros_like(x)
+    for i, p in enumerate(prompts):
+        x[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        seqs = hf.generate(x.to(engine.device), attention_mask=mask.to(engine.device),
+                           do_sample=True, num_return_sequences=n, max_new_tokens=max_tokens,
+                           temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0,
+                           eos_token_id=sorted(engine.eos))
+    return _hf_tokens(seqs, width, set(engine.eos))
+
+
+def _throughput(engine: TorchEngine, hf, prompts: list[str], ns, max_tokens: int, repeats: int) -> dict:
+    ids = [engine.tokenize(p) for p in prompts]
     out = {"engine_tok_s": {}, "hf_tok_s": {}, "speedup": {}, "engine_tokens": {}, "hf_tokens": {}}
     for n in ns:
         best_e = best_h = 0.0
         for r in range(repeats):
-            engine.prefix.clear()  # each run computes its prompt: throughput, not cache hits
+            engine.prefix.clear()  # each run computes its prompts: throughput, not cache hits
             params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=r)
             _sync(engine.device)
             t = time.perf_counter()
-            res = engine.generate([GenerationRequest(ids, params)])[0]
+            res = engine.generate([GenerationRequest(p, params) for p in ids])
             _sync(engine.device)
             dt = time.perf_counter() - t
-            if res.error:
-                raise TTScaleError(f"engine failed: {res.error}")
-            tokens = res.usage.completion_tokens
+            errors = [x.error for x in res if x.error]
+            if errors:
+                raise TTScaleError(f"engine failed: {errors[0]}")
+            tokens = sum(x.usage.completion_tokens for x in res)
             best_e = max(best_e, tokens / dt)
             out["engine_tokens"][str(n)] = tokens
-            torch.manual_seed(r)
             t = time.perf_counter()
-            with torch.inference_mode():
-                seqs = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=True,
-                                   num_return_sequences=n, max_new_tokens=max_tokens,
-                                   temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0,
-                                   eos_token_id=sorted(eos))
+            tokens = _hf_generate(hf, engine, ids, n, max_tokens, seed=r)
             _sync(engine.device)
-            dt = time.perf_counter() - t
-            tokens = _hf_tokens(seqs, len(ids), eos)
-            best_h = max(best_h, tokens / dt)
+            best_h = max(best_h, tokens / (time.perf_counter() - t))
             out["hf_tokens"][str(n)] = tokens
         out["engine_tok_s"][str(n)] = round(best_e, 1)
         out["hf_tok_s"][str(n)] = round(best_h, 1)
@@ -167,7 +201,7 @@ def environment(device: torch.device) -> dict:
 
 def bench_engine(model: str | None = None, ns=DEFAULT_NS, max_tokens: int = 128,
                  device: str = "cpu", dtype: str = "float32", repeats: int = 1,
-                 compile: bool = False, tree_depth: int = 6) -> dict:
+                 compile: bool = False, tree_depth: int = 6, workload: str = "mixed") -> dict:
     """Run the benchmark and return its figures (see the module docstring)."""
     from transformers import AutoModelForCausalLM
 
@@ -180,7 +214,8 @@ def bench_engine(model: str | None = None, ns=DEFAULT_NS, max_tokens: int = 128,
     else:
         path, label = resolve_model(model), model
     ns = tuple(int(n) for n in ns)
-    engine = TorchEngine(path, device=device, dtype=dtype, max_batch_size=max(ns), compile=compile)
+    prompts = workload_prompts(workload)
+    engine = TorchEngine(path, device=device, dtype=dtype, compile=compile)
     hf = AutoModelForCausalLM.from_pretrained(path, dtype=parse_dtype(dtype)).to(dev).eval()
     prompt = _prompt()
     warm = GenerationRequest(prompt, SamplingParams(n=2, max_tokens=8, seed=0))
@@ -192,8 +227,10 @@ def bench_engine(model: str | None = None, ns=DEFAULT_NS, max_tokens: int = 128,
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     result = {"model": label, "params": engine.shape.n_params, "device": str(dev), "dtype": dtype,
-              "prompt_tokens": x.shape[1], "max_tokens": max_tokens, "ns": list(ns)}
-    result.update(_throughput(engine, hf, prompt, ns, max_tokens, repeats))
+              "workload": workload, "prompts": len(prompts),
+              "prompt_tokens": sum(len(engine.tokenize(p)) for p in prompts),
+              "max_tokens": max_tokens, "ns": list(ns)}
+    result.update(_throughput(engine, hf, prompts, ns, max_tokens, repeats))
 
     engine.prefix.clear()
     rounds = tree_workload(engine, prompt, depth=tree_depth)
@@ -218,7 +255,8 @@ def bench_engine(model: str | None = None, ns=DEFAULT_NS, max_tokens: int = 128,
 
 def table(r: dict) -> str:
     lines = [f"model {r['model']} ({r['params']:,} params), {r['device']} {r['dtype']}, "
-             f"prompt {r['prompt_tokens']} tokens, max_tokens {r['max_tokens']}",
+             f"workload {r['workload']}: {r['prompts']} prompts ({r['prompt_tokens']} tokens) x n "
+             f"samples, max_tokens {r['max_tokens']}",
              f"{'n':>4} {'engine tok/s':>13} {'hf tok/s':>10} {'speedup':>8}"]
     for n in r["ns"]:
         k = str(n)
