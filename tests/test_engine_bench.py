@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
+from ttscale.errors import TTScaleError
 from ttscale.eval.bench_engine import append_to_doc, bench_engine, table
 
 
@@ -32,3 +34,15 @@ def test_bench_engine_cli_json(random_model_dir):
     assert set(out["speedup"]) == {"2"} and "tree_prefill_ratio" in out
     bad = CliRunner().invoke(app, ["bench", "engine", "--n", "a,b", "--no-doc"])
     assert bad.exit_code != 0 and "a,b" in str(bad.exception)
+
+
+def test_mixed_workload_has_one_prompt_per_task_and_level():
+    from ttscale.eval.bench_engine import workload_prompts
+    from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
+
+    prompts = workload_prompts("mixed")
+    assert len(prompts) == len(set(prompts)) == len(BUILTIN_TASKS) * len(LEVELS)
+    assert prompts[0] == get_task("arith").problems("test", level=1, n=1)[0].prompt
+    assert workload_prompts("single") == [get_task("arith").problems("test", level=3, n=1)[0].prompt]
+    with pytest.raises(TTScaleError, match="workload 'many'.*mixed, single"):
+        workload_prompts("many")
