@@ -76,26 +76,6 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
 
-def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                      mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention of one query per row, as two batched matmuls.
-
-    q: [B, H, 1, D]; k, v: [B, KVH, L, D] (views into the cache, not copied); mask: [B, 1, 1, L]
-    or None. On CPU, PyTorch's fused attention kernel is built for long query blocks and spends
-    most of its time on setup when there is a single query: this path made decoding about 25%
-    faster on the shipped models (docs/benchmarks.md). Query heads that share a key/value head
-    (GQA) are stacked as extra query rows, so keys and values are never repeated.
-    """
-    b, h, _, d = q.shape
-    kvh = k.shape[1]
-    q = q.reshape(b, kvh, h // kvh, d)
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * d ** -0.5  # [B, KVH, H/KVH, L]
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    y = torch.matmul(torch.softmax(scores, dim=-1).to(v.dtype), v)
-    return y.reshape(b, h, 1, d)
-
-
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -162,11 +142,9 @@ class Transformer(nn.Module):
             qk = qk * cos + _rotate_half(qk) * sin
             k_cache[rows, :, pos] = qk[:, h:].transpose(1, 2)
             v_cache[rows, :, pos] = qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd)
-            k, v = k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len]
-            if m == 1 and x.device.type == "cpu":
-                y = _decode_attention(qk[:, :h], k, v, mask)
-            else:
-                y = F.scaled_dot_product_attention(qk[:, :h], k, v, attn_mask=mask, enable_gqa=kvh != h)
+            y = F.scaled_dot_product_attention(
+                qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
+                attn_mask=mask, enable_gqa=kvh != h)
             x = x + F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo)
             gate, up = F.linear(_rms(x, n2, eps), wgu, bgu).split(ff, dim=-1)
             x = x + F.linear(F.silu(gate) * up, wd, bd)
