@@ -7,13 +7,15 @@ import pytest
 
 from ttscale.errors import TTScaleError
 from ttscale.tasks import get_task
+from ttscale.types import Problem
 from ttscale.train.rewards import (RewardConfig, RewardFunctionError, checked, correctness,
                                    kimi_length_rewards, oracle_reward_funcs, step_credit,
                                    total_rewards, well_formed, zero_std_fraction)
 
 ARITH = get_task("arith")
 # 8-2+9+6 -> =6+9+6 / =15+6 / =21 / A: 21  (four reference steps with the answer line)
-P = next(p for p in ARITH.problems("test", 3, 50, 0) if p.question == "8-2+9+6")
+P = Problem(id="t", task="arith", level=2, question="8-2+9+6", prompt="Q: 8-2+9+6\n", answer="21",
+            solution="=6+9+6\n=15+6\n=21\nA: 21\n")
 RIGHT = "=6+9+6\n=15+6\n=21\nA: 21\n"
 WRONG_ANSWER = "=6+9+6\n=15+6\n=21\nA: 22\n"
 WRONG_STEP = "=6+9+6\n=16+6\n=22\nA: 22\n"
