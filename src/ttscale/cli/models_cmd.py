@@ -11,8 +11,16 @@ from ttscale.tasks import BUILTIN_TASKS
 
 
 @app.command("models")
-def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list.")) -> None:
+def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+           calibration: bool = typer.Option(False, "--calibration", help="Check the family's cards "
+                                            "against the calibration criteria (docs/training.md); exit 1 if one fails.")) -> None:
     """List the shipped models: name, parameters, path, parent."""
+    if calibration:
+        from ttscale.eval.calibration import check_family, format_findings
+
+        findings = check_family()
+        print(format_findings(findings))
+        raise typer.Exit(0 if all(f.ok for f in findings) else 1)
     rows = [m.to_dict() for m in list_models()]
     if as_json:
         print(json.dumps(rows, indent=2))

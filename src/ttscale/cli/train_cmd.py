@@ -76,3 +76,7 @@ def family(
         _record_command(out / n)
     evaluate_grid(models=[str(out / n) for n in summaries], num_problems=100, n=16, write_cards=True)
     print(f"wrote {', '.join(str(out / n) for n in summaries)}")
+    if len(summaries) > 1:
+        from ttscale.eval.calibration import check_family, format_findings
+
+        print(format_findings(check_family([out / n for n in summaries])))
