@@ -19,6 +19,8 @@ _API = {
     "solve_many": "ttscale.strategies",
     "get_params": "ttscale.strategies",
     "evaluate": "ttscale.eval.evaluate",
+    "evaluate_grid": "ttscale.eval.api",
+    "check_family": "ttscale.eval.calibration",
     "list_models": "ttscale.models.registry",
     "select_rules": "ttscale.eval.select",
     "Problem": "ttscale.types",

@@ -66,6 +66,7 @@ def family(
 ) -> None:
     """Reproduce the shipped family from scratch (docs/training.md), then write the model cards."""
     from ttscale.eval.api import evaluate_grid
+    from ttscale.eval.card import CARD_PROBLEMS
     from ttscale.train.family import RECIPE, train_family
 
     for n in name or []:
@@ -74,7 +75,8 @@ def family(
     summaries = train_family(out, name, device=device)
     for n in summaries:
         _record_command(out / n)
-    evaluate_grid(models=[str(out / n) for n in summaries], num_problems=100, n=16, write_cards=True)
+    evaluate_grid(models=[str(out / n) for n in summaries], num_problems=CARD_PROBLEMS, n=16,
+                  write_cards=True)
     print(f"wrote {', '.join(str(out / n) for n in summaries)}")
     if len(summaries) > 1:
         from ttscale.eval.calibration import check_family, format_findings

@@ -7,6 +7,7 @@ from pathlib import Path
 from ttscale.eval.evaluate import EvalResult, format_table
 
 CARD_TOLERANCE = 0.10  # a re-run on the same fixed sample must land within this of the card
+CARD_PROBLEMS = 200  # problems per (task, level) in the shipped cards (countdown level 1 has 226 test problems)
 
 
 def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str) -> Path:

@@ -20,7 +20,7 @@ from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask
 from ttscale.types import Problem
 
 # level -> (operations, largest operand, largest intermediate value)
-LEVEL_PARAMS = {1: (2, 9, 99), 2: (3, 19, 199), 3: (4, 29, 299), 4: (5, 39, 499), 5: (6, 49, 999)}
+LEVEL_PARAMS = {1: (2, 19, 199), 2: (3, 39, 499), 3: (4, 49, 999), 4: (5, 59, 1999), 5: (6, 59, 1999)}
 _INT = re.compile(r"^\s*(-?\d{1,12})\s*$")
 _TOKENS = re.compile(r"\d+|[-+*]")
 
