@@ -16,6 +16,6 @@ main:
 test:
 	$(BIN)/pytest
 
-# Reproduce the shipped model family from scratch (about 90 minutes on 2 CPU cores).
+# Reproduce the shipped model family from scratch (about 2 hours on 2 CPU cores).
 models:
 	$(BIN)/ttscale train family --out models
