@@ -46,14 +46,10 @@ def check_calibration(rows: Iterable[dict[str, Any]], models: list[str], top_lev
             out.append(Finding("falls", task, lv, cur < prev,
                                f"{largest} greedy {cur:.2f} after {prev:.2f} at level {lv - 1}"))
         for lv in levels:
-            for m in models:
-                r = acc.get((m, task, lv))
-                if r is None:
-                    continue
-                if lv in MIDDLE_LEVELS:
-                    gain = r["pass_at_n"] - r["greedy_acc"]
-                    out.append(Finding("room", task, lv, gain >= room - 1e-9,
-                                       f"{m} pass@{r['n']} {r['pass_at_n']:.2f} vs greedy {r['greedy_acc']:.2f}"))
+            for r in (acc[m, task, lv] for m in models if lv in MIDDLE_LEVELS and (m, task, lv) in acc):
+                gain = r["pass_at_n"] - r["greedy_acc"]
+                out.append(Finding("room", task, lv, gain >= room - 1e-9,
+                                   f"{r['model']} pass@{r['n']} {r['pass_at_n']:.2f} vs greedy {r['greedy_acc']:.2f}"))
             for small, large in zip(models, models[1:]):
                 a, b = acc.get((small, task, lv)), acc.get((large, task, lv))
                 if a and b:
