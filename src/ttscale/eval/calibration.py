@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ttscale.errors import TTScaleError
+
 MIDDLE_LEVELS = (2, 3, 4)
 
 
@@ -32,7 +34,7 @@ def check_calibration(rows: Iterable[dict[str, Any]], models: list[str], top_lev
     acc = {(r["model"], r["task"], r["level"]): r for r in rows}
     missing = [m for m in models if not any(k[0] == m for k in acc)]
     if missing:
-        raise ValueError(f"no evaluation rows for model(s) {missing}; rows have {sorted({k[0] for k in acc})}")
+        raise TTScaleError(f"no evaluation rows for model(s) {missing}; rows have {sorted({k[0] for k in acc})}")
     tasks = sorted({k[1] for k in acc})
     largest = models[-1]
     out: list[Finding] = []
@@ -71,7 +73,7 @@ def check_family(model_dirs: list[str | Path] | None = None, **kw: float) -> lis
     for p in paths:
         card = Path(p) / "eval.json"
         if not card.exists():
-            raise FileNotFoundError(f"{p} has no eval.json; write its card with `ttscale eval --model {p} --card`")
+            raise TTScaleError(f"{p} has no eval.json; write its card with `ttscale eval --model {p} --card`")
         card_rows = json.loads(card.read_text())
         rows += card_rows
         params = infos[p].params if p in infos else json.loads((Path(p) / "training.json").read_text())["params"]
