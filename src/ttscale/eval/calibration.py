@@ -48,10 +48,13 @@ def check_calibration(rows: Iterable[dict[str, Any]], models: list[str], top_lev
             out.append(Finding("falls", task, lv, cur < prev,
                                f"{largest} greedy {cur:.2f} after {prev:.2f} at level {lv - 1}"))
         for lv in levels:
-            for r in (acc[m, task, lv] for m in models if lv in MIDDLE_LEVELS and (m, task, lv) in acc):
-                gain = r["pass_at_n"] - r["greedy_acc"]
-                out.append(Finding("room", task, lv, gain >= room - 1e-9,
-                                   f"{r['model']} pass@{r['n']} {r['pass_at_n']:.2f} vs greedy {r['greedy_acc']:.2f}"))
+            if lv in MIDDLE_LEVELS:
+                for m in models:
+                    r = acc.get((m, task, lv))
+                    if r:
+                        gain = r["pass_at_n"] - r["greedy_acc"]
+                        out.append(Finding("room", task, lv, gain >= room - 1e-9,
+                                           f"{m} pass@{r['n']} {r['pass_at_n']:.2f} vs greedy {r['greedy_acc']:.2f}"))
             for small, large in zip(models, models[1:]):
                 a, b = acc.get((small, task, lv)), acc.get((large, task, lv))
                 if a and b:
@@ -62,23 +65,21 @@ def check_calibration(rows: Iterable[dict[str, Any]], models: list[str], top_lev
 
 def check_family(model_dirs: list[str | Path] | None = None, **kw: float) -> list[Finding]:
     """Findings from the cards of `model_dirs` (default: the shipped family, no fine-tunes)."""
-    from ttscale.models.registry import list_models, resolve_model
+    from ttscale.models.registry import list_models, model_info, resolve_model
 
-    infos = {m.path: m for m in list_models()}
     if model_dirs is None:
-        paths = [m.path for m in infos.values() if m.kind == "policy" and not m.parent]
+        infos = [m for m in list_models() if m.kind == "policy" and not m.parent]
     else:
-        paths = [resolve_model(str(d)) for d in model_dirs]
-    rows, sized = [], []
-    for p in paths:
-        card = Path(p) / "eval.json"
+        infos = [model_info(Path(resolve_model(str(d)))) for d in model_dirs]
+    rows, names = [], []
+    for m in sorted(infos, key=lambda m: m.params):
+        card = Path(m.path) / "eval.json"
         if not card.exists():
-            raise TTScaleError(f"{p} has no eval.json; write its card with `ttscale eval --model {p} --card`")
+            raise TTScaleError(f"{m.path} has no eval.json; write its card with `ttscale eval --model {m.path} --card`")
         card_rows = json.loads(card.read_text())
         rows += card_rows
-        params = infos[p].params if p in infos else json.loads((Path(p) / "training.json").read_text())["params"]
-        sized.append((params, card_rows[0]["model"]))
-    return check_calibration(rows, [name for _, name in sorted(sized)], **kw)
+        names.append(card_rows[0]["model"])
+    return check_calibration(rows, names, **kw)
 
 
 def format_findings(findings: list[Finding]) -> str:

@@ -28,7 +28,8 @@ class ModelInfo:
                 "kind": self.kind}
 
 
-def _info(path: Path) -> ModelInfo:
+def model_info(path: Path) -> ModelInfo:
+    """Name, parameters, path, parent and kind of the model directory `path`."""
     cfg = json.loads((path / "config.json").read_text())
     meta_path = path / "training.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
@@ -47,7 +48,7 @@ def _count_params(cfg: dict) -> int:
 def list_models() -> list[ModelInfo]:
     """Shipped models, smallest first."""
     root = models_dir()
-    found = [_info(p) for p in sorted(root.iterdir()) if (p / "config.json").exists()] if root.exists() else []
+    found = [model_info(p) for p in sorted(root.iterdir()) if (p / "config.json").exists()] if root.exists() else []
     return sorted(found, key=lambda m: m.params)
 
 
