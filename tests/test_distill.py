@@ -119,9 +119,9 @@ def test_distill_runs_rounds_reports_them_and_a_rerun_changes_nothing(random_mod
         e = json.loads(line)
         p = next(q for q in ARITH.problems("train", 1, 3, seed=1) if q.id == e["problem_id"])
         assert ARITH.is_correct(p, e["solution"])
-    from ttscale.models.registry import _info
+    from ttscale.models.registry import model_info
 
-    assert _info(out).parent == Path(random_model_dir).name  # what `ttscale models --json` reports
+    assert model_info(out).parent == Path(random_model_dir).name  # what `ttscale models --json` reports
     assert not list(out.glob("round-*"))
     mtime = (out / "model.safetensors").stat().st_mtime
     assert distill(cfg, random_model_dir, out, progress=False)["rounds_done"] == 1
