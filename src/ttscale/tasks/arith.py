@@ -20,7 +20,7 @@ from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask
 from ttscale.types import Problem
 
 # level -> (operations, largest operand, largest intermediate value)
-LEVEL_PARAMS = {1: (2, 19, 199), 2: (3, 39, 499), 3: (4, 49, 999), 4: (5, 59, 1999), 5: (6, 59, 1999)}
+LEVEL_PARAMS = {1: (2, 19, 199), 2: (3, 59, 1999), 3: (4, 69, 2999), 4: (5, 69, 2999), 5: (6, 69, 2999)}
 _INT = re.compile(r"^\s*(-?\d{1,12})\s*$")
 _TOKENS = re.compile(r"\d+|[-+*]")
 
