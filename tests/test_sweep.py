@@ -177,3 +177,22 @@ def test_torch_engine_and_openai_backend_give_the_same_records(random_model_dir,
 
     a, b = rows(tmp_path / "torch"), rows(tmp_path / "openai")
     assert len(a) == 8 and a == b
+
+
+def test_default_sweep_leaves_room_for_every_reference_solution():
+    """The main job must not cut solutions short: its token limit covers the longest reference
+    solution (with its end token) of every task and level it runs."""
+    from transformers import AutoTokenizer
+
+    from ttscale.eval.sweep import default_config
+    from ttscale.models.registry import resolve_model
+    from ttscale.tasks import get_task
+
+    cfg = default_config()
+    tok = AutoTokenizer.from_pretrained(resolve_model(cfg.models[0]))
+    for name in cfg.tasks:
+        task = get_task(name)
+        for level in cfg.levels:
+            problems = task.problems(split="test", level=level, n=200, seed=0)
+            longest = max(len(tok(p.solution, add_special_tokens=False)["input_ids"]) for p in problems)
+            assert longest + 1 <= cfg.max_tokens, (name, level, longest, cfg.max_tokens)

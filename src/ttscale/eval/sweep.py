@@ -405,5 +405,5 @@ def default_config() -> SweepConfig:
     return SweepConfig(
         models=[small], baseline_models=[large] if large != small else [],
         tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=12, split="test",
-        n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=64,
+        n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=96,
         scorer="self-certainty", runs=runs, baseline_runs=[RunSpec("greedy")])
