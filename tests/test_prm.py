@@ -83,7 +83,7 @@ def test_short_training_lowers_loss_and_saves_a_model_that_scores(random_model_d
 
     from ttscale.train.prm import _examples
 
-    cfg = PRMConfig(policy=random_model_dir, steps=15, batch_size=8, lr=3e-3)
+    cfg = PRMConfig(policy=random_model_dir, steps=30, batch_size=8, lr=3e-3)
     data = _labelled(8)
     tok = AutoTokenizer.from_pretrained(random_model_dir)
     model = build_model(cfg, random_model_dir)
