@@ -131,3 +131,73 @@ def test_scorer_lookup_errors(tmp_path, monkeypatch):
         get_scorer("prm", task=ARITH)
     with pytest.raises(TTScaleError, match="judge scorer needs a model or a generator"):
         get_scorer("judge")
+
+
+def _expressions(numbers):
+    """Every `(x o y) o z` and `x o (y o z)` over orderings of three numbers, with its exact value
+    computed here (Fractions), plus copies that drop or repeat a number."""
+    import itertools
+    from fractions import Fraction
+
+    def ap(a, op, b):
+        if op == "/" and b == 0:
+            return None
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if op == "/" else None}[op]
+
+    out = []
+    for x, y, z in itertools.permutations(numbers):
+        for o1, o2 in itertools.product("+-*/", repeat=2):
+            fx, fy, fz = Fraction(x), Fraction(y), Fraction(z)
+            left = ap(fx, o1, fy)
+            out.append((f"({x}{o1}{y}){o2}{z}", None if left is None else ap(left, o2, fz), True))
+            right = ap(fy, o2, fz)
+            out.append((f"{x}{o1}({y}{o2}{z})", None if right is None else ap(fx, o1, right), True))
+        out.append((f"{x}+{y}", Fraction(x + y), False))  # a number left out
+        out.append((f"{x}+{y}+{z}+{x}", Fraction(2 * x + y + z), False))  # a number used twice
+    return out
+
+
+def test_checker_accepts_exactly_the_valid_countdown_expressions():
+    from dataclasses import replace
+
+    from ttscale.rewards.checker import CheckerScorer
+
+    checker = get_scorer("checker", task=COUNTDOWN)
+    assert isinstance(checker, CheckerScorer)
+    accepted = rejected = 0
+    for p in COUNTDOWN.problems("test", level=3, n=4):
+        target = p.meta["target"]
+        exprs = _expressions(p.meta["numbers"]) + [("__import__('os')", None, False), ("", None, False)]
+        texts = [f"A: {e}\n" for e, _, _ in exprs]
+        # the reference is never read: a problem whose stated answer is wrong gets the same verdicts
+        for problem in (p, replace(p, answer="-1", solution="A: 0\n")):
+            got = [s.value for s in checker.score(problem, texts).scores]
+            want = [1.0 if ok and v is not None and v == target else 0.0 for _, v, ok in exprs]
+            assert got == want
+        accepted += sum(want)
+        rejected += len(want) - sum(want)
+        assert checker.score(p, [p.solution]).scores[0].value == 1.0
+    assert accepted >= 4 and rejected > 100  # both sides were exercised
+
+
+def test_checker_costs_cpu_time_and_no_model_compute():
+    p = COUNTDOWN.problems("test", level=2, n=1)[0]
+    meter = Meter()
+    batch = meter.score(get_scorer("checker", task=COUNTDOWN), p, [p.solution] * 50)
+    assert batch.usage.flops == 0 and batch.usage.computed_tokens == 0 and batch.usage.cpu_s > 0
+    assert meter.cost.verifier_cpu_s == batch.usage.cpu_s and meter.cost.flops == 0
+
+
+def test_checker_refuses_tasks_whose_answer_needs_a_reference(random_model_dir, monkeypatch, capsys):
+    import sys
+
+    from ttscale.cli import main
+
+    with pytest.raises(TTScaleError, match="cannot check task 'arith'.*accepted tasks: countdown$"):
+        get_scorer("checker", task=ARITH)
+    monkeypatch.setattr(sys, "argv", ["ttscale", "solve", "--model", random_model_dir, "--task",
+                                      "arith", "--strategy", "best_of_n", "--scorer", "checker"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "accepted tasks: countdown" in err and "\n" not in err

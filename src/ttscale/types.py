@@ -34,6 +34,7 @@ class Cost:
     verifier_tokens: int = 0
     verifier_flops: float = 0.0
     wall_s: float = 0.0
+    verifier_cpu_s: float = 0.0  # CPU time of verifiers that run no model (the checker)
 
     @property
     def tokens(self) -> int:
@@ -52,6 +53,7 @@ class Cost:
             self.verifier_tokens + other.verifier_tokens,
             self.verifier_flops + other.verifier_flops,
             self.wall_s + other.wall_s,
+            self.verifier_cpu_s + other.verifier_cpu_s,
         )
 
     def to_dict(self) -> dict[str, float]:
@@ -65,6 +67,7 @@ class Cost:
             "tokens": self.tokens,
             "flops": self.flops,
             "wall_s": self.wall_s,
+            "verifier_cpu_s": self.verifier_cpu_s,
         }
 
 
@@ -108,6 +111,7 @@ class Usage:
     cached_tokens: int = 0
     completion_tokens: int = 0
     flops: float = 0.0
+    cpu_s: float = 0.0  # CPU time of a verifier that runs no model (zero FLOPs)
 
     @property
     def computed_tokens(self) -> int:
@@ -116,7 +120,8 @@ class Usage:
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(self.prompt_tokens + other.prompt_tokens,
                      self.cached_tokens + other.cached_tokens,
-                     self.completion_tokens + other.completion_tokens, self.flops + other.flops)
+                     self.completion_tokens + other.completion_tokens, self.flops + other.flops,
+                     self.cpu_s + other.cpu_s)
 
 
 @dataclass

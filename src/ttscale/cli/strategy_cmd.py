@@ -28,7 +28,7 @@ def solve_cmd(
     param: list[str] = typer.Option([], "--param", help="Any strategy parameter as key=value "
                                     "(repeatable), e.g. --param window=4."),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, "
-                                         "self-certainty or judge (ignored by strategies "
+                                         "self-certainty, judge or checker (ignored by strategies "
                                          "that use no scorer)."),
     scorer_model: Optional[str] = typer.Option(None, "--scorer-model", help="PRM/ORM "
                                                "directory, or the judge's model."),

@@ -93,6 +93,10 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
     checked = get_params(strategy, dict(params or {}))  # bad input fails before any loading
     if scorer is not None and scorer not in SCORERS:
         raise unknown("scorer", scorer, SCORERS)
+    if scorer == "checker":
+        from ttscale.rewards.checker import require_checkable
+
+        require_checkable(task_obj)  # before any loading: countdown yes, arith and files no
     problems = load_problems(task_obj, level, num_problems, split, problem_seed)
     generator = _load_generator(model, backend, dict(generator_options or {}))
     scorer_obj = None

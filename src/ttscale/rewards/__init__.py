@@ -1,4 +1,5 @@
-"""Scorers: the task oracle, learned PRM/ORM, self-certainty and an LLM judge, by name."""
+"""Scorers: the task oracle, learned PRM/ORM, self-certainty, an LLM judge and the answer
+checker, by name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,7 @@ from ttscale.rewards.aggregate import AGGREGATES, aggregate, check_aggregate
 from ttscale.rewards.base import ScoreBatch, Scored, Scorer
 from ttscale.tasks.base import Task
 
-SCORERS = ("oracle", "prm", "orm", "self-certainty", "judge")
+SCORERS = ("oracle", "prm", "orm", "self-certainty", "judge", "checker")
 
 
 def _default_reward_model(kind: str) -> str:
@@ -44,7 +45,9 @@ def get_scorer(name: str, task: Task | None = None, generator: Generator | None 
     `oracle` needs the task; `prm` / `orm` load a learned reward model (`model`: a directory,
     default `models/ttscale-prm`); `self-certainty` reads the policy's logprobs (the generator,
     when given, tells the vocabulary size); `judge` asks `model` (loaded as a generator) or else
-    `generator` for a verdict. `aggregate` turns step scores into a solution score.
+    `generator` for a verdict; `checker` verifies the final answer from the problem alone
+    (tasks with `answer_checkable`, e.g. countdown). `aggregate` turns step scores into a
+    solution score.
     """
     check_aggregate(aggregate)
     if name == "oracle":
@@ -76,6 +79,12 @@ def get_scorer(name: str, task: Task | None = None, generator: Generator | None 
         if generator is None:
             raise TTScaleError("the judge scorer needs a model or a generator to ask")
         return JudgeScorer(generator)
+    if name == "checker":
+        if task is None:
+            raise TTScaleError("the checker scorer needs a task")
+        from ttscale.rewards.checker import CheckerScorer
+
+        return CheckerScorer(task)
     raise unknown("scorer", name, SCORERS)
 
 

@@ -63,6 +63,7 @@ class Meter:
         batch = scorer.score(problem, solutions, completions)
         self.cost.verifier_tokens += batch.usage.computed_tokens
         self.cost.verifier_flops += batch.usage.flops
+        self.cost.verifier_cpu_s += batch.usage.cpu_s
         return batch
 
     def finish(self) -> Cost:
@@ -94,5 +95,5 @@ def require_scorer(scorer: Scorer | None, strategy: str) -> Scorer:
     """The scorer a strategy cannot run without, or a one-line error saying so."""
     if scorer is None:
         raise TTScaleError(f"strategy {strategy!r} needs a scorer; accepted: oracle, prm, orm, "
-                           "self-certainty, judge")
+                           "self-certainty, judge, checker")
     return scorer

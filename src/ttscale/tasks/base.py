@@ -34,6 +34,7 @@ class Task(ABC):
     levels: tuple[int, ...] = LEVELS
     step_delimiter: str = STEP_DELIMITER
     has_step_oracle: bool = False
+    answer_checkable: bool = False  # the final answer can be checked from the problem alone
 
     # -- problems -------------------------------------------------------------------------
     @abstractmethod

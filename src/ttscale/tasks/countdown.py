@@ -87,6 +87,7 @@ def parse_steps(text: str) -> list[tuple[int, str, int, int]]:
 class Countdown(BuiltinTask):
     name = "countdown"
     description = "reach a target from given numbers with + - * /, each number used once"
+    answer_checkable = True  # numbers and target are in the prompt; no reference needed
 
     def generate(self, rng: random.Random, level: int) -> Problem:
         count, max_number, max_target = LEVEL_PARAMS[level]
