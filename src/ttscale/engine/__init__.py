@@ -6,14 +6,14 @@ from ttscale.engine.hf import HFGenerator
 from ttscale.engine.loader import DTYPES
 from ttscale.engine.torch_engine import TorchEngine, parse_device
 from ttscale.errors import unknown
-from ttscale.models.registry import resolve_model
+from ttscale.models.registry import resolve_policy
 
 BACKENDS = ("torch", "hf", "openai")
 
 
 def load_generator(model: str, backend: str = "torch", device: str = "cpu",
                    dtype: str = "float32", **kw) -> Generator:
-    """A Generator for a shipped model name or a model path.
+    """A Generator for a shipped policy name, a causal LM directory or a `.gguf` file.
 
     backend: "torch" (the project's own engine; kw: max_batch_size, max_seq_len,
     prefix_cache_bytes, prefill_tokens, compile), "hf" (transformers generate()) or "openai"
@@ -29,7 +29,7 @@ def load_generator(model: str, backend: str = "torch", device: str = "cpu",
     if dtype not in DTYPES:
         raise unknown("dtype", dtype, DTYPES)
     parse_device(device)
-    path = resolve_model(model)
+    path = resolve_policy(model)  # a verifier or non-generating checkpoint is refused here
     if backend == "torch":
         return TorchEngine(path, device=device, dtype=dtype, **kw)
     return HFGenerator(path, device=device, dtype=dtype, **kw)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ttscale.errors import unknown
+from ttscale.errors import TTScaleError, unknown
 
 
 def models_dir() -> Path:
@@ -53,11 +53,65 @@ def list_models() -> list[ModelInfo]:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """The directory of a shipped model given its short name, or a path to a model directory."""
+    """The directory of a shipped model given its short name, a model directory (with
+    config.json) or a `.gguf` file; any kind of model (policies and verifiers)."""
     p = Path(name_or_path)
-    if (p / "config.json").exists() or p.suffix == ".gguf" and p.exists():
+    if (p / "config.json").is_file() or p.suffix == ".gguf" and p.is_file():
         return str(p)
     for m in list_models():
         if m.name == name_or_path:
             return m.path
-    raise unknown("model", name_or_path, [m.name for m in list_models()] + ["a model directory"])
+    if p.suffix == ".gguf" or p.is_dir() or os.sep in name_or_path:
+        what = "is not a model directory (no config.json)" if p.is_dir() else "does not exist"
+        raise TTScaleError(f"model {name_or_path!r} {what}; accepted: {_ACCEPTED}")
+    raise unknown("model", name_or_path, [m.name for m in list_models()] +
+                  ["a Hugging Face model directory", "a .gguf file"])
+
+
+def resolve_policy(name_or_path: str) -> str:
+    """`resolve_model` for a model that generates: a causal language model (shipped policy,
+    `*ForCausalLM` directory or GGUF language model). A verifier or any other checkpoint is
+    a one-line TTScaleError."""
+    path = Path(resolve_model(name_or_path))
+    why = _gguf_not_policy(path) if path.suffix == ".gguf" else _dir_not_policy(path)
+    if why:
+        raise TTScaleError(f"model {name_or_path!r} is {why}, not a causal language model "
+                           f"that generates; accepted: {_ACCEPTED}")
+    return str(path)
+
+
+_ACCEPTED = ("a shipped policy name, a Hugging Face causal LM directory (config.json with a "
+             "*ForCausalLM architecture) or a .gguf language model file")
+# GGUF architectures that encode or embed text instead of generating it
+_GGUF_ENCODERS = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2",
+                            "jina-bert-v3", "t5encoder", "clip", "neo-bert", "modern-bert"})
+
+
+def _dir_not_policy(path: Path) -> str | None:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+        meta_path = path / "training.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    except (OSError, ValueError) as e:
+        return f"unreadable ({type(e).__name__}: {e})"
+    kind = meta.get("kind", "policy")
+    if kind != "policy":
+        return f"a verifier (kind {kind!r} in its training.json)"
+    archs = cfg.get("architectures") or []
+    if archs and not any(str(a).endswith("ForCausalLM") for a in archs):
+        return f"a {'/'.join(map(str, archs))} checkpoint"
+    return None
+
+
+def _gguf_not_policy(path: Path) -> str | None:
+    from ttscale.models.gguf_meta import read_gguf_header
+
+    header = read_gguf_header(path)
+    kind = header.metadata.get("general.type", "model")
+    if kind != "model":
+        return f"a GGUF {kind!r} file (general.type)"
+    if not header.tensors:
+        return "a GGUF file without weights (vocabulary only)"
+    if header.architecture in _GGUF_ENCODERS:
+        return f"a GGUF {header.architecture!r} encoder"
+    return None
