@@ -8,7 +8,7 @@ from transformers import LlamaConfig
 from ttscale.models.tokenizer import SPECIALS, CHARS
 
 VOCAB_SIZE = len(SPECIALS) + len(CHARS)
-CONTEXT = 256
+CONTEXT = 1024  # positions the family is built for: long-mode chains reach about 600 tokens
 
 
 @dataclass(frozen=True)

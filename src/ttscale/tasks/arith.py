@@ -16,7 +16,9 @@ from __future__ import annotations
 import random
 import re
 
+from ttscale.tasks import long_arith
 from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask
+from ttscale.tasks.effort import effort_of
 from ttscale.types import Problem
 
 # level -> (operations, largest operand, largest intermediate value)
@@ -100,9 +102,17 @@ class Arith(BuiltinTask):
         m = _INT.match(answer)
         return str(int(m.group(1))) if m else answer.strip()
 
+    def long_solution(self, problem: Problem, rng: random.Random | None = None) -> str:
+        """The long-mode (`effort="high"`) solution; `rng` draws the decompositions."""
+        state = _parse_expr(problem.question)
+        assert state is not None
+        return long_arith.long_solution(*state, rng=rng)
+
     def check_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
         state = _parse_expr(problem.question)
         assert state is not None
+        if effort_of(problem.prompt) == "high":
+            return long_arith.check_long_steps(*state, steps)
         target = int(problem.answer)
         verdicts: list[bool] = []
         ok = True

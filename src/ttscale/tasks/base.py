@@ -7,6 +7,7 @@ import re
 from abc import ABC, abstractmethod
 
 from ttscale.errors import TTScaleError, unknown
+from ttscale.tasks.effort import HIGH_PREFIX, LOW_PREFIX, check_effort
 from ttscale.types import Problem
 
 SPLITS = ("train", "heldout", "test")
@@ -104,9 +105,17 @@ class BuiltinTask(Task):
     def generate(self, rng: random.Random, level: int) -> Problem:
         """One random problem at `level` (its id is assigned by `problems`)."""
 
-    def sample_training_text(self, rng: random.Random, level: int) -> tuple[str, str]:
-        """A (prompt, solution) pair from the train split, for supervised fine-tuning."""
+    def long_solution(self, problem: Problem, rng: random.Random | None = None) -> str:
+        """The long-mode (`effort="high"`) solution of a problem; `rng` draws its free choices."""
+        raise NotImplementedError(f"task {self.name!r} has no long mode")
+
+    def sample_training_text(self, rng: random.Random, level: int,
+                             effort: str = "low") -> tuple[str, str]:
+        """A (prompt, solution) pair from the train split at `effort`, for supervised fine-tuning."""
+        check_effort(effort)
         while True:
             p = self.generate(rng, level)
             if split_of(f"{self.name}|{p.question}") == "train":
+                if effort == "high":
+                    return HIGH_PREFIX + p.prompt[len(LOW_PREFIX):], self.long_solution(p, rng)
                 return p.prompt, p.solution or ""

@@ -18,14 +18,16 @@ from collections import Counter
 from fractions import Fraction
 from functools import lru_cache
 
-from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask
+from ttscale.tasks import long_countdown
+from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask, Task
+from ttscale.tasks.effort import effort_of
 from ttscale.tasks.safe_eval import UnsafeExpression, parse
 from ttscale.types import Problem
 
 # level -> (how many numbers, largest number, largest target)
 LEVEL_PARAMS = {1: (2, 30, 199), 2: (3, 9, 99), 3: (3, 19, 199), 4: (4, 9, 99), 5: (5, 9, 199)}
 _STEP = re.compile(r"^\s*(\d{1,6})\s*([-+*/])\s*(\d{1,6})\s*=\s*(-?\d{1,12})\s*$")
-_PROMPT = re.compile(r"^Q: ([\d ]+) -> (\d+)\n$")
+_PROMPT = re.compile(r"^(?:Q|Think): ([\d ]+) -> (\d+)\n$")
 
 
 def _apply(a: int, op: str, b: int) -> Fraction | None:
@@ -154,8 +156,19 @@ class Countdown(BuiltinTask):
     def check(self, problem: Problem, answer: str | None) -> bool:
         return self.explain(problem, answer) is None
 
+    def long_solution(self, problem: Problem, rng: random.Random | None = None) -> str:
+        """The long-mode (`effort="high"`) search trace; `rng` draws its dead ends (None: none)."""
+        numbers, target = self.numbers_and_target(problem)
+        answer = Task.extract_answer(self, problem.solution or "")
+        max_value = 5 * LEVEL_PARAMS[problem.level][2] if problem.level in LEVEL_PARAMS else 999
+        return long_countdown.long_solution(numbers, target, parse_steps(problem.solution or ""),
+                                            answer or "", rng=rng, max_value=max_value)
+
     def check_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
         pool, target = self.numbers_and_target(problem)
+        if effort_of(problem.prompt) == "high":
+            return long_countdown.check_long_steps(pool, target, steps,
+                                                   lambda expr: self.check(problem, expr))
         pool = list(pool)
         verdicts: list[bool] = []
         ok = True

@@ -34,8 +34,11 @@ def example_ids(enc: CharEncoder, prompt: str, solution: str) -> tuple[list[int]
 
 
 def packed_batches(tasks: Sequence[str], levels: Sequence[int], batch_size: int, block: int,
-                   seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (input_ids, labels) batches of `block` tokens, examples packed back to back."""
+                   seed: int, long_fraction: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (input_ids, labels) batches of `block` tokens, examples packed back to back.
+
+    A `long_fraction` of the examples is in the long mode (`effort="high"`), the rest short.
+    """
     rng = random.Random(seed)
     enc = CharEncoder()
     task_objs = [BUILTIN_TASKS[t]() for t in tasks]
@@ -45,7 +48,8 @@ def packed_batches(tasks: Sequence[str], levels: Sequence[int], batch_size: int,
     while True:
         while len(ids) < need:
             task = rng.choice(task_objs)
-            prompt, solution = task.sample_training_text(rng, rng.choice(list(levels)))
+            effort = "high" if rng.random() < long_fraction else "low"
+            prompt, solution = task.sample_training_text(rng, rng.choice(list(levels)), effort)
             i, l = example_ids(enc, prompt, solution)
             ids += i
             labels += l

@@ -10,10 +10,14 @@ from ttscale.train.sft import SFTConfig, train_sft
 # budgets the models are token-limited (a tiny on 28.7M tokens beat a small on 14.7M at most
 # levels), so a larger size never sees fewer tokens than a smaller one: tiny 11.5M, small 14.7M,
 # base 24.6M (on equal tokens base lost to small at countdown level 5).
+#
+# Half of the examples are in the long mode (effort "high", tasks/effort.py); its chains are about
+# 3.5x longer, so sequences are 512 tokens (16 per step: the same tokens per step as before).
+LONG_MODE = dict(long_fraction=0.5, block=512, batch_size=16)
 RECIPE: dict[str, dict] = {
-    "ttscale-tiny": dict(steps=1400, lr=3e-3, max_minutes=8),
-    "ttscale-small": dict(steps=1800, lr=2e-3, max_minutes=17),
-    "ttscale-base": dict(steps=3000, lr=1.5e-3, max_minutes=90),
+    "ttscale-tiny": dict(steps=1400, lr=3e-3, max_minutes=8, **LONG_MODE),
+    "ttscale-small": dict(steps=1800, lr=2e-3, max_minutes=17, **LONG_MODE),
+    "ttscale-base": dict(steps=3000, lr=1.5e-3, max_minutes=90, **LONG_MODE),
 }
 
 

@@ -1,0 +1,145 @@
+"""The long mode of `countdown`: a search with dead ends and backtracking (Stream-of-Search style).
+
+The short mode writes only the operations of one solution, so a wrong first choice is fatal.
+The long mode writes the search: each line applies one operation and lists the numbers left; a
+branch that ends in one number other than the target is marked ``no`` and the search goes
+``back`` to a state it has been in, naming its numbers; the branch that reaches the target is
+marked ``yes`` and its expression is the answer::
+
+    Think: 3 5 2 -> 16
+    5*3=15 left 15 2
+    15+2=17 no
+    back 3 5 2
+    5+3=8 left 8 2
+    8*2=16 yes
+    A: (5+3)*2
+
+Every line is a claim that can be checked from the lines above it alone (is the arithmetic right,
+were the numbers there, are the numbers left the right ones, is the verdict right), so the step
+oracle is exact. A dead end is not an error: the search may explore; an error is a false claim.
+Only the ``A:`` line after a ``yes`` is an answer; a dead end never is.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from fractions import Fraction
+
+from ttscale.tasks.base import ANSWER_PREFIX
+
+_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})(?: left((?: \d{1,12})+)| (yes|no))$")
+_BACK = re.compile(r"^back((?: \d{1,12})+)$")
+
+
+def _value(a: int, op: str, b: int) -> Fraction | None:
+    if op == "/":
+        return Fraction(a, b) if b else None
+    return Fraction(a + b if op == "+" else a - b if op == "-" else a * b)
+
+
+def _op_line(a: int, op: str, b: int, c: int, rest: list[int], target: int) -> str:
+    if rest:
+        return f"{a}{op}{b}={c} left " + " ".join(map(str, [c] + rest))
+    return f"{a}{op}{b}={c} " + ("yes" if c == target else "no")
+
+
+def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
+    """The pool without one `a` and one `b`, or None when they are not both in it."""
+    rest = list(pool)
+    for x in (a, b):
+        if x not in rest:
+            return None
+        rest.remove(x)
+    return rest
+
+
+def _dead_end(pool: list[int], target: int, avoid: tuple[int, str, int], rng: random.Random,
+              max_value: int) -> list[tuple[int, str, int, int]] | None:
+    """A random chain of operations from `pool` down to one number other than the target."""
+    chain = []
+    pool = list(pool)
+    while len(pool) > 1:
+        moves = [(pool[i], op, pool[j]) for i in range(len(pool)) for j in range(len(pool)) if i != j
+                 for op in "+-*/"]
+        moves = [m for m in moves if m != avoid or chain]
+        rng.shuffle(moves)
+        for a, op, b in moves:
+            v = _value(a, op, b)
+            if v is not None and v.denominator == 1 and 0 < v <= max_value:
+                break
+        else:
+            return None
+        c = int(v)
+        chain.append((a, op, b, c))
+        pool = _apply_to_pool(pool, a, b) + [c]
+    return None if pool[0] == target else chain
+
+
+def long_solution(numbers: list[int], target: int, path: list[tuple[int, str, int, int]], answer: str,
+                  rng: random.Random | None = None, dead_end_rate: float = 0.5,
+                  max_dead_ends: int = 3, max_value: int = 999) -> str:
+    """A search trace that ends on `path` (the steps of a solution) and states `answer`.
+
+    Before each step of the path, with probability `dead_end_rate` (drawn from `rng`; None: no
+    dead ends), one random branch is explored to a dead end and backtracked from, at most
+    `max_dead_ends` in all.
+    """
+    pool = list(numbers)
+    lines: list[str] = []
+    dead_ends = 0
+    for a, op, b, c in path:
+        while (rng is not None and len(pool) > 1 and dead_ends < max_dead_ends
+               and rng.random() < dead_end_rate):
+            dead_ends += 1
+            chain = _dead_end(pool, target, (a, op, b), rng, max_value)
+            if chain is None:
+                break
+            state = list(pool)
+            for da, dop, db, dc in chain:
+                state = _apply_to_pool(state, da, db)
+                lines.append(_op_line(da, dop, db, dc, state, target))
+                state = [dc] + state
+            lines.append("back " + " ".join(map(str, pool)))
+        rest = _apply_to_pool(pool, a, b)
+        assert rest is not None, (pool, a, b)
+        lines.append(_op_line(a, op, b, c, rest, target))
+        pool = [c] + rest
+    return "".join(line + "\n" for line in lines) + f"{ANSWER_PREFIX}{answer}\n"
+
+
+def check_long_steps(numbers: list[int], target: int, steps: list[str], check_answer) -> list[bool]:
+    """Oracle verdict per step of a search trace: has every claim so far been true?
+
+    `check_answer(expr)` says whether a stated final answer is right.
+    """
+    stack: list[list[int]] = [list(numbers)]  # the states of the current branch, root first
+    found = False  # the last step reached the target
+    dead = False  # the last step ended a branch that missed it
+    verdicts: list[bool] = []
+    ok = True
+    for raw in steps:
+        step = raw.strip()
+        if ok and step.startswith(ANSWER_PREFIX.strip()):
+            ok = found and check_answer(step[len(ANSWER_PREFIX.strip()):].strip())
+        elif ok and (m := _BACK.match(step)):
+            want = Counter(int(x) for x in m.group(1).split())
+            idx = next((i for i in range(len(stack) - 1, -1, -1) if Counter(stack[i]) == want), None)
+            ok = idx is not None and not found and (dead or idx < len(stack) - 1)
+            if ok:
+                del stack[idx + 1:]
+                dead = False
+        elif ok and (m := _OP.match(step)) and not (found or dead):
+            a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+            rest = _apply_to_pool(stack[-1], a, b)
+            ok = rest is not None and _value(a, op, b) == c
+            if ok and m.group(5) is not None:  # "left ...": the numbers that remain
+                ok = Counter(int(x) for x in m.group(5).split()) == Counter(rest + [c]) and bool(rest)
+                stack.append(rest + [c])
+            elif ok:  # a leaf: its verdict must be right
+                ok = not rest and (m.group(6) == "yes") == (c == target)
+                found, dead = c == target, c != target
+        else:
+            ok = False
+        verdicts.append(ok)
+    return verdicts
