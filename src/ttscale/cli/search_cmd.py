@@ -1,4 +1,5 @@
-"""`ttscale train prm` (learned PRM/ORM) and `ttscale tree` (a search tree as a local HTML page)."""
+"""`ttscale train prm` (learned PRM/ORM), `ttscale verifier-quality` (verifiers judged within
+problems) and `ttscale tree` (a search tree as a local HTML page)."""
 from __future__ import annotations
 
 import json
@@ -54,6 +55,46 @@ def train_prm_cmd(
     print(f"saved {kind} to {out}: loss {summary['initial_loss']:.4f} -> {summary['final_loss']:.4f}, "
           f"held-out step accuracy {m['step_accuracy']:.3f}, ProcessBench F1 {m['processbench_f1']:.3f}, "
           f"{summary['wall_s']} s")
+
+
+@app.command("verifier-quality")
+def verifier_quality_cmd(
+    scorer: list[str] = typer.Option(["prm"], "--scorer", help="prm, orm, oracle or checker, "
+                                     "optionally with an aggregate (prm:min); repeatable, all "
+                                     "judged on the same samples."),
+    model: str = typer.Option("ttscale-small", "--model", help="The policy that samples."),
+    task: str = typer.Option("arith", "--task", help="arith or countdown."),
+    level: int = typer.Option(3, "--level"),
+    num_problems: int = typer.Option(200, "--num-problems"),
+    n: int = typer.Option(16, "--n", help="Samples per problem."),
+    temperature: float = typer.Option(1.0, "--temperature"),
+    max_tokens: int = typer.Option(128, "--max-tokens"),
+    scorer_model: Optional[str] = typer.Option(None, "--scorer-model", help="PRM/ORM directory "
+                                               "or name (default: the shipped one)."),
+    split: str = typer.Option("test", "--split"),
+    effort: str = typer.Option("low", "--effort", help="low or high."),
+    samples_in: Optional[Path] = typer.Option(None, "--samples-in", help="Judge samples saved "
+                                              "earlier instead of drawing new ones."),
+    samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Save the samples."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+) -> None:
+    """Judge verifiers where it matters: within-problem AUROC, best-of-n against greedy."""
+    from ttscale.eval.verifier_quality import measure_verifiers
+
+    rows = measure_verifiers(model, scorer, task, level, num_problems, n, temperature, max_tokens,
+                             scorer_model, split, effort=effort, samples_in=samples_in,
+                             samples_out=samples_out)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        w = r["within_problem_auroc"]
+        print(f"{r['scorer']}:{r['aggregate']} {r['task']} L{r['level']}: within-problem AUROC "
+              f"{w['auroc']:.3f} ({w['groups']} problems, {w['pairs']} pairs), first step "
+              f"{r['step_auroc_first_step']['auroc']:.3f}, first error "
+              f"{r['step_auroc_first_error']['auroc']:.3f}; greedy {r['greedy_acc']:.3f}, "
+              f"best-of-{r['n']} {r['best_of_n_acc']:.3f}, pooled AUROC {r['pooled_auroc']:.3f}, "
+              f"ProcessBench F1 {r['processbench_f1']:.3f}")
 
 
 @app.command("tree")
