@@ -1,8 +1,10 @@
-"""Load a Llama-, Qwen2- or Mistral-family checkpoint in Hugging Face format into `model.Transformer`.
+"""Load a Llama-, Qwen2-, Mistral- or Gemma 3-family checkpoint in Hugging Face format, or a
+GGUF file, into `model.Transformer` (Gemma 3: `gemma3.Gemma3`).
 
 Reads config.json, the safetensors weights (one file or an index of shards) and tokenizer.json;
 fuses q/k/v and gate/up projections into one matrix each. Anything the plain decoder cannot
-reproduce exactly (RoPE scaling, other activations) is refused with a clear error.
+reproduce exactly (RoPE scaling, other activations) is refused with a clear error. A `.gguf`
+file is dequantized once into a Hugging Face directory beside it (`engine.gguf`).
 """
 from __future__ import annotations
 
@@ -14,16 +16,17 @@ import torch
 from safetensors import safe_open
 from tokenizers import Tokenizer
 
+from ttscale.engine import gemma3
 from ttscale.engine.model import ModelConfig, Transformer
 from ttscale.errors import TTScaleError, unknown
 
-ARCHITECTURES = ("llama", "qwen2", "mistral")
+ARCHITECTURES = ("llama", "qwen2", "mistral", *gemma3.MODEL_TYPES)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
 class LoadedModel:
-    model: Transformer
+    model: Transformer | gemma3.Gemma3
     tokenizer: Tokenizer
     eos_ids: tuple[int, ...]
     config: ModelConfig
@@ -44,6 +47,8 @@ def read_config(path: str | Path) -> ModelConfig:
     arch = cfg.get("model_type")
     if arch not in ARCHITECTURES:
         raise unknown("model architecture", arch, ARCHITECTURES)
+    if arch in gemma3.MODEL_TYPES:
+        return gemma3.read_config(cfg)
     rope = cfg.get("rope_parameters") or {}
     scaling = cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
@@ -129,15 +134,22 @@ def eos_ids(path: Path) -> tuple[int, ...]:
 
 
 def load_model(path: str | Path, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """A checkpoint directory or a .gguf file, loaded in `dtype` on `device`."""
     path = Path(path)
+    if path.suffix == ".gguf":
+        from ttscale.engine.gguf import hf_dir
+
+        path = hf_dir(path)
     cfg = read_config(path)
     tok_file = path / "tokenizer.json"
     if not tok_file.exists():
         raise TTScaleError(f"no tokenizer.json in {path}; the torch engine needs one")
     torch_dtype = parse_dtype(dtype)
+    is_gemma = isinstance(cfg, gemma3.Gemma3Config)
     with torch.device("meta"):
-        model = Transformer(cfg)
-    model.load_state_dict(_state_dict(cfg, _read_weights(path)), strict=True, assign=True)
+        model = gemma3.Gemma3(cfg) if is_gemma else Transformer(cfg)
+    state = (gemma3.state_dict if is_gemma else _state_dict)(cfg, _read_weights(path))
+    model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     model = model.to(device=device, dtype=torch_dtype).eval()
