@@ -4,11 +4,14 @@ Ollama, `ttscale serve`) behind the Generator protocol.
 Requests run asynchronously on a private event loop thread with bounded concurrency, spread
 over several base URLs (least-loaded first), retried with exponential backoff on 429, 5xx and
 dropped connections. An error of one request lands in its own result; the batch never raises.
-FLOPs are counted from the model shape the user gives, since a remote model cannot be inspected.
+FLOPs are counted from the model shape the user gives (`shape_from`: a HF config or a GGUF
+file's header, or n_params/n_layer/d_model), since a remote model cannot be inspected; with
+none given they are unknown (NaN). A server that ignores `n` gets n separate requests.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import threading
 from collections.abc import Coroutine, Sequence
@@ -17,7 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from ttscale.engine.flops import ModelShape
+from ttscale.engine.flops import SHAPE_FLAGS, ModelShape, UnknownShape, shape_from
 from ttscale.errors import TTScaleError
 from ttscale.types import Completion, GenerationRequest, GenerationResult, SamplingParams, Usage
 
@@ -59,15 +62,16 @@ class _Endpoint:
 class OpenAIGenerator:
     """A Generator over one or more OpenAI-compatible servers serving the same model.
 
-    `n_params`, `n_layer` and `d_model` describe the remote model for FLOP counting. With
+    `n_params`, `n_layer` and `d_model` describe the remote model for FLOP counting (all
+    three, or none: FLOPs unknown, NaN). With
     `chat=True` a text prompt is sent to /v1/chat/completions as one user message (whole
     answers only: a strategy that extends partial solutions needs the completions endpoint).
     `extra_body` is merged into every request body (e.g. vLLM's `{"repetition_penalty": 1.1}`).
     """
 
-    def __init__(self, base_urls: str | Sequence[str], model: str, n_params: int, n_layer: int,
-                 d_model: int, api_key: str | None = None, chat: bool = False,
-                 max_concurrency: int = 16, timeout: float = 60.0, max_retries: int = 4,
+    def __init__(self, base_urls: str | Sequence[str], model: str, n_params: int = 0,
+                 n_layer: int = 0, d_model: int = 0, api_key: str | None = None, chat: bool = False,
+                 max_concurrency: int = 16, timeout: float = 600.0, max_retries: int = 4,
                  backoff: float = 0.5, context_length: int | None = None,
                  extra_body: dict[str, Any] | None = None) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
@@ -77,12 +81,17 @@ class OpenAIGenerator:
             raise TTScaleError(f"max_concurrency={max_concurrency} is out of range; accepted: >= 1")
         if max_retries < 0:
             raise TTScaleError(f"max_retries={max_retries} is out of range; accepted: >= 0")
-        if min(n_params, n_layer, d_model) <= 0:
-            raise TTScaleError("n_params, n_layer and d_model of the remote model must be > 0 "
-                               f"(got {n_params}, {n_layer}, {d_model})")
+        if not timeout > 0:
+            raise TTScaleError(f"timeout={timeout} is out of range; accepted: seconds > 0")
+        shape = (int(n_params or 0), int(n_layer or 0), int(d_model or 0))
+        if any(shape) and min(shape) <= 0:
+            raise TTScaleError(f"a partial shape of the remote model (n_params={shape[0]}, "
+                               f"n_layer={shape[1]}, d_model={shape[2]}): give all three > 0 "
+                               f"({SHAPE_FLAGS}), or none to leave FLOPs unknown")
         self.endpoints = [_Endpoint(normalize_base_url(u)) for u in urls]
         self.model_name = model
-        self.shape = ModelShape(int(n_params), int(n_layer), int(d_model))
+        # with no shape given, FLOPs are unknown (NaN) rather than made up
+        self.shape: ModelShape | UnknownShape = ModelShape(*shape) if any(shape) else UnknownShape()
         self.chat = chat
         self.max_concurrency = max_concurrency
         self.timeout = timeout
@@ -163,6 +172,14 @@ class OpenAIGenerator:
         reqs = [GenerationRequest(m, params) for m in conversations]  # type: ignore[arg-type]
         return self._run(self._generate_all(reqs, True)) if reqs else []
 
+    def submit(self, requests: Sequence[GenerationRequest],
+               chat: bool | None = None) -> "concurrent.futures.Future[list[GenerationResult]]":
+        """`generate` (or, with chat=True, `generate_chat` of requests whose prompts are message
+        lists) as a Future; cancelling it cancels the upstream calls in flight."""
+        use_chat = self.chat if chat is None else chat
+        return asyncio.run_coroutine_threadsafe(self._generate_all(list(requests), use_chat),
+                                                self._ensure_loop())
+
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         """`generate` for async callers, on whatever event loop they run."""
         if not requests:
@@ -236,8 +253,10 @@ class OpenAIGenerator:
         assert self._client is not None
         try:
             r = await self._client.post(url, json=body, headers=self._headers)
-        except httpx.TimeoutException as e:
-            raise UpstreamError(f"{url} timed out after {self.timeout}s ({type(e).__name__})")
+        except httpx.TimeoutException as e:  # a slow answer would be as slow again: no retry
+            raise UpstreamError(f"{url} timed out after {self.timeout}s ({type(e).__name__}); "
+                                "a longer timeout is the timeout option (--upstream-timeout)",
+                                retryable=isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)))
         except httpx.TransportError as e:
             raise UpstreamError(f"could not reach {url}: {type(e).__name__}: {e}")
         if r.status_code >= 400:
@@ -435,39 +454,23 @@ def _retry_after(r: httpx.Response) -> float | None:
 
 
 def shape_of_checkpoint(model: str) -> ModelShape:
-    """The ModelShape of a local checkpoint (a shipped name or a directory), read from its
-    config.json and safetensors headers, for an upstream serving that same model."""
-    import json
-    import struct
-    from pathlib import Path
-
-    from ttscale.models.registry import resolve_model
-
-    path = Path(resolve_model(model))
-    cfg = json.loads((path / "config.json").read_text())
-    n_params = 0
-    for f in sorted(path.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            header = json.loads(fh.read(size))
-        for name, t in header.items():
-            if name != "__metadata__":
-                count = 1
-                for d in t["shape"]:
-                    count *= d
-                n_params += count
-    if n_params == 0:
-        raise TTScaleError(f"no safetensors weights in {path} to count parameters from")
-    return ModelShape(n_params, int(cfg["num_hidden_layers"]), int(cfg["hidden_size"]))
+    """The ModelShape of a local model of the served one's shape: a shipped name, a HF
+    directory or config.json, or a .gguf file (see `flops.shape_from`)."""
+    return shape_from(model)
 
 
 def from_spec(urls: str | Sequence[str], model_name: str | None = None, n_params: int = 0,
               n_layer: int = 0, d_model: int = 0, shape_from: str | None = None,
               **kw: Any) -> OpenAIGenerator:
     """An OpenAIGenerator from `load_generator`-style arguments: `urls` comma-separated (or a
-    list); the shape from `n_params`/`n_layer`/`d_model` or from a local checkpoint."""
-    url_list = [u for u in urls.split(",") if u.strip()] if isinstance(urls, str) else list(urls)
+    list, each entry may hold several); the shape from `n_params`/`n_layer`/`d_model` or from
+    `shape_from` (a local checkpoint, config.json or .gguf), else FLOPs are unknown."""
+    url_list = [u.strip() for part in ([urls] if isinstance(urls, str) else urls)
+                for u in str(part).split(",") if u.strip()]
     if shape_from is not None:
+        if n_params or n_layer or d_model:
+            raise TTScaleError(f"give either --shape-from or --n-params/--n-layer/--d-model, "
+                               f"not both (got --shape-from {shape_from!r})")
         s = shape_of_checkpoint(shape_from)
         n_params, n_layer, d_model = s.n_params, s.n_layer, s.d_model
     if not model_name:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,18 +23,20 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ttscale.engine.base import Generator
+from ttscale.errors import TTScaleError
 from ttscale.serve.auth import KeyChecker
 from ttscale.serve.batching import BatchingGenerator, Cancelled, CancelToken, JobGenerator
 from ttscale.serve.dispatch import AUTO, Choice, resolve, strategies
-from ttscale.serve.errors import APIError, bad_request
+from ttscale.serve.errors import APIError, bad_request, internal_error
 from ttscale.serve.limits import Admission, BodySizeLimit, Limits
 from ttscale.serve.metrics import Metrics
 from ttscale.serve.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest,
                                    TokenizeRequest, chat_body, completion_body, new_id, usage_body)
-from ttscale.serve.work import (Outcome, Planner, ScorerCache, check_samples, run_plain,
-                                run_strategy)
+from ttscale.serve.work import (Outcome, Planner, ScorerCache, effort_prompt, run_plain,
+                                run_strategy, strategy_params)
 from ttscale.types import SamplingParams
 
+log = logging.getLogger("ttscale.serve")
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Bad request: an OpenAI error object naming the field or limit"},
     401: {"description": "Missing or invalid API key"},
@@ -190,7 +193,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         max_tokens = req.max_completion_tokens or req.max_tokens
         params = _sampling(req, max_tokens, req.logprobs, req.top_logprobs or 0, state)
         if cfg.chat_template is not None:
-            prompt = cfg.chat_template(messages)
+            prompt = await asyncio.to_thread(_render, cfg.chat_template, messages)
             _fit_context(state, [prompt], params, explicit=max_tokens is not None)
             job = _job(state, choice, [prompt], params, req, chat_messages=None)
         elif not cfg.upstream:
@@ -219,7 +222,10 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         """vLLM's /tokenize: token ids of a text (without special tokens unless asked)."""
         text = req.prompt if req.prompt is not None else (req.content or "")
         state.limits.check("max_prompt_chars", len(text), state.limits.max_prompt_chars, "prompt")
-        ids = await asyncio.to_thread(cfg.generator.tokenize, text)
+        try:
+            ids = await asyncio.to_thread(cfg.generator.tokenize, text)
+        except TTScaleError as e:  # only an upstream's tokenizer fails
+            raise _upstream_error("/tokenize", e) from None
         if req.add_special_tokens is False:
             ids = _strip_bos(ids, cfg.generator)
         return {"tokens": ids, "count": len(ids), "max_model_len": cfg.generator.context_length}
@@ -229,12 +235,36 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         """vLLM's /detokenize."""
         try:
             text = await asyncio.to_thread(cfg.generator.detokenize, req.tokens)
+        except TTScaleError as e:
+            if not cfg.upstream:
+                raise bad_request(str(e), param="tokens") from None
+            raise _upstream_error("/detokenize", e) from None
         except (IndexError, ValueError, OverflowError, TypeError, KeyError) as e:
             raise bad_request(f"tokens: not valid ids for this model ({type(e).__name__})",
                               param="tokens") from None
         return {"prompt": text}
 
     return app
+
+
+def _render(template: Callable[[list[dict[str, str]]], str],
+            messages: list[dict[str, str]]) -> str:
+    """The chat template applied to `messages`; a template that refuses them is a 400."""
+    try:
+        return template(messages)
+    except APIError:
+        raise
+    except Exception as e:  # jinja's TemplateError (raise_exception), or a template's bug
+        raise bad_request(f"messages: the model's chat template rejected them "
+                          f"({type(e).__name__}: {e})", param="messages",
+                          code="chat_template_error") from None
+
+
+def _upstream_error(path: str, e: Exception) -> APIError:
+    """An upstream's failure on `path`: a 400 when it has no such endpoint, else a 502."""
+    if "endpoint" in str(e):
+        return APIError(400, f"{path} is not available: {e}", code="unsupported_by_upstream")
+    return APIError(502, f"upstream failure on {path}: {e}", code="upstream_error")
 
 
 class _Guard:
@@ -251,13 +281,14 @@ class _Guard:
         t0 = time.perf_counter()
         path = scope.get("path", "")
         status = 500
+        started = False
         auth = next((v.decode("latin-1") for k, v in scope.get("headers", [])
                      if k == b"authorization"), None)
 
         async def send_status(message: dict) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
             await send(message)
 
         try:
@@ -265,7 +296,12 @@ class _Guard:
         except APIError as e:
             await e.response()(scope, receive, send_status)
         else:
-            await self.app(scope, receive, send_status)
+            try:
+                await self.app(scope, receive, send_status)
+            except Exception:  # a bug, not the client's fault: log it, answer OpenAI's shape
+                log.exception("unhandled error answering %s", path)
+                if not started:
+                    await internal_error().response()(scope, receive, send_status)
         finally:
             self.state.metrics.observe(path if path in _PATHS else "other", status,
                                        time.perf_counter() - t0)
@@ -356,17 +392,13 @@ def _admit(state: _State, job: _Job) -> None:
 def _job(state: _State, choice: Choice, prompts: list, params: SamplingParams, req: Any,
          chat_messages: list[dict[str, str]] | None) -> _Job:
     cfg = state.cfg
+    if choice.strategy is None and choice.effort is not None:
+        prompts, chat_messages = _at_effort(prompts, chat_messages, choice.effort)
     if choice.strategy is None:
         if chat_messages is not None:
-            gen = cfg.generator
-
             def run(g: JobGenerator) -> Outcome:
-                def call(p: SamplingParams) -> Any:
-                    if g.token.cancelled:
-                        raise Cancelled()
-                    return gen.generate_chat([chat_messages], p)  # type: ignore[attr-defined]
-
-                return run_plain(g, prompts, params, True, chat_call=call)
+                return run_plain(g, prompts, params, True,
+                                 chat_call=lambda p: g.generate_chat([chat_messages], p))
         else:
             def run(g: JobGenerator) -> Outcome:
                 return run_plain(g, prompts, params, cfg.upstream)
@@ -378,15 +410,33 @@ def _job(state: _State, choice: Choice, prompts: list, params: SamplingParams, r
         sampling = {"temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
                     "max_tokens": params.max_tokens if _asked_max_tokens(req) else None,
                     "seed": req.seed}
-        if choice.strategy != AUTO:
-            check_samples(choice.strategy, choice, sampling, state.limits.max_samples)
+        strategy_args = strategy_params(choice, sampling, state.limits)
 
         def run(g: JobGenerator) -> Outcome:
-            return run_strategy(g, prompts[0], choice, sampling, req.n, state.scorers,
+            return run_strategy(g, prompts[0], choice, strategy_args, req.n, state.scorers,
                                 cfg.upstream, cfg.planner)
         job = _Job(run)
     _admit(state, job)
     return job
+
+
+def _at_effort(prompts: list, chat_messages: list[dict[str, str]] | None, effort: str
+               ) -> tuple[list, list[dict[str, str]] | None]:
+    """A plain request's prompts (or the last user message) asked at `effort`."""
+    if effort == "low":
+        return prompts, chat_messages
+    if any(not isinstance(p, str) for p in prompts):
+        raise bad_request("ttscale.effort 'high' rewrites the prompt: send text, not token ids",
+                          param="ttscale.effort", code="invalid_effort")
+    if chat_messages is not None:
+        users = [i for i, m in enumerate(chat_messages) if m["role"] == "user"]
+        if not users:
+            raise bad_request("ttscale.effort 'high' needs a user message stating the problem",
+                              param="ttscale.effort", code="invalid_effort")
+        chat_messages = [*chat_messages]
+        m = chat_messages[users[-1]]
+        chat_messages[users[-1]] = {**m, "content": effort_prompt(m["content"], effort)}
+    return [effort_prompt(p, effort) for p in prompts], chat_messages
 
 
 def _asked_max_tokens(req: Any) -> bool:
@@ -455,9 +505,7 @@ async def _await(state: _State, job: _Job, request: Request | None) -> Outcome:
             waiter.cancel()
             with contextlib.suppress(BaseException):
                 await waiter
-        if job.admitted and not job.started:
-            job.admitted = False
-            state.admission.leave()
+        _abandon(state, job)
 
 
 def _usage(out: Outcome) -> dict[str, Any]:
@@ -543,12 +591,38 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
                 yield _sse(chunk([], usage=_usage(out), ttscale=out.summary()))
         except APIError as e:
             yield _sse(e.body())
+        except Exception:  # a bug: the stream still ends with an error object and [DONE]
+            log.exception("unhandled error while streaming %s", rid)
+            yield _sse(internal_error().body())
         finally:
             job.token.cancel()  # no-op when done; stops the work if the client went away
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache"})
+    return _JobStream(events(), state, job)
+
+
+class _JobStream(StreamingResponse):
+    """An SSE response that gives its job's queue place back however it ends: finished,
+    failed, or the client gone before the first event was sent."""
+
+    def __init__(self, content: AsyncIterator[str], state: _State, job: _Job) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})
+        self._state, self._job = state, job
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            _abandon(self._state, self._job)
+
+
+def _abandon(state: _State, job: _Job) -> None:
+    """Stop a job's work and free its queue place if no worker thread took it over."""
+    job.token.cancel()
+    if job.admitted and not job.started:
+        job.admitted = False
+        state.admission.leave()
 
 
 def _pieces(text: str) -> list[str]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from ttscale.engine.base import Generator
-from ttscale.types import GenerationRequest, GenerationResult, Usage
+from ttscale.types import GenerationRequest, GenerationResult, SamplingParams, Usage
 
 
 class Cancelled(Exception):
@@ -166,8 +168,31 @@ class JobGenerator:
             raise Cancelled()
         if isinstance(self.inner, BatchingGenerator):
             results = self.inner.generate(requests, self.token)
+        elif hasattr(self.inner, "submit"):  # an upstream: its calls in flight are cancelled
+            results = self._wait(self.inner.submit(requests))
         else:
             results = self.inner.generate(requests)
+        return self._count(results)
+
+    def generate_chat(self, conversations: Sequence[list[dict[str, str]]],
+                      params: SamplingParams) -> list[GenerationResult]:
+        """An upstream's chat endpoint, cancelled like `generate`."""
+        if self.token.cancelled:
+            raise Cancelled()
+        reqs = [GenerationRequest(m, params) for m in conversations]  # type: ignore[arg-type]
+        return self._count(self._wait(self.inner.submit(reqs, chat=True)))  # type: ignore[union-attr]
+
+    def _wait(self, fut: Future) -> list[GenerationResult]:
+        """The future's results; cancels it and raises Cancelled once the token fires."""
+        while True:
+            try:
+                return fut.result(timeout=0.05)
+            except FutureTimeout:
+                if self.token.cancelled:
+                    fut.cancel()
+                    raise Cancelled() from None
+
+    def _count(self, results: list[GenerationResult]) -> list[GenerationResult]:
         for r in results:
             self.usage = self.usage + r.usage
         if self.token.cancelled:

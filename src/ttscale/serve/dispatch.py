@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttscale.serve.errors import APIError, bad_request
+from ttscale.serve.limits import Limits
 from ttscale.serve.schemas import TTScaleOptions
 
 AUTO = "auto"
@@ -53,13 +54,14 @@ class Choice:
     budget_flops: float | None = None
     return_candidates: bool = False
     params: dict[str, Any] = field(default_factory=dict)
+    effort: str | None = None  # "low" / "high": applied to the problem before any work
 
 
 def resolve(model: str, options: TTScaleOptions | None, served: str) -> Choice:
     """The Choice for a request's `model` field and `ttscale` object (404 for another model)."""
     opts = options or TTScaleOptions()
     choice = Choice(served, opts.strategy, opts.n, opts.scorer, opts.budget_flops,
-                    opts.return_candidates, dict(opts.params))
+                    opts.return_candidates, dict(opts.params), opts.effort)
     if model != served:
         m = _PREFIX.match(model)
         if not m or m.group("model") != served or not _known(m.group("name")):
@@ -75,6 +77,10 @@ def resolve(model: str, options: TTScaleOptions | None, served: str) -> Choice:
         names = ", ".join([*sorted(strategies()), AUTO])
         raise bad_request(f"unknown strategy {choice.strategy!r}; accepted: {names}",
                           param="ttscale.strategy", code="unknown_strategy")
+    if choice.params and choice.strategy in (None, AUTO):
+        raise bad_request("ttscale.params sets a strategy's parameters: name the strategy "
+                          "(ttscale.strategy or a prefix such as 'majority-8/MODEL'); 'auto' "
+                          "takes none", param="ttscale.params", code="params_without_strategy")
     return choice
 
 
@@ -82,9 +88,14 @@ def _known(name: str) -> bool:
     return name == AUTO or name in strategies()
 
 
-def build_params(strategy: str, choice: Choice, sampling: dict[str, Any]) -> Any:
+def build_params(strategy: str, choice: Choice, sampling: dict[str, Any],
+                 limits: Limits | None = None) -> Any:
     """The strategy's params object: its defaults, then the request's sampling fields, then
-    `ttscale.n`, `ttscale.budget_flops` and `ttscale.params` (unknown names are a 400)."""
+    `ttscale.n`, `ttscale.budget_flops` and `ttscale.params`, each checked by the strategy's
+    typed model (see `serve.params`): a bad type, range or name is a 400 naming the field, and
+    no value may exceed the server's `limits`; defaults over a limit shrink to it."""
+    from ttscale.serve import params as typed
+
     _, cls = strategies()[strategy]
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in sampling.items() if v is not None and k in names}
@@ -96,16 +107,15 @@ def build_params(strategy: str, choice: Choice, sampling: dict[str, Any]) -> Any
         values["n"] = choice.n
     if choice.budget_flops is not None and "budget_flops" in names:
         values["budget_flops"] = choice.budget_flops
-    for k, v in choice.params.items():
-        if k not in names:
-            raise bad_request(f"strategy {strategy!r} has no parameter {k!r}; accepted: "
-                              f"{', '.join(sorted(names))}", param=f"ttscale.params.{k}")
-        values[k] = v
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as e:
-        raise bad_request(f"bad parameters for strategy {strategy!r}: {e}",
-                          param="ttscale.params") from None
+    values.update(typed.check_params(strategy, cls, choice.params, limits))
+    if limits is not None:
+        for f in dataclasses.fields(cls):
+            cap = (limits.max_tokens if f.name in typed.TOKEN_FIELDS else
+                   limits.max_samples if f.name in ("n", "iterations") else None)
+            if f.name not in values and cap is not None and isinstance(f.default, int) \
+                    and f.default > cap:
+                values[f.name] = cap
+    return typed.build(strategy, cls, values)
 
 
 def strategy_samples(params: Any) -> int:

@@ -33,3 +33,9 @@ class APIError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, code=code, param=param)
+
+
+def internal_error() -> APIError:
+    """The answer to a bug on the server's side (its traceback goes to the server's log)."""
+    return APIError(500, "the server failed on this request (an internal error, logged on the "
+                    "server); please report it", code="internal_error")

@@ -22,8 +22,27 @@ class TTScaleOptions(BaseModel):
     scorer: str | None = Field(None, description="Scorer: oracle (built-in tasks only), ...")
     budget_flops: float | None = Field(None, gt=0, description="FLOP budget of the request.")
     return_candidates: bool = Field(False, description="Return every candidate and its score.")
-    params: dict[str, Any] = Field(default_factory=dict,
-                                   description="More fields of the strategy's params class.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=lambda s: s.update(_params_schema()),
+        description="More fields of the strategy's params class (one typed object per "
+                    "strategy, see `ttscale.serve.params`); values may tighten the server's "
+                    "limits, never widen them.")
+    effort: str | None = Field(None, description="Thinking effort: 'low' (short chains) or "
+                               "'high' (long, step-checkable chains; built-in tasks only).")
+
+    @field_validator("effort")
+    @classmethod
+    def _effort(cls, v: str | None) -> str | None:
+        from ttscale.tasks.effort import check_effort
+
+        return None if v is None else check_effort(v)
+
+
+def _params_schema() -> dict[str, Any]:
+    """`ttscale.params` in the OpenAPI document: any one strategy's typed parameters."""
+    from ttscale.serve.params import params_schemas
+
+    return {"anyOf": list(params_schemas().values())}
 
 
 class StreamOptions(BaseModel):

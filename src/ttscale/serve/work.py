@@ -6,6 +6,7 @@ upstream 502, an engine error on the request's own input 400.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +18,9 @@ from ttscale.errors import TTScaleError
 from ttscale.serve.batching import Cancelled
 from ttscale.serve.dispatch import AUTO, Choice, build_params, strategies, strategy_samples
 from ttscale.serve.errors import APIError, bad_request
+from ttscale.serve.limits import Limits
 from ttscale.serve.problems import problem_from_prompt
+from ttscale.tasks.effort import apply_effort
 from ttscale.types import Completion, GenerationRequest, Problem, SamplingParams, Usage
 
 
@@ -120,10 +123,31 @@ class _Locked:
 Planner = Callable[..., dict[str, Any]]
 
 
-def run_strategy(generator: Generator, prompt: str, choice: Choice, sampling: dict[str, Any],
-                 n: int, scorers: ScorerCache, upstream: bool, planner: Planner | None) -> Outcome:
-    """`n` runs of the chosen strategy on the problem the prompt states (seeds differ)."""
+def effort_problem(problem: Problem, effort: str | None) -> Problem:
+    """The problem asked at `effort` (None: as the prompt states it); a 400 when the task has
+    no such mode."""
+    if effort is None:
+        return problem
+    try:
+        return apply_effort(problem, effort)
+    except TTScaleError as e:
+        raise bad_request(str(e), param="ttscale.effort", code="invalid_effort") from None
+
+
+def effort_prompt(prompt: str, effort: str | None) -> str:
+    """A plain request's text prompt asked at `effort` ("low" leaves it as it is)."""
+    if effort in (None, "low"):
+        return prompt
+    problem, _ = problem_from_prompt(prompt)
+    return effort_problem(problem, effort).prompt
+
+
+def run_strategy(generator: Generator, prompt: str, choice: Choice, params: Any, n: int,
+                 scorers: ScorerCache, upstream: bool, planner: Planner | None) -> Outcome:
+    """`n` runs of the chosen strategy with `params` (None for auto) on the problem the prompt
+    states, at the request's effort (seeds differ between runs)."""
     problem, task = problem_from_prompt(prompt)
+    problem = effort_problem(problem, choice.effort)
     strategy = choice.strategy
     assert strategy is not None
     if choice.scorer == "oracle" and task.name not in ("countdown", "arith"):
@@ -141,14 +165,16 @@ def run_strategy(generator: Generator, prompt: str, choice: Choice, sampling: di
         return run_auto(generator, problem, task, choice, scorer, planner)
     fn, _ = strategies()[strategy]
     out = Outcome([], strategy=strategy, extra={"task": task.name})
+    if choice.effort is not None:
+        out.extra["effort"] = choice.effort
     t0 = time.perf_counter()
     cands: list[dict[str, Any]] = []
     for i in range(n):
-        params = build_params(strategy, choice, sampling)
+        run_params = params
         if i and getattr(params, "seed", None) is not None:
-            params.seed = params.seed + i
+            run_params = dataclasses.replace(params, seed=params.seed + i)
         try:
-            sol = fn(problem, task, generator, scorer, params)
+            sol = fn(problem, task, generator, scorer, run_params)
         except Cancelled:
             raise
         except TTScaleError as e:
@@ -175,15 +201,17 @@ def run_strategy(generator: Generator, prompt: str, choice: Choice, sampling: di
     return out
 
 
-def check_samples(strategy: str, choice: Choice, sampling: dict[str, Any], limit: int) -> None:
-    """400 when the strategy's sample count exceeds the server's limit."""
-    if strategy == AUTO:
-        return
-    params = build_params(strategy, choice, sampling)
+def strategy_params(choice: Choice, sampling: dict[str, Any], limits: Limits) -> Any:
+    """The checked params object of the request's strategy (None for auto): a 400 for a bad
+    field or a sample count over the server's limit."""
+    if choice.strategy in (None, AUTO):
+        return None
+    params = build_params(choice.strategy, choice, sampling, limits)
     k = strategy_samples(params)
-    if k > limit:
-        raise APIError(400, f"ttscale.n={k} exceeds this server's limit max_samples={limit}",
-                       code="limit_max_samples", param="ttscale.n")
+    if k > limits.max_samples:
+        raise APIError(400, f"ttscale.n={k} exceeds this server's limit max_samples="
+                       f"{limits.max_samples}", code="limit_max_samples", param="ttscale.n")
+    return params
 
 
 class _CountingScorer:
