@@ -17,7 +17,8 @@ import numpy as np
 
 from ttscale.errors import TTScaleError
 from ttscale.eval.store import load_results, load_samples
-from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law
+from ttscale.eval.heldout import cv_choose, problem_matrix
+from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law, leave_one_out
 from ttscale.planner.plan import (budget_grid, build_table, cross_validate, fit_plan,
                                   fixed_points, grid_model, planner_headline)
 
@@ -79,9 +80,16 @@ def coverage_curve(samples: Sequence[dict[str, Any]], model: str) -> list[dict[s
                                                  for s in stores]))} for k in range(1, n + 1)]
 
 
+def _loo(fitter, x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
+    e = leave_one_out(fitter, x, y)
+    return {"loo_rmse": e["rmse"], "loo_r2": e["r2"], "loo_points": e["points"]}
+
+
 def fit_all(points: Sequence[dict[str, Any]], coverage: Sequence[dict[str, float]]) -> dict[str, Any]:
     """Per strategy: the saturating power law of accuracy against FLOPs (alpha, N*, R²);
-    best-of-N error against N; coverage against k."""
+    best-of-N error against N; coverage against k. Each fit also reports its
+    leave-one-budget-out error (`loo_rmse`, `loo_r2`): in-sample R² of 3 parameters on 4-5
+    points says little."""
     by: dict[str, list] = defaultdict(list)
     for p in points:
         if p["strategy"] != "pass_at_k":
@@ -91,26 +99,32 @@ def fit_all(points: Sequence[dict[str, Any]], coverage: Sequence[dict[str, float
         f = fit_power_law([p["flops"] for p in ps], [p["accuracy"] for p in ps])
         fits[s] = {"law": "acc(C) = a_max - b*(C/C0)^(-alpha)", "alpha": f.params.get("alpha"),
                    "n_star": f.params.get("n_star"), "a_max": f.params.get("a_max"),
-                   "r2": f.r2, "points": f.n_points, "error": f.error}
+                   "r2": f.r2, "points": f.n_points, "error": f.error,
+                   **_loo(fit_power_law, [p["flops"] for p in ps], [p["accuracy"] for p in ps])}
     bon = by.get("best_of_n", [])
     if bon:
         f = fit_bon_error([p["budget"] for p in bon], [1 - p["accuracy"] for p in bon])
         fits.setdefault("best_of_n", {})["error_vs_n"] = {
-            "law": "err(N) = e_inf + A*exp(-c*N)", **f.params, "r2": f.r2, "error": f.error}
+            "law": "err(N) = e_inf + A*exp(-c*N)", **f.params, "r2": f.r2, "error": f.error,
+            **_loo(fit_bon_error, [p["budget"] for p in bon], [1 - p["accuracy"] for p in bon])}
     if coverage:
         f = fit_coverage([c["k"] for c in coverage], [c["coverage"] for c in coverage])
         fits["pass_at_k"] = {"law": "cov(k) = exp(a*k^b)", **f.params, "r2": f.r2,
-                             "error": f.error, "alpha": None, "n_star": None}
+                             "error": f.error, "alpha": None, "n_star": None,
+                             **_loo(fit_coverage, [c["k"] for c in coverage],
+                                    [c["coverage"] for c in coverage])}
     return fits
 
 
 # -- headline numbers --------------------------------------------------------------------------
 def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_consistency") -> dict[str, Any]:
-    """Samples a stopping rule saves against fixed-N majority voting at equal accuracy.
+    """Samples a stopping rule saves against fixed-N majority voting at equal accuracy, signed:
+    1 - (rule's mean samples) / N_eq, negative when the rule needs more samples than
+    majority voting does for the same accuracy.
 
     N_eq is the n at which majority voting reaches the rule's accuracy (log-linear
     interpolation between measured n; the largest n when majority never gets there, which
-    understates nothing: the rule is then compared with the most it could have cost)."""
+    understates the saving: the rule is then compared with the most majority could cost)."""
     maj = sorted((p for p in points if p["strategy"] == "majority"), key=lambda p: p["budget"])
     rul = [p for p in points if p["strategy"] == rule]
     if not maj or not rul:
@@ -130,7 +144,7 @@ def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_cons
     return {"rule": r["config"], "accuracy": target, "mean_samples": used,
             "majority_n_at_equal_accuracy": n_eq, "majority_max": maj[-1]["config"],
             "majority_max_accuracy": maj[-1]["accuracy"],
-            "saving": max(0.0, 1.0 - used / n_eq) if n_eq else None,
+            "saving": (1.0 - used / n_eq) if n_eq else None,
             "saving_vs_max_n": 1.0 - used / r["budget"]}
 
 
@@ -139,31 +153,51 @@ def model_sizes(results_dir: Path) -> dict[str, int]:
     return {m: d["n_params"] for m, d in json.loads(p.read_text()).items()} if p.exists() else {}
 
 
+def _small_vs_large_on(records: Sequence[dict[str, Any]], small: str, large: str,
+                       probs: set[str], folds: int) -> dict[str, Any] | None:
+    """The comparison on the problems `probs`: the small model's configuration is chosen on
+    the other folds (best accuracy within the large greedy's FLOPs there), scored on the fold."""
+    lp, lc, lacc, lflops = problem_matrix(records, large, probs)
+    if "greedy()" not in lc:
+        return None
+    g = lc.index("greedy()")
+    sp, sc, sacc, sflops = problem_matrix(records, small, set(lp))
+    if not sp or sp != lp:
+        return None
+    large_flops = lflops[:, g]
+    cv = cv_choose(sp, sacc, sflops, lambda train: float(large_flops[train].mean()), k=folds)
+    picked = [sc[j] for j in cv["choices"] if j is not None]
+    greedy_small = sc.index("greedy()") if "greedy()" in sc else None
+    return {"small_config": max(set(picked), key=picked.count) if picked else None,
+            "small_configs_by_fold": [sc[j] if j is not None else None for j in cv["choices"]],
+            "small_accuracy": cv["accuracy"], "small_flops": cv["cost"],
+            "small_greedy_accuracy": float(sacc[:, greedy_small].mean()) if greedy_small is not None else None,
+            "large_accuracy": float(lacc[:, g].mean()), "large_flops": float(large_flops.mean()),
+            "num_problems": len(sp)}
+
+
 def small_vs_large(records: Sequence[dict[str, Any]], sizes: dict[str, int],
-                   grid: str) -> dict[str, Any] | None:
-    """The smallest model's best configuration at no more FLOPs than the largest model's
-    greedy decoding, on the same problems."""
+                   grid: str, folds: int = 5) -> dict[str, Any] | None:
+    """The smallest model's search against the largest model's greedy decoding, on the same
+    problems, at no more FLOPs. The small model's configuration is chosen on other problems
+    (K folds) and scored on held-out ones, overall and per level (`per_level`)."""
     models = sorted({r["model"] for r in records}, key=lambda m: sizes.get(m, 0))
     if len(models) < 2:
         return None
     small, large = models[0], models[-1]
-    large_pts = [p for p in curves(records, large) if p["strategy"] == "greedy"]
-    if not large_pts:
-        return None
     probs = {r["problem_id"] for r in records if r["model"] == large}
-    lg = large_pts[0]
-    small_pts = [p for p in curves(records, small, probs) if not p["oracle"]]
-    ok = [p for p in small_pts if p["flops"] <= lg["flops"]]
-    best = max(ok, key=lambda p: (p["accuracy"], -p["flops"])) if ok else None
-    greedy_small = next((p for p in small_pts if p["strategy"] == "greedy"), None)
+    out = _small_vs_large_on(records, small, large, probs, folds)
+    if out is None:
+        return None
+    level_of = {r["problem_id"]: r.get("level") for r in records if r["model"] == large}
+    per_level = []
+    for lv in sorted({v for v in level_of.values() if v is not None}):
+        row = _small_vs_large_on(records, small, large, {p for p, v in level_of.items() if v == lv}, folds)
+        if row is not None:
+            per_level.append({"level": lv, **row})
     return {"small_model": small, "large_model": large,
-            "small_params": sizes.get(small), "large_params": sizes.get(large),
-            "small_config": best["config"] if best else None,
-            "small_accuracy": best["accuracy"] if best else None,
-            "small_flops": best["flops"] if best else None,
-            "small_greedy_accuracy": greedy_small["accuracy"] if greedy_small else None,
-            "large_accuracy": lg["accuracy"], "large_flops": lg["flops"],
-            "num_problems": len(probs)}
+            "small_params": sizes.get(small), "large_params": sizes.get(large), **out,
+            "per_level": per_level}
 
 
 def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
@@ -287,12 +321,16 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
     lines += ["", "## Fitted laws", "",
               "Accuracy against FLOPs per strategy: acc(C) = a_max - b·(C/C0)^(-alpha); N* is the "
               "budget past which a doubling of compute gains less than 1 point.", "",
-              "| strategy | alpha | a_max | N* (FLOPs) | R² | note |", "|---|---:|---:|---:|---:|---|"]
+              "R² is in-sample; the leave-one-budget-out RMSE (each budget predicted by the law "
+              "fitted on the others) is the out-of-sample error.", "",
+              "| strategy | alpha | a_max | N* (FLOPs) | R² | leave-one-out RMSE | note |",
+              "|---|---:|---:|---:|---:|---:|---|"]
     for s, f in a["fits"].items():
         if s == "pass_at_k":
             continue
         lines.append(f"| {s} | {_fmt(f.get('alpha'))} | {_fmt(f.get('a_max'))} | "
-                     f"{_fmt(f.get('n_star'))} | {_fmt(f.get('r2'))} | {f.get('error') or ''} |")
+                     f"{_fmt(f.get('n_star'))} | {_fmt(f.get('r2'))} | {_fmt(f.get('loo_rmse'))} | "
+                     f"{f.get('error') or ''} |")
     bon = a["fits"].get("best_of_n", {}).get("error_vs_n")
     if bon:
         lines += ["", f"Best-of-N error: err(N) = e_inf + A·exp(-cN): c = {_fmt(bon.get('c'))}, "
@@ -330,13 +368,19 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   f"FLOPs, against {s['large_model']} ({_fmt(s['large_params'])} params) greedy: "
                   f"{_fmt(s['large_accuracy'], True)} at {_fmt(s['large_flops'])} FLOPs "
                   f"({s['num_problems']} problems; {s['small_model']} greedy: "
-                  f"{_fmt(s['small_greedy_accuracy'], True)})."]
+                  f"{_fmt(s['small_greedy_accuracy'], True)}; the small model's configuration is "
+                  "chosen on other problems, 5 folds)."]
+        for row in s.get("per_level") or []:
+            lines.append(f"  - level {row['level']}: {_fmt(row['small_accuracy'], True)} at "
+                         f"{_fmt(row['small_flops'])} FLOPs ({row['small_config']}) against "
+                         f"{_fmt(row['large_accuracy'], True)} at {_fmt(row['large_flops'])} FLOPs")
     ad = h.get("adaptive_stopping") or {}
     if ad.get("saving") is not None:
         lines += [f"- Adaptive stopping ({ad['rule']}): {_fmt(ad['accuracy'], True)} with "
                   f"{ad['mean_samples']:.2f} samples on average; majority voting needs "
                   f"{ad['majority_n_at_equal_accuracy']:.2f} samples for that accuracy: "
-                  f"{_fmt(ad['saving'], True)} of samples saved ({_fmt(ad['saving_vs_max_n'], True)} "
+                  f"{_fmt(ad['saving'], True)} of samples saved (signed: negative when it needs "
+                  f"more; {_fmt(ad['saving_vs_max_n'], True)} "
                   f"against {ad['majority_max']}, which reaches {_fmt(ad['majority_max_accuracy'], True)})."]
     return "\n".join(lines) + "\n"
 

@@ -190,7 +190,7 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
                 order = sample_order(ss.n, rep)
                 sel = select(rule, task, ss, n, order, window=params.get("window", 4),
                              threshold=cfg.ac_threshold)
-                cost = ss.cost(order[:sel.used])
+                cost = ss.cost(order[:sel.used], scored=uses_scorer)
                 scorer = scorer_name if uses_scorer else None
                 key = record_key(**_identity(base), strategy=rule, params=params, seed=rep,
                                  sampling=cfg.sampling, scorer=scorer, n_max=cfg.n_max)

@@ -3,7 +3,10 @@
 Each problem has options (strategy configurations) with an expected extra cost and expected
 accuracy; only the upper concave frontier of (cost, accuracy) matters. Allocation starts every
 problem at its free option and repeatedly takes the upgrade with the largest expected gain per
-FLOP that still fits (the greedy solution of a concave knapsack). Execution is sequential:
+FLOP that still fits (the greedy solution of a concave knapsack); upgrades of equal gain per
+FLOP (problems of one difficulty bin share a frontier) are taken in a seeded random order,
+never by position, so which problems go without when the budget runs short does not depend
+on how the batch happens to be sorted. Execution is sequential:
 whatever a problem does not spend (an adaptive stopping rule that stopped early, samples that
 were shorter than expected) goes back to a pool that later problems may upgrade with, at the
 same marginal price. A `BudgetGuard` checks the worst case of every generation call before it
@@ -14,6 +17,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from ttscale.engine.base import Generator
 from ttscale.rewards.base import ScoreBatch, Scorer
@@ -29,6 +34,7 @@ class Option:
     config: str
     cost: float
     accuracy: float
+    latency: float = 0.0  # expected wall seconds of this configuration on one problem
 
 
 def efficient_frontier(options: Sequence[Option]) -> list[Option]:
@@ -67,16 +73,24 @@ class Allocation:
     price: float  # gain per FLOP of the last upgrade taken (the marginal price)
 
 
-def allocate(frontiers: Sequence[Sequence[Option]], budget: float) -> Allocation:
+def tie_ranks(n: int, seed: int = 0) -> np.ndarray:
+    """A seeded random rank per position: how ties between problems are broken."""
+    return np.random.default_rng([seed, n, 7331]).permutation(n)
+
+
+def allocate(frontiers: Sequence[Sequence[Option]], budget: float, seed: int = 0,
+             ranks: Sequence[int] | None = None) -> Allocation:
     """Greedy allocation by expected marginal gain per FLOP; never exceeds `budget` in
-    expectation (the cheapest options must fit: the caller guarantees they cost nothing)."""
+    expectation (the cheapest options must fit: the caller guarantees they cost nothing).
+    Equal gains per FLOP are taken in the order of `ranks` (default: `tie_ranks(n, seed)`)."""
     choice = [0] * len(frontiers)
+    rank = tie_ranks(len(frontiers), seed) if ranks is None else ranks
     spent = sum(h[0].cost for h in frontiers)
-    heap = [(-_ratio(h, 0), i) for i, h in enumerate(frontiers) if len(h) > 1]
+    heap = [(-_ratio(h, 0), int(rank[i]), i) for i, h in enumerate(frontiers) if len(h) > 1]
     heapq.heapify(heap)
     price = float("inf")
     while heap:
-        neg_ratio, i = heapq.heappop(heap)
+        neg_ratio, _, i = heapq.heappop(heap)
         h, j = frontiers[i], choice[i]
         step = h[j + 1].cost - h[j].cost
         if spent + step > budget:
@@ -85,7 +99,7 @@ def allocate(frontiers: Sequence[Sequence[Option]], budget: float) -> Allocation
         choice[i] = j + 1
         price = -neg_ratio
         if j + 2 < len(h):
-            heapq.heappush(heap, (-_ratio(h, j + 1), i))
+            heapq.heappush(heap, (-_ratio(h, j + 1), int(rank[i]), i))
     acc = sum(h[c].accuracy for h, c in zip(frontiers, choice))
     return Allocation(choice, spent, acc, 0.0 if price == float("inf") else price)
 
@@ -101,10 +115,11 @@ class Ledger:
     `charge(i, spent)` settles it.
     """
 
-    def __init__(self, frontiers: Sequence[Sequence[Option]], budget: float) -> None:
+    def __init__(self, frontiers: Sequence[Sequence[Option]], budget: float,
+                 ranks: Sequence[int] | None = None) -> None:
         self.frontiers = frontiers
         self.budget = budget
-        self.allocation = allocate(frontiers, budget)
+        self.allocation = allocate(frontiers, budget, ranks=ranks)
         self.choice = list(self.allocation.choice)
         self.pool = budget - self.allocation.expected_cost
         self.spent = 0.0

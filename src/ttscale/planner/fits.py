@@ -169,3 +169,35 @@ def fit_coverage(ks: Sequence[float], coverage: Sequence[float]) -> Fit:
         return Fit("coverage", n_points=len(x), error="curve_fit did not converge")
     a, b = (float(v) for v in popt)
     return Fit("coverage", {"a": a, "b": b}, r_squared(y, coverage_law(x, a, b)), len(x))
+
+
+# -- out-of-sample error ---------------------------------------------------------------------
+def predict(fit: Fit, x: Sequence[float]) -> np.ndarray:
+    """The fitted law's value at `x` (power_law, exp_decay or coverage)."""
+    p = fit.params
+    if fit.law == "power_law":
+        return power_law(np.asarray(x, dtype=float), p["a_max"], p["b"], p["alpha"], p["c0"])
+    if fit.law == "exp_decay":
+        return exp_decay(np.asarray(x, dtype=float), p["e_inf"], p["amp"], p["c"])
+    if fit.law == "coverage":
+        return coverage_law(np.asarray(x, dtype=float), p["a"], p["b"])
+    raise ValueError(f"unknown law {fit.law!r}")
+
+
+def leave_one_out(fitter, x: Sequence[float], y: Sequence[float]) -> dict[str, float | int | None]:
+    """Leave-one-budget-out error of `fitter(x, y) -> Fit`: each point is predicted by the
+    law fitted on the others. `rmse` over the points that could be predicted (`points`);
+    `r2` is 1 - SSE/SST of those predictions (it can be negative: worse than the mean)."""
+    xa, ya = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    preds, truth = [], []
+    for i in range(len(xa)):
+        keep = np.arange(len(xa)) != i
+        f = fitter(xa[keep].tolist(), ya[keep].tolist())
+        if f.ok:
+            preds.append(float(predict(f, [xa[i]])[0]))
+            truth.append(float(ya[i]))
+    if not preds:
+        return {"rmse": None, "r2": None, "points": 0}
+    p, t = np.array(preds), np.array(truth)
+    return {"rmse": float(np.sqrt(np.mean((p - t) ** 2))), "r2": r_squared(t, p) if len(t) > 1 else None,
+            "points": len(t)}

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from ttscale.errors import TTScaleError
-from ttscale.planner.allocate import Ledger, Option, allocate, efficient_frontier
+from ttscale.planner.allocate import Ledger, Option, allocate, efficient_frontier, tie_ranks
 from ttscale.planner.difficulty import (PROBE_SAMPLES, assign_bin, difficulty, num_bins,
                                         quantile_edges)
-from ttscale.planner.samples import SampleSet, sample_order, select
+from ttscale.planner.samples import NEEDS_SCORES, SampleSet, sample_order, select
 
 PROBE = "probe"  # the free option once the probe is paid: majority vote of the probe samples
 NO_ANSWER = "none"  # the free option without a probe: answer nothing
@@ -82,12 +82,15 @@ def grid_model(records: Sequence[dict[str, Any]]) -> str:
 
 def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, Any]],
                 model: str | None = None, probe_samples: int = PROBE_SAMPLES,
-                task=None) -> Table:
+                task=None, seed: int = 0) -> Table:
     """The outcome table of one model from a sweep's records and sample stores.
 
     Only deployable configurations count (no pass@k, no oracle scorer), and only those
     measured on every instance. The probe reads the first `probe_samples` stored samples of
     each instance's order; `task` (default: each record's task) groups equal answers.
+    Problems enter in a seeded random order (ids encode the level: sorting by them would
+    line problems up by difficulty). A configuration read from the sample store costs the
+    samples it used, plus their verifier FLOPs only when its rule reads scores.
     """
     from ttscale.tasks import get_task
 
@@ -105,6 +108,7 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
         strategies[r["config"]] = {"strategy": r["strategy"], "params": r["params"],
                                    "source": r["source"]}
     problems = sorted(stores)
+    random.Random(f"ttscale-table-{seed}").shuffle(problems)
     instances = [(p, rep) for p in problems for rep in replicates]
 
     def outcome(cfg: str, p: str, rep: int) -> dict | None:
@@ -133,8 +137,10 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
             raw[i, j] = r["flops"]
             if strategies[c]["source"] == "samples":
                 u = int(r["samples_used"])
+                scored = strategies[c]["strategy"] in NEEDS_SCORES
                 used[i, j] = u
-                extra[i, j] = ss.cost(order[:max(u, k)]).flops - pcost[i]
+                raw[i, j] = ss.cost(order[:u], scored=scored).flops
+                extra[i, j] = ss.cost(order[:max(u, k)], scored=scored).flops - pcost[i]
             else:
                 extra[i, j] = r["flops"]
     return Table(model, [p for p, _ in instances], [r for _, r in instances], levels, diff,
@@ -249,39 +255,43 @@ class Spend:
         return float(self.flops.mean()) if len(self.flops) else 0.0
 
 
-def choose_mode(plan: Plan, bins: Sequence[int] | None, n: int, budget: float) -> str:
+def choose_mode(plan: Plan, bins: Sequence[int] | None, n: int, budget: float,
+                ranks: Sequence[int] | None = None) -> str:
     """Probe first when that buys more expected accuracy than a difficulty-blind allocation."""
-    blind = allocate([plan.blind] * n, budget).expected_accuracy
+    blind = allocate([plan.blind] * n, budget, ranks=ranks).expected_accuracy
     left = budget - n * plan.probe_cost
     if bins is None or left < 0:
         return "blind"
-    probed = allocate([plan.bins[b] for b in bins], left).expected_accuracy
+    probed = allocate([plan.bins[b] for b in bins], left, ranks=ranks).expected_accuracy
     return "probe" if probed >= blind else "blind"
 
 
-def simulate(plan: Plan, table: Table, budget: float) -> Spend:
+def simulate(plan: Plan, table: Table, budget: float, seed: int = 0) -> Spend:
     """Spend `budget` FLOPs on the instances of `table` as `solve_with_plan` would, using the
     measured outcomes; realized costs (not expectations) are charged, and a configuration
-    that would overrun what is left is stopped by the guard (the probe's vote answers)."""
+    that would overrun what is left is stopped by the guard (the probe's vote answers).
+    Every tie (who is probed, who runs first among equally difficult problems, who is
+    upgraded among equal gains) is broken by a draw seeded by `seed`, never by position."""
     n = len(table)
     col = {c: j for j, c in enumerate(table.configs)}
     bins = [plan.bin_of(d) for d in table.difficulty]
-    mode = choose_mode(plan, bins, n, budget)
+    rank = tie_ranks(n, seed)
+    mode = choose_mode(plan, bins, n, budget, rank)
     correct, flops, choice = np.zeros(n), np.zeros(n), [NO_ANSWER] * n
     if mode == "blind":
-        ledger = Ledger([plan.blind] * n, budget)
-        order = range(n)
+        ledger = Ledger([plan.blind] * n, budget, rank)
+        order = sorted(range(n), key=lambda i: rank[i])
     else:
         spent_probe = 0.0
         probed = np.zeros(n, dtype=bool)
-        for i in range(n):
+        for i in sorted(range(n), key=lambda i: rank[i]):
             if spent_probe + table.probe_cost[i] <= budget:
                 spent_probe += table.probe_cost[i]
                 probed[i] = True
         ledger = Ledger([plan.bins[b] if probed[i] else [Option(NO_ANSWER, 0.0, 0.0)]
-                         for i, b in enumerate(bins)], budget - spent_probe)
+                         for i, b in enumerate(bins)], budget - spent_probe, rank)
         flops += np.where(probed, table.probe_cost, 0.0)
-        order = sorted(range(n), key=lambda i: (table.difficulty[i], i))  # easy first
+        order = sorted(range(n), key=lambda i: (table.difficulty[i], rank[i]))  # easy first
     for i in order:
         k = ledger.upgrade(i)
         cfg = ledger.frontiers[i][k].config
@@ -327,7 +337,7 @@ def cross_validate(table: Table, budgets: Sequence[float], k: int = 5, seed: int
     tests = [table.subset(folds == f) for f in range(k)]
     out = []
     for b in budgets:
-        spends = [simulate(plans[f], tests[f], b * len(tests[f])) for f in range(k)]
+        spends = [simulate(plans[f], tests[f], b * len(tests[f]), seed * 1000 + f) for f in range(k)]
         total = sum(len(t) for t in tests)
         out.append(CurvePoint(float(b), float(sum(s.flops.sum() for s in spends) / total),
                               float(sum(s.correct.sum() for s in spends) / total)))
@@ -359,16 +369,45 @@ def budget_grid(table: Table, n: int = 24) -> list[float]:
     return [float(x) for x in np.geomspace(lo, hi, n)]
 
 
+def isotonic(values: Sequence[float]) -> np.ndarray:
+    """The non-decreasing least-squares fit of `values` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    return np.concatenate([np.full(int(w), m) for m, w in blocks]) if blocks else np.zeros(0)
+
+
+def flops_to_match(curve: Sequence[CurvePoint], target: float) -> float | None:
+    """The least spend at which the planner's curve reaches `target` accuracy, read on the
+    monotone (isotonic) envelope of accuracy and spend against budget, so that one noisy
+    point above its neighbours does not count as reaching it; log-linear interpolation
+    between budgets; None when the envelope never gets there."""
+    pts = sorted(curve, key=lambda c: c.budget)
+    acc = isotonic([c.accuracy for c in pts])
+    spend = isotonic([c.flops for c in pts])
+    for j in range(len(pts)):
+        if acc[j] >= target - 1e-12:
+            if j == 0 or acc[j - 1] >= target or spend[j - 1] <= 0 or acc[j] == acc[j - 1]:
+                return float(spend[j])
+            t = (target - acc[j - 1]) / (acc[j] - acc[j - 1])
+            return float(math.exp(math.log(spend[j - 1]) + t * (math.log(spend[j]) - math.log(spend[j - 1]))))
+    return None
+
+
 def planner_headline(curve: Sequence[CurvePoint], fixed: Sequence[FixedPoint],
                      level: float = 0.95) -> dict[str, Any]:
     """The planner against the best single fixed configuration, on held-out problems.
 
     The reference is the cheapest fixed configuration within `level` (95%) of the best fixed
-    accuracy: the budget a user would choose. `accuracy_gain`: planner accuracy minus the
-    reference's at the reference's mean FLOPs (the planner's spend never exceeds them).
-    `flops_saving`: the reference's FLOPs over the least the planner needs to match its
-    accuracy (interpolated in log FLOPs between budgets; None when it never does). The
-    reference is chosen with hindsight on the very problems scored, which favours it.
+    accuracy: the budget a user would choose. `accuracy_gain` (signed): planner accuracy
+    minus the reference's at the reference's mean FLOPs (the planner's spend never exceeds
+    them). `flops_saving`: the reference's FLOPs over the least the planner needs to match
+    its accuracy on the isotonic envelope of its curve (`flops_to_match`; below 1 when the
+    planner needs more, None when it never matches). The reference is chosen with hindsight
+    on the very problems scored, which favours it.
     """
     if not fixed or not curve:
         return {"accuracy_gain": None, "flops_saving": None}
@@ -377,15 +416,7 @@ def planner_headline(curve: Sequence[CurvePoint], fixed: Sequence[FixedPoint],
     pts = sorted(curve, key=lambda c: c.budget)
     at = [c for c in pts if c.budget <= ref.flops * (1 + 1e-9)]
     planner_at = at[-1] if at else None
-    need = None
-    for a, b in zip([None] + pts[:-1], pts):
-        if b.accuracy >= ref.accuracy:
-            if a is None or a.accuracy >= ref.accuracy:
-                need = b.flops
-            else:  # log-linear interpolation of the spend between two budgets
-                t = (ref.accuracy - a.accuracy) / (b.accuracy - a.accuracy)
-                need = math.exp(math.log(a.flops) + t * (math.log(b.flops) - math.log(a.flops)))
-            break
+    need = flops_to_match(pts, ref.accuracy)
     return {
         "reference": asdict(ref),
         "planner_accuracy": planner_at.accuracy if planner_at else None,

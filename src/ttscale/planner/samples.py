@@ -61,14 +61,15 @@ class SampleSet:
     def has_scores(self) -> bool:
         return self.n > 0 and all(s is not None for s in self.scores)
 
-    def cost(self, idx: Sequence[int]) -> Cost:
-        """The cost of drawing (and scoring) the samples `idx`, prefill counted once."""
+    def cost(self, idx: Sequence[int], scored: bool = False) -> Cost:
+        """The cost of drawing the samples `idx`, prefill counted once, plus their verifier
+        cost when `scored` (only rules that read scores pay for them: `NEEDS_SCORES`)."""
         idx = list(idx)
         prefill_tokens = self.prompt_tokens - self.cached_tokens
         comp = sum(self.completion_tokens[i] for i in idx)
         total_tokens = prefill_tokens + sum(self.completion_tokens) or 1
-        vf = sum(self.verifier_flops[i] for i in idx) if self.verifier_flops else 0.0
-        vt = sum(self.verifier_tokens[i] for i in idx) if self.verifier_tokens else 0
+        vf = sum(self.verifier_flops[i] for i in idx) if scored and self.verifier_flops else 0.0
+        vt = sum(self.verifier_tokens[i] for i in idx) if scored and self.verifier_tokens else 0
         return Cost(policy_tokens=prefill_tokens + comp if idx else 0,
                     policy_cached_tokens=self.cached_tokens if idx else 0,
                     policy_completion_tokens=comp,

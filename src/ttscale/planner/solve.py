@@ -19,7 +19,8 @@ from typing import Any
 
 from ttscale.engine.base import Generator
 from ttscale.errors import out_of_range
-from ttscale.planner.allocate import BudgetExhausted, BudgetGuard, Ledger, Option, allocate
+from ttscale.planner.allocate import (BudgetExhausted, BudgetGuard, Ledger, Option, allocate,
+                                      tie_ranks)
 from ttscale.planner.difficulty import difficulty
 from ttscale.planner.plan import NO_ANSWER, PROBE, Plan
 from ttscale.planner.samples import NEEDS_SCORES, SampleSet, draw_samples, select
@@ -91,7 +92,7 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
 
     ss = have
     if sc is not None and ss is not None and not ss.has_scores:  # score the probe's samples
-        batch = guard.guard_scorer(sc).score(problem, ss.texts, None)
+        batch = sc.score(problem, ss.texts, None)  # `scorer` is already the guard's
         ss.scores = [float(s.value) for s in batch.scores]
     while ss is None or ss.n < n:
         if rule == "esc":
@@ -121,31 +122,31 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
     sizes = plan.calibration.get("bin_sizes") or [1] * len(plan.bins)
     est_bins = [b for b, s in enumerate(sizes) for _ in range(round(s * n / max(sum(sizes), 1)))][:n]
     est_bins += [len(plan.bins) // 2] * (n - len(est_bins))
+    rank = tie_ranks(n, seed)
     probed = budget >= n * plan.probe_cost and allocate(
-        [plan.bins[b] for b in est_bins], budget - n * plan.probe_cost).expected_accuracy >= \
-        allocate([plan.blind] * n, budget).expected_accuracy
+        [plan.bins[b] for b in est_bins], budget - n * plan.probe_cost, ranks=rank).expected_accuracy >= \
+        allocate([plan.blind] * n, budget, ranks=rank).expected_accuracy
     k = plan.probe_samples
     probes: list[SampleSet | None] = [None] * n
     diffs: list[float | None] = [None] * n
     costs = [0.0] * n
-    needs_scores = any(v["strategy"] in NEEDS_SCORES for v in plan.strategies.values())
-    if probed:
-        for i, p in enumerate(problems):
+    if probed:  # the probe reads no scores, so it pays for none (as in planner.plan.build_table)
+        for i in sorted(range(n), key=lambda i: rank[i]):
+            p = problems[i]
             before = guard.spent
             try:
-                probes[i] = draw_samples(guard, p, task, k, _sampling(plan, k, seed * 7919 + i),
-                                         gscorer if needs_scores else None)
+                probes[i] = draw_samples(guard, p, task, k, _sampling(plan, k, seed * 7919 + i))
                 diffs[i] = difficulty(probes[i].keys)
             except BudgetExhausted:
                 pass
             costs[i] = guard.spent - before
         frontiers = [plan.bins[plan.bin_of(d)] if d is not None else [Option(NO_ANSWER, 0, 0)]
                      for d in diffs]
-        order = sorted(range(n), key=lambda i: (diffs[i] if diffs[i] is not None else 2.0, i))
+        order = sorted(range(n), key=lambda i: (diffs[i] if diffs[i] is not None else 2.0, rank[i]))
     else:
         frontiers = [plan.blind] * n
-        order = list(range(n))
-    ledger = Ledger(frontiers, budget - guard.spent)
+        order = sorted(range(n), key=lambda i: rank[i])
+    ledger = Ledger(frontiers, budget - guard.spent, rank)
     run = PlannedRun(budget, 0.0, "probe" if probed else "blind")
     results: dict[int, PlannedAnswer] = {}
     for i in order:

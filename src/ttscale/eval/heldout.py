@@ -1,0 +1,60 @@
+"""Choices scored on problems they were not made on (K folds by problem).
+
+A headline that picks "the best configuration" and scores it on the same problems reports the
+luck of the pick. `cv_choose` picks on the other folds and scores on the held-out one; it is
+used for the small-vs-large comparison and the latency headline of `ttscale sweep`.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ttscale.planner.plan import folds_of
+
+
+def problem_matrix(records: Sequence[dict[str, Any]], model: str, problems: set[str] | None = None,
+                   field: str = "flops") -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Per problem x deployable configuration of `model`: accuracy and `field` (FLOPs,
+    latency_s, ...), each the mean over the record's seeds (sample orders). Only
+    configurations measured on every problem are kept."""
+    cells: dict[str, dict[str, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r["model"] != model or r.get("oracle") or (problems is not None and r["problem_id"] not in problems):
+            continue
+        value = r.get(field, r.get("wall_s")) if field == "latency_s" else r[field]
+        cells[r["config"]][r["problem_id"]].append((float(r["correct"]), float(value)))
+    probs = sorted({p for c in cells.values() for p in c})
+    configs = sorted(c for c, d in cells.items() if len(d) == len(probs))
+    acc = np.array([[np.mean([a for a, _ in cells[c][p]]) for c in configs] for p in probs])
+    val = np.array([[np.mean([v for _, v in cells[c][p]]) for c in configs] for p in probs])
+    return probs, configs, acc.reshape(len(probs), len(configs)), val.reshape(len(probs), len(configs))
+
+
+def cv_choose(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
+              limit: Callable[[np.ndarray], float], k: int = 5, seed: int = 0) -> dict[str, Any]:
+    """For each fold, the column of best mean accuracy on the other folds among those whose
+    mean cost there is within `limit(train_mask)` (ties: the cheaper); scored on the fold.
+    Returns the held-out accuracy and cost (means over all problems) and the choices."""
+    n = len(problems)
+    if n == 0 or acc.shape[1] == 0:
+        return {"accuracy": None, "cost": None, "choices": []}
+    k = max(2, min(k, n))
+    folds = folds_of(list(problems), k, seed)
+    got_acc, got_cost, choices = np.zeros(n), np.zeros(n), []
+    for f in range(k):
+        test, train = folds == f, folds != f
+        if not test.any():
+            continue
+        a, c = acc[train].mean(axis=0), cost[train].mean(axis=0)
+        ok = np.flatnonzero(c <= limit(train) * (1 + 1e-9))
+        if len(ok) == 0:
+            choices.append(None)
+            got_acc[test], got_cost[test] = 0.0, 0.0  # nothing fits: no answer, no cost
+            continue
+        j = int(min(ok, key=lambda j: (-a[j], c[j])))
+        choices.append(j)
+        got_acc[test], got_cost[test] = acc[test, j], cost[test, j]
+    return {"accuracy": float(got_acc.mean()), "cost": float(got_cost.mean()), "choices": choices}
