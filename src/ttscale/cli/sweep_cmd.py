@@ -214,7 +214,7 @@ def solve_with_plan_cmd(model: str, plan: Optional[Path], budget: Optional[float
                         scorer: Optional[str], scorer_model: Optional[str], backend: str,
                         base_url: Optional[str], seed: Optional[int], as_json: bool) -> None:
     """`ttscale solve --plan FILE --budget FLOPS` (called from the solve command)."""
-    from ttscale.planner.solve import run_planned
+    from ttscale.eval.planned import run_planned
 
     if plan is None or budget is None:
         raise TTScaleError("--plan and --budget go together: give a plan file and a total "

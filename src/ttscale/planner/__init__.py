@@ -11,9 +11,9 @@
 from ttscale.planner.allocate import BudgetExhausted, BudgetGuard, Option, allocate, efficient_frontier
 from ttscale.planner.fits import Fit, fit_bon_error, fit_coverage, fit_power_law
 from ttscale.planner.plan import Plan, Table, build_table, cross_validate, fit_plan, simulate
-from ttscale.planner.solve import PlannedRun, run_planned, solve_with_plan
+from ttscale.planner.solve import PlannedRun, solve_with_plan
 
 __all__ = ["BudgetExhausted", "BudgetGuard", "Fit", "Option", "Plan", "PlannedRun", "Table",
            "allocate", "build_table", "cross_validate", "efficient_frontier", "fit_bon_error",
-           "fit_coverage", "fit_plan", "fit_power_law", "run_planned", "simulate",
+           "fit_coverage", "fit_plan", "fit_power_law", "simulate",
            "solve_with_plan"]

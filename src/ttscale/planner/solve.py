@@ -184,39 +184,6 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
     return run
 
 
-def run_planned(model: str, plan_file: str, budget: float, task: str = "arith",
-                level: int | None = None, num_problems: int = 10, split: str = "test",
-                problem_seed: int = 0, scorer: str | None = None, scorer_model: str | None = None,
-                backend: str = "torch", generator_options: dict[str, Any] | None = None,
-                seed: int = 0) -> dict[str, Any]:
-    """`ttscale solve --plan FILE --budget FLOPS`: load the plan, the model and the problems,
-    spend at most `budget` FLOPs in all, and report per problem what was chosen and spent."""
-    from ttscale.planner.plan import Plan
-    from ttscale.rewards import get_scorer
-    from ttscale.tasks import BuiltinTask, get_task
-
-    plan = Plan.load(plan_file)
-    t = get_task(task)
-    if isinstance(t, BuiltinTask):
-        problems = t.problems(split, level or 3, num_problems, problem_seed)
-    else:
-        problems = t.problems(split, None, num_problems, problem_seed)
-    if backend == "openai":
-        from ttscale.eval.sweep import make_generator  # noqa: PLC0415  (the CLI's loader)
-
-        gen = make_generator(model, "openai", **(generator_options or {}))
-    else:
-        from ttscale.engine import load_generator
-
-        gen = load_generator(model, backend=backend, **(generator_options or {}))
-    needs = any(v["strategy"] not in ("majority", "esc", "adaptive_consistency", "greedy")
-                for v in plan.strategies.values())
-    sc = get_scorer(scorer or "self-certainty", task=t, generator=gen, model=scorer_model) \
-        if needs or scorer else None
-    run = solve_with_plan(problems, t, gen, plan, budget, sc, seed)
-    return {"plan": str(plan_file), "model": model, "task": task, **run.to_dict()}
-
-
 def run_params(strategy: str, params: dict[str, Any], max_tokens: int, seed: int) -> dict[str, Any]:
     """A run's parameters: the grid's, plus the sweep's max_tokens and seed where the
     strategy has such fields (tree searches bound each step instead)."""
