@@ -73,7 +73,8 @@ class Cost:
 
 @dataclass
 class SamplingParams:
-    """How to sample; names follow the OpenAI API. `top_k=0` and `top_p=1` switch those off."""
+    """How to sample; names follow the OpenAI API (and vLLM's `min_p`). `top_k=0`, `top_p=1`
+    and `min_p=0` switch those off."""
 
     n: int = 1
     temperature: float = 1.0
@@ -84,6 +85,7 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     top_logprobs: int = 0  # how many alternatives per position, with logprobs=True
+    min_p: float = 0.0  # drop tokens below min_p x the top token's probability (0 = off)
 
 
 @dataclass

@@ -348,6 +348,7 @@ class OpenAIGenerator:
             body["seed"] = seed
         if p.top_k > 0:
             body["top_k"] = p.top_k  # vLLM, SGLang and llama.cpp accept it as an extra field
+        body.update({"min_p": p.min_p} if p.min_p > 0 else {})  # so do they min_p; 0 = off: not sent
         if chat:
             body["messages"] = prompt if isinstance(prompt, list) else [
                 {"role": "user", "content": prompt}]

@@ -3,8 +3,9 @@
 Randomness comes from a counter-based generator: the noise of sample j of a request at its t-th
 token is a hash of (seed, j, t, token id). A seeded request therefore draws the same samples
 whatever else shares its batch, on any device, and sample j does not depend on n. Sampling
-uses the Gumbel-max trick on the temperature-scaled, top-k / top-p filtered logits, which draws
-exactly from the softmax distribution.
+uses the Gumbel-max trick on the temperature-scaled, top-k / top-p / min-p filtered logits,
+which draws exactly from the softmax distribution. min-p (Nguyen et al., 2024) keeps the tokens
+whose probability after temperature is at least `min_p` times the most likely token's.
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ def check_params(p: SamplingParams, context_length: int | None = None) -> None:
         raise out_of_range("temperature", p.temperature, "a finite number >= 0 (0 means greedy)")
     if not isinstance(p.top_p, (int, float)) or not 0 < p.top_p <= 1:
         raise out_of_range("top_p", p.top_p, "a number in (0, 1]")
+    if isinstance(p.min_p, bool) or not isinstance(p.min_p, (int, float)) or not 0 <= p.min_p <= 1:
+        raise out_of_range("min_p", p.min_p, "a number in [0, 1] (0 means off)")
     if isinstance(p.top_k, bool) or not isinstance(p.top_k, int) or p.top_k < 0:
         raise out_of_range("top_k", p.top_k, "an integer >= 0 (0 means off)")
     if isinstance(p.top_logprobs, bool) or not isinstance(p.top_logprobs, int) \
@@ -101,14 +104,24 @@ class RowParams:
     """Per-row sampling settings as device tensors, plus what Python needs to skip work."""
 
     def __init__(self, temperature: list[float], top_p: list[float], top_k: list[int],
-                 keys: list[int], device: torch.device):
+                 keys: list[int], device: torch.device, min_p: list[float] | None = None):
         self.temperature = torch.tensor(temperature, dtype=torch.float32, device=device)
         self.top_p = torch.tensor(top_p, dtype=torch.float32, device=device)
         self.top_k = torch.tensor(top_k, dtype=torch.int64, device=device)
+        min_p = [0.0] * len(temperature) if min_p is None else min_p
+        self.min_p = torch.tensor(min_p, dtype=torch.float32, device=device)
         self.keys = torch.tensor(keys, dtype=torch.int64, device=device)
         self.any_greedy = any(t == 0 for t in temperature)
         self.all_greedy = all(t == 0 for t in temperature)
-        self.any_filter = any(p < 1 for p in top_p) or any(k > 0 for k in top_k)
+        self.any_filter = any(p < 1 for p in top_p) or any(k > 0 for k in top_k) \
+            or any(m > 0 for m in min_p)
+
+    @classmethod
+    def of(cls, params: list[SamplingParams], keys: list[int], device: torch.device) -> "RowParams":
+        """The rows' settings from their requests' SamplingParams (every filter included)."""
+        return cls([p.temperature for p in params], [p.top_p for p in params],
+                   [p.top_k for p in params], keys, device,
+                   [float(getattr(p, "min_p", 0.0)) for p in params])
 
 
 def sample(logits: torch.Tensor, rp: RowParams, steps: torch.Tensor) -> torch.Tensor:
@@ -119,7 +132,7 @@ def sample(logits: torch.Tensor, rp: RowParams, steps: torch.Tensor) -> torch.Te
     t = rp.temperature.clamp_min(1e-5)[:, None]
     scaled = logits / t
     if rp.any_filter:
-        scaled = _filter(scaled, rp.top_k, rp.top_p)
+        scaled = _filter(scaled, rp.top_k, rp.top_p, rp.min_p)
     u = uniform_noise(rp.keys, steps, logits.shape[-1])
     drawn = (scaled - torch.log(-torch.log(u))).argmax(-1)
     if greedy is None:
@@ -127,8 +140,10 @@ def sample(logits: torch.Tensor, rp: RowParams, steps: torch.Tensor) -> torch.Te
     return torch.where(rp.temperature == 0, greedy, drawn)
 
 
-def _filter(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Mask (to -inf) the tokens outside each row's top-k and top-p nucleus, in that order."""
+def _filter(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor,
+            min_p: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask (to -inf) the tokens outside each row's top-k and top-p nucleus, in that order,
+    and those below min_p x the top token's probability (the top token always stays)."""
     vocab = scaled.shape[-1]
     sorted_logits, order = scaled.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=scaled.device)[None, :]
@@ -138,5 +153,8 @@ def _filter(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> t
     before = probs.cumsum(-1) - probs  # mass of the better tokens
     remove = (before >= top_p[:, None]) & (ranks > 0)
     remove |= ranks >= k
+    if min_p is not None:  # p_i < min_p * p_max  <=>  logit_i < logit_max + log(min_p)
+        floor = sorted_logits[:, :1] + torch.log(min_p.clamp_min(1e-30))[:, None]
+        remove |= (sorted_logits < floor) & (min_p[:, None] > 0) & (ranks > 0)
     mask = torch.zeros_like(remove).scatter(1, order, remove)
     return scaled.masked_fill(mask, float("-inf"))
