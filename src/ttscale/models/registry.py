@@ -33,14 +33,17 @@ def model_info(path: Path) -> ModelInfo:
     cfg = json.loads((path / "config.json").read_text())
     meta_path = path / "training.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    params = meta.get("params") or _count_params(cfg)
+    params = meta.get("params") or count_params(cfg)
     return ModelInfo(path.name, int(params), str(path), meta.get("parent"), meta.get("kind", "policy"))
 
 
-def _count_params(cfg: dict) -> int:
+def count_params(cfg: dict) -> int:
+    """Parameters of a Llama-style decoder from its config (no weights needed)."""
     d, L, ff, v = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"], cfg["vocab_size"]
-    kv = d * cfg.get("num_key_value_heads", cfg["num_attention_heads"]) // cfg["num_attention_heads"]
-    per_layer = d * d * 2 + d * kv * 2 + 3 * d * ff + 2 * d
+    heads = cfg["num_attention_heads"]
+    hd = cfg.get("head_dim") or d // heads
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    per_layer = 2 * d * heads * hd + 2 * d * kv_heads * hd + 3 * d * ff + 2 * d
     emb = v * d * (1 if cfg.get("tie_word_embeddings") else 2)
     return L * per_layer + emb + d
 
@@ -115,3 +118,6 @@ def _gguf_not_policy(path: Path) -> str | None:
     if header.architecture in _GGUF_ENCODERS:
         return f"a GGUF {header.architecture!r} encoder"
     return None
+
+
+_count_params = count_params  # the old private name, still imported elsewhere
