@@ -7,8 +7,11 @@ from typing import Optional
 
 import typer
 
+from ttscale.cli import options
 from ttscale.cli.app import app
 from ttscale.eval.api import evaluate_grid
+from ttscale.eval.evaluate import MAX_TOKENS
+from ttscale.tasks.effort import LONG_MAX_TOKENS
 
 
 @app.command("eval")
@@ -20,7 +23,16 @@ def eval_cmd(
     n: int = typer.Option(8, "--n", help="Samples per problem for maj@n and pass@n (0: greedy only)."),
     split: str = typer.Option("test", help="train, heldout or test."),
     seed: int = typer.Option(0, help="Problem and sampling seed."),
-    backend: str = typer.Option("torch", help="torch, hf or openai."),
+    backend: str = options.BACKEND,
+    base_url: list[str] = options.BASE_URL,
+    shape_from: Optional[str] = options.SHAPE_FROM,
+    n_params: Optional[int] = options.N_PARAMS,
+    n_layer: Optional[int] = options.N_LAYER,
+    d_model: Optional[int] = options.D_MODEL,
+    shots: int = options.SHOTS,
+    shots_from: Optional[str] = options.SHOTS_FROM,
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=f"Tokens per answer; default {MAX_TOKENS}, or {LONG_MAX_TOKENS} with --effort high."),
+    effort: str = typer.Option("low", "--effort", help="low: short chains; high: the long, step-checkable mode."),
     card: bool = typer.Option(False, "--card", help="Write each model's card (README.md) with this table."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object for one row, else {'rows': [...]}."),
 ) -> None:
@@ -28,9 +40,13 @@ def eval_cmd(
     t0 = time.time()
     rows = evaluate_grid(models=model, tasks=task, levels=level, num_problems=num_problems, n=n,
                          split=split, seed=seed, backend=backend, write_cards=card,
-                         progress=not as_json)
+                         progress=not as_json, shots=shots, shots_from=shots_from,
+                         max_tokens=max_tokens, effort=effort,
+                         generator_options=options.generator_options(
+                             backend, base_url, shape_from, n_params, n_layer, d_model))
     if as_json:
-        out = [r.to_dict() for r in rows]
+        out = [{k: None if v != v else v for k, v in r.to_dict().items()}  # NaN: unknown
+               for r in rows]
         print(json.dumps(out[0] if len(out) == 1 else {"rows": out}, indent=2))
         return
     from ttscale.eval.evaluate import format_table

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ttscale.cli import options
 from ttscale.cli.app import app
 
 
@@ -34,16 +35,16 @@ def solve_cmd(
                                                "directory, or the judge's model."),
     aggregate: str = typer.Option("last", "--aggregate", help="Step-score aggregation: last, "
                                   "min, prod or mean."),
-    backend: str = typer.Option("torch", "--backend", help="torch, hf or openai."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL(s), comma-"
-                                           "separated (openai)."),
-    shape_from: Optional[str] = typer.Option(None, "--shape-from", help="A local checkpoint of "
-                                             "the served model's shape, to count its FLOPs "
-                                             "(openai)."),
-    n_params: Optional[int] = typer.Option(None, "--n-params", help="Served model's "
-                                           "parameters, with --n-layer and --d-model (openai)."),
-    n_layer: Optional[int] = typer.Option(None, "--n-layer"),
-    d_model: Optional[int] = typer.Option(None, "--d-model"),
+    backend: str = options.BACKEND,
+    base_url: list[str] = options.BASE_URL,
+    shape_from: Optional[str] = options.SHAPE_FROM,
+    n_params: Optional[int] = options.N_PARAMS,
+    n_layer: Optional[int] = options.N_LAYER,
+    d_model: Optional[int] = options.D_MODEL,
+    shots: int = options.SHOTS,
+    shots_from: Optional[str] = options.SHOTS_FROM,
+    effort: str = typer.Option("low", "--effort", help="low: short chains; high: the long, "
+                               "step-checkable mode (default max tokens raised to fit)."),
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Also write every "
                                                "candidate as a store for `ttscale select`."),
     trees_out: Optional[Path] = typer.Option(None, "--trees-out", help="Save each search "
@@ -59,7 +60,7 @@ def solve_cmd(
         from ttscale.cli.sweep_cmd import solve_with_plan_cmd
 
         solve_with_plan_cmd(model, plan, budget, task, level, num_problems, split, problem_seed,
-                            scorer, scorer_model, backend, base_url, seed, as_json)
+                            scorer, scorer_model, backend, base_url or None, seed, as_json)
         return
     from ttscale.eval.solve import parse_param_pairs, run_solve
 
@@ -70,23 +71,26 @@ def solve_cmd(
         if value is not None:
             params[key] = value
     params.update(parse_param_pairs(param))
-    options = {k: v for k, v in (("base_url", base_url), ("shape_from", shape_from),
-                                 ("n_params", n_params), ("n_layer", n_layer),
-                                 ("d_model", d_model)) if v is not None}
+    gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
+                                            d_model)
     out = run_solve(model, task=task, level=level, num_problems=num_problems, strategy=strategy,
                     params=params, scorer=scorer, scorer_model=scorer_model,
                     aggregate=aggregate, split=split, problem_seed=problem_seed,
-                    backend=backend, generator_options=options, samples_out=samples_out,
-                    trees_out=trees_out)
+                    backend=backend, generator_options=gen_options, samples_out=samples_out,
+                    trees_out=trees_out, shots=shots, shots_from=shots_from, effort=effort)
     if as_json:
         print(json.dumps(out, indent=2))
         return
     for r in out["problems"]:
         mark = "ok " if r["correct"] else "-- "
         print(f"{mark}{r['question']:<28} answer={r['answer']!s:<16} gold={r['gold']:<8} "
-              f"flops={r['flops']:.3g}")
+              f"flops={_flops(r['flops'])}")
     print(f"\n{out['strategy']}: accuracy {out['accuracy']:.3f} on {out['num_problems']} "
-          f"problems; mean {out['mean_flops']:.3g} FLOPs, {out['mean_tokens']:.0f} tokens")
+          f"problems; mean {_flops(out['mean_flops'])} FLOPs, {out['mean_tokens']:.0f} tokens")
+
+
+def _flops(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.3g}"
 
 
 @app.command("select")

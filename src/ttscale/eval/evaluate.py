@@ -4,9 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ttscale.engine.base import Generator
+from ttscale.engine.task_stops import with_task_stops
+from ttscale.errors import TTScaleError
 from ttscale.strategies.base import Candidate
 from ttscale.strategies.voting import vote
 from ttscale.tasks import Task
+from ttscale.tasks.effort import effort_of
 from ttscale.types import GenerationRequest, Problem, SamplingParams
 
 MAX_TOKENS = 160
@@ -24,6 +27,7 @@ class EvalResult:
     pass_at_n: float
     mean_tokens: float  # mean completion tokens of the greedy solutions
     flops: float  # everything generated for this row
+    effort: str = "low"  # the thinking mode the problems were asked in (tasks/effort.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,10 +48,10 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
     sampled = [GenerationRequest(p.prompt, SamplingParams(n=n, temperature=temperature, seed=seed + i,
                                                           max_tokens=max_tokens))
                for i, p in enumerate(problems)] if n > 0 else []
-    results = generator.generate(greedy + sampled)
+    results = with_task_stops(generator, task).generate(greedy + sampled)
     for r in results:
         if r.error:
-            raise RuntimeError(f"generation failed: {r.error}")
+            raise TTScaleError(f"generation failed: {r.error}")
     g_res, s_res = results[: len(problems)], results[len(problems):]
     greedy_ok = [task.is_correct(p, r.completions[0].text) for p, r in zip(problems, g_res)]
     maj_ok, pass_ok = [], []
@@ -63,6 +67,7 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
         pass_at_n=sum(pass_ok) / k if sampled else float("nan"),
         mean_tokens=sum(len(r.completions[0].token_ids) for r in g_res) / k,
         flops=sum(r.usage.flops for r in results),
+        effort=effort_of(problems[0].prompt) if problems else "low",
     )
 
 

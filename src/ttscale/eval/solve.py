@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ttscale.errors import TTScaleError, out_of_range
-from ttscale.strategies import Solution, get_params, solve_many, summarize
+from ttscale.strategies import Solution, params_at_effort, solve_many, summarize
+from ttscale.tasks.effort import apply_effort
 from ttscale.tasks import BuiltinTask, get_task
 from ttscale.tasks.base import Task
 from ttscale.types import Problem
@@ -75,7 +76,8 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
               aggregate: str = "last", split: str = "test", problem_seed: int = 0,
               backend: str = "torch", generator_options: Mapping[str, Any] | None = None,
               samples_out: str | Path | None = None,
-              trees_out: str | Path | None = None) -> dict[str, Any]:
+              trees_out: str | Path | None = None, shots: int = 0,
+              shots_from: str | None = None, effort: str = "low") -> dict[str, Any]:
     """Run `strategy` on `num_problems` problems of `task`; accuracy, mean cost, per problem.
 
     `model` is a shipped model name or directory, or with backend "openai" the model's name on
@@ -83,21 +85,25 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
     `ttscale.engine.load_generator` (e.g. `shape_from`, a local checkpoint of the same shape,
     so that FLOPs of a remote model are counted). With `trees_out`, each search tree is saved
     as `<problem id>.json` and a self-contained `<problem id>.html` in that directory.
+    `shots` worked examples from `shots_from` prefix each prompt (JSONL tasks, base models).
+    A remote model of unknown shape gives `flops_known: False` and FLOPs of None.
+    `effort` "high" asks every problem in the long, step-checkable mode (tasks/effort.py).
     """
     from ttscale.rewards import get_scorer
 
     from ttscale.errors import unknown
     from ttscale.rewards import SCORERS
 
-    task_obj = get_task(task)
-    checked = get_params(strategy, dict(params or {}))  # bad input fails before any loading
+    task_obj = get_task(task, shots=shots, shots_from=shots_from)
+    checked = params_at_effort(strategy, dict(params or {}), effort)  # fails before any loading
     if scorer is not None and scorer not in SCORERS:
         raise unknown("scorer", scorer, SCORERS)
     if scorer == "checker":
         from ttscale.rewards.checker import require_checkable
 
         require_checkable(task_obj)  # before any loading: countdown yes, arith and files no
-    problems = load_problems(task_obj, level, num_problems, split, problem_seed)
+    problems = [apply_effort(p, effort)
+                for p in load_problems(task_obj, level, num_problems, split, problem_seed)]
     generator = _load_generator(model, backend, dict(generator_options or {}))
     scorer_obj = None
     if scorer is not None:
@@ -111,11 +117,23 @@ def run_solve(model: str, task: str = "arith", level: int | None = None, num_pro
     out = summarize(task_obj, problems, solutions)
     out = {"model": model, "task": task, "level": problems[0].level if problems else level,
            "strategy": strategy, "scorer": scorer, "params": solutions[0].params if solutions
-           else {}, **out}
+           else {}, "shots": shots, "effort": effort, **_unknown_as_none(out)}
+    out["flops_known"] = bool(getattr(generator.shape, "known", True))
     close = getattr(generator, "close", None)
     if callable(close):
         close()
     return out
+
+
+def _unknown_as_none(value: Any) -> Any:
+    """NaN (FLOPs of a model of unknown shape) as None, so that JSON says "unknown" (null)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _unknown_as_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unknown_as_none(v) for v in value]
+    return value
 
 
 def _load_generator(model: str, backend: str, options: dict[str, Any]) -> Any:

@@ -11,12 +11,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ttscale.engine.base import Generator
+from ttscale.engine.task_stops import with_task_stops
 from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.strategies import parallel, sequential, stopping  # noqa: F401  (registration)
 from ttscale.strategies import beam, hybrid, mcts, rebase  # noqa: F401  (registration)
 from ttscale.strategies.base import STRATEGIES, Candidate, Meter, Solution, register
 from ttscale.tasks.base import Task
+from ttscale.tasks.effort import apply_effort, check_effort, max_tokens_for
 from ttscale.types import Problem
 
 ParamsLike = Mapping[str, Any] | Any | None
@@ -87,19 +89,40 @@ def get_params(strategy: str, params: ParamsLike = None, **kw: Any) -> Any:
         raise TTScaleError(f"bad parameter for {strategy}: {e}") from None
 
 
+def params_at_effort(strategy: str, params: ParamsLike, effort: str) -> Any:
+    """`strategy`'s checked parameters, with room for long chains at effort "high".
+
+    A `max_tokens` the caller gave is kept; the default one is raised to LONG_MAX_TOKENS.
+    """
+    checked = get_params(strategy, params)
+    given = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params or {})
+    if (check_effort(effort) == "high" and "max_tokens" not in given
+            and hasattr(checked, "max_tokens")):
+        checked = dataclasses.replace(checked, max_tokens=max_tokens_for(effort, checked.max_tokens))
+    return checked
+
+
 def solve(problem: Problem, task: Task, generator: Generator, strategy: str = "greedy",
-          params: ParamsLike = None, scorer: Scorer | None = None) -> Solution:
-    """Run one strategy on one problem: the chosen answer, every candidate, the exact cost."""
+          params: ParamsLike = None, scorer: Scorer | None = None,
+          effort: str = "low") -> Solution:
+    """Run one strategy on one problem: the chosen answer, every candidate, the exact cost.
+
+    `effort` "high" asks the problem in the long, step-checkable mode (tasks/effort.py).
+    """
     fn, _ = _lookup(strategy)
-    return fn(problem, task, generator, scorer, get_params(strategy, params))
+    generator = with_task_stops(generator, task)  # e.g. few-shot prompts stop at "Question:"
+    return fn(apply_effort(problem, effort), task, generator, scorer,
+              params_at_effort(strategy, params, effort))
 
 
 def solve_many(problems: Sequence[Problem], task: Task, generator: Generator,
                strategy: str = "greedy", params: ParamsLike = None,
-               scorer: Scorer | None = None) -> list[Solution]:
+               scorer: Scorer | None = None, effort: str = "low") -> list[Solution]:
     """`solve` for each problem in turn (parameters are checked once, before any work)."""
     fn, _ = _lookup(strategy)
-    p = get_params(strategy, params)
+    p = params_at_effort(strategy, params, effort)
+    problems = [apply_effort(problem, effort) for problem in problems]
+    generator = with_task_stops(generator, task)
     return [fn(problem, task, generator, scorer, p) for problem in problems]
 
 

@@ -18,6 +18,12 @@ EFFORTS = ("low", "high")
 LOW_PREFIX = "Q: "
 HIGH_PREFIX = "Think: "
 LONG_MODE_TASKS = ("arith", "countdown")
+LONG_MAX_TOKENS = 768  # the longest long-mode reference solution (arith level 5) is about 510
+
+
+def max_tokens_for(effort: str, short_default: int) -> int:
+    """A token limit that leaves room for the chains of `effort`."""
+    return max(short_default, LONG_MAX_TOKENS) if check_effort(effort) == "high" else short_default
 
 
 def check_effort(effort: str) -> str:

@@ -1,0 +1,106 @@
+"""The long, step-checkable mode (effort "high") of the built-in tasks and its step oracles."""
+import random
+
+import pytest
+
+from ttscale.errors import TTScaleError
+from ttscale.strategies import params_at_effort
+from ttscale.tasks import get_task
+from ttscale.tasks.effort import HIGH_PREFIX, apply_effort, check_effort
+from ttscale.tasks.long_arith import decompositions, operation_lines
+from ttscale.types import Problem
+
+
+@pytest.mark.parametrize("name", ["arith", "countdown"])
+def test_long_traces_verify_step_by_step_and_reach_the_short_modes_answer(name):
+    task, rng = get_task(name), random.Random(1)
+    for level in task.levels:
+        for p in task.problems("train", level, 40):
+            high = apply_effort(p, "high")
+            assert high.prompt.startswith(HIGH_PREFIX) and high.answer == p.answer
+            for _ in range(2):  # two draws of the free choices (decompositions, dead ends)
+                trace = task.long_solution(p, rng)
+                steps = task.split_steps(trace)
+                assert all(task.check_steps(high, steps)), trace
+                assert task.answer_key(task.extract_answer(trace)) == \
+                    task.answer_key(task.extract_answer(p.solution))
+                assert task.is_correct(high, trace)
+
+
+def test_a_product_has_two_decompositions_whose_hard_parts_differ():
+    ways = decompositions(67, 58)
+    assert len(ways) == 2
+    by_b, by_a = (operation_lines(67, "*", 58, w) for w in range(2))
+    assert by_b[0] == "67*58=67*8+67*50" and by_a[0] == "67*58=7*58+60*58"
+    assert by_b[-1] == "536+3350=3886" and by_a[-1] == "406+3480=3886"
+    products = [{line for line in way[1:] if "*" in line} for way in (by_b, by_a)]
+    assert products[0].isdisjoint(products[1])  # no product step in common
+
+
+def _arith(question: str) -> Problem:
+    return apply_effort(Problem("x", "arith", 1, question, f"Q: {question}\n",
+                                str(eval(question))), "high")  # noqa: S307 (a literal of the test)
+
+
+def test_arith_oracle_flags_exactly_the_first_wrong_step():
+    task = get_task("arith")
+    p = _arith("23*4+15")
+    right = ["3*4=12", "2*4+1=9", "23*4=92", "=92+15", "2+5=7", "9+1=10", "92+15=107", "=107",
+             "A: 107"]
+    assert task.check_steps(p, right) == [True] * 9
+    carry_forgotten = ["3*4=12", "2*4=8", "23*4=82", "=82+15"]
+    assert task.check_steps(p, carry_forgotten) == [True, False, False, False]
+    wrong_column = right[:4] + ["2+1=3"] + right[5:]
+    assert task.check_steps(p, wrong_column) == [True] * 4 + [False] * 5
+    wrong_answer = right[:-1] + ["A: 108"]
+    assert task.check_steps(p, wrong_answer) == [True] * 8 + [False]
+
+
+def test_column_subtraction_borrows():
+    assert operation_lines(1200, "-", 34) == ["10-4=6", "10-3-1=6", "2-0-1=1", "1-0=1",
+                                              "1200-34=1166"]
+
+
+def _countdown(numbers, target) -> Problem:
+    q = " ".join(map(str, numbers)) + f" -> {target}"
+    return apply_effort(Problem("x", "countdown", 2, q, f"Q: {q}\n", str(target),
+                                "A: 0\n"), "high")
+
+
+def test_countdown_dead_end_is_marked_and_never_the_answer():
+    task = get_task("countdown")
+    p = _countdown([3, 5, 2], 16)
+    trace = ["5*3=15 left 15 2", "15+2=17 no", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 yes",
+             "A: (5+3)*2"]
+    assert task.check_steps(p, trace) == [True] * 6
+    assert task.extract_answer("\n".join(trace)) == "(5+3)*2"
+    only_dead_end = "5*3=15 left 15 2\n15+2=17 no\n"
+    assert task.extract_answer(only_dead_end) is None  # a dead end is no answer
+    assert not task.is_correct(p, only_dead_end)
+
+
+def test_countdown_oracle_flags_false_claims_not_exploration():
+    task = get_task("countdown")
+    p = _countdown([3, 5, 2], 16)
+    assert task.check_steps(p, ["5*3=16 left 16 2"]) == [False]  # arithmetic
+    assert task.check_steps(p, ["5*4=20 left 20 3 2"]) == [False]  # 4 is not there
+    assert task.check_steps(p, ["5*3=15 left 15 3"]) == [False]  # wrong numbers left
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 yes"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 no"]) == [True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 no", "back 3 5 9"]) == [True, True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 no", "A: 15+2"]) == [True, True, False]
+
+
+def test_effort_errors_name_the_accepted_values():
+    with pytest.raises(TTScaleError, match="'medium'.*low, high"):
+        check_effort("medium")
+    generic = Problem("x", "gsm8k", 0, "q", "Question: q\n", "1")
+    with pytest.raises(TTScaleError, match="long mode"):
+        apply_effort(generic, "high")
+    assert apply_effort(generic, "low") is generic
+
+
+def test_high_effort_raises_only_a_default_token_limit():
+    assert params_at_effort("majority", {"n": 4}, "high").max_tokens >= 768
+    assert params_at_effort("majority", {"n": 4, "max_tokens": 300}, "high").max_tokens == 300
+    assert params_at_effort("majority", {"n": 4}, "low").max_tokens < 768
