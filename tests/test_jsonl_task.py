@@ -267,3 +267,104 @@ def test_split_steps_on_blank_lines_else_lines(tmp_path):
     assert task.step_delimiter == "\n\n"
     with pytest.raises(NotImplementedError):
         task.check_steps(task.problems()[0], ["a"])
+
+
+# -- few-shot prompts for base models ----------------------------------------------------------
+def _gsm8k(i: int) -> dict[str, str]:
+    return {"question": f"Ann has {i} pens and gets {i} more. How many pens?",
+            "answer": f"She has {i}+{i}=<<{i}+{i}={2 * i}>>{2 * i} pens.\n#### {2 * i}"}
+
+
+@pytest.fixture
+def gsm8k_files(tmp_path):
+    test = write_jsonl(tmp_path / "toy_test.jsonl", [_gsm8k(1), _gsm8k(2)])
+    # the train file happens to hold a test problem (records 0): it must never be an exemplar
+    write_jsonl(tmp_path / "toy_train.jsonl", [_gsm8k(2), _gsm8k(10), _gsm8k(11), _gsm8k(12)])
+    return test
+
+
+def test_few_shot_prompt_takes_worked_examples_from_the_train_file_beside(gsm8k_files):
+    task = get_task(str(gsm8k_files), shots=2)
+    p = task.problems()[0]
+    assert p.prompt.endswith(f"Question: {p.question}\nAnswer:")
+    blocks = p.prompt.split("\n\n")
+    assert len(blocks) == 3  # two exemplars, then the question
+    assert blocks[0] == ("Question: Ann has 10 pens and gets 10 more. How many pens?\n"
+                         "Answer: She has 10+10=20 pens.\n#### 20")  # calculator notes dropped
+    assert "11 pens" in blocks[1]
+    questions = {q.question for q in task.problems()}
+    assert not any(q in blocks[0] + blocks[1] for q in questions)  # never a test problem
+    assert task.shots_from == gsm8k_files.with_name("toy_train.jsonl")
+    assert "\nQuestion:" in task.stop
+    zero = get_task(str(gsm8k_files)).problems()[0]
+    assert "\\boxed" in zero.prompt and "Question: Ann has 10" not in zero.prompt
+
+
+def test_few_shot_exemplars_from_a_file_the_user_gives(tmp_path):
+    test = write_jsonl(tmp_path / "math500.jsonl", [MATH_RECORD])
+    shots = write_jsonl(tmp_path / "exemplars.jsonl",
+                        [dict(MATH_RECORD, problem="What is $1+1$?", answer="2",
+                              solution="We add: $\\boxed{2}$.")])
+    task = JsonlTask(test, shots=1, shots_from=shots)
+    prompt = task.problems()[0].prompt
+    assert prompt.startswith("Question: What is $1+1$?\nAnswer: We add: $\\boxed{2}$.\n\n")
+    task.close()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"shots": 2, "shots_from": "SELF"}, "is the test file itself"),
+    ({"shots": 9}, "has only 3 worked examples"),
+    ({"shots": -1}, "shots=-1 is out of range"),
+    ({"shots": 0, "shots_from": "SELF"}, "shots=0"),
+])
+def test_bad_few_shot_requests_are_one_line_errors(gsm8k_files, kwargs, message):
+    if kwargs.get("shots_from") == "SELF":
+        kwargs = dict(kwargs, shots_from=str(gsm8k_files))
+    with pytest.raises(TTScaleError, match=message) as e:
+        get_task(str(gsm8k_files), **kwargs)
+    assert "\n" not in str(e.value)
+
+
+def test_few_shot_needs_a_train_file_and_a_jsonl_task(tmp_path):
+    alone = write_jsonl(tmp_path / "problems.jsonl", [GSM8K_RECORD])
+    with pytest.raises(TTScaleError, match="--shots-from"):
+        get_task(str(alone), shots=1)
+    with pytest.raises(TTScaleError, match="for JSONL tasks"):
+        get_task("arith", shots=2)
+
+
+def test_shipped_gsm8k_few_shot_prompt_uses_the_train_split():
+    task = get_task(str(data_file("gsm8k_test.jsonl")), shots=4)
+    assert task.shots_from.name == "gsm8k_train.jsonl"
+    prompt = task.problems(n=1)[0].prompt
+    assert prompt.count("Question:") == 5 and prompt.count("\n#### ") == 4
+    assert prompt.startswith("Question: Natalia sold clips")  # the train split's first record
+
+
+# -- answers read the benchmark's way --------------------------------------------------------
+@pytest.mark.parametrize("completion, answer", [
+    (" He pays 3*4=12 dollars.\n#### 12\n\nQuestion: Ann has 5 pens", "12"),
+    (" He pays 3*4=12 dollars, then 12+6=18.\nQuestion: what is 99?", "18"),  # last number
+    (" Let's think step by step.", None),  # no answer, never a line of prose
+    ("Question: x\nAnswer: Let's think step by step.", None),
+    (" so the total is \\boxed{1,000}.", "1,000"),
+])
+def test_gsm8k_answer_is_hashes_or_the_last_number(gsm8k_files, completion, answer):
+    assert get_task(str(gsm8k_files), shots=1).extract_answer(completion) == answer
+
+
+@pytest.mark.parametrize("completion, answer", [
+    ("We add.\n\nSo $\\boxed{\\frac{5}{6}}$.\n\nQuestion: next $\\boxed{3}$", "\\frac{5}{6}"),
+    ("Answer: Let's think step by step.", None),
+    ("The final answer is $\\frac{5}{6}$.", "\\frac{5}{6}"),
+    ("It is 7, and then 8 more.", None),  # MATH reads boxes, not stray numbers
+])
+def test_math_answer_is_the_box(tmp_path, completion, answer):
+    task = JsonlTask(write_jsonl(tmp_path / "m.jsonl", [MATH_RECORD]))
+    assert task.extract_answer(completion) == answer
+    task.close()
+
+
+def test_a_stated_answer_that_is_prose_is_no_answer():
+    assert extract_final_answer("Answer: Let's think step by step.") is None
+    assert extract_final_answer("The answer is 42.\nAnswer: we are done") == "42"

@@ -49,6 +49,8 @@ _BOXED_BARE = re.compile(r"\\boxed[ \t]+([^\s${][^\s$]*)")
 _ANSWER_IS = re.compile(r"\banswer\s*(?:is|:)[ \t]*:?[ \t]*([^\n]*)", re.IGNORECASE)
 _A_LINE = re.compile(r"^A:([^\n]*)", re.MULTILINE)
 _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|[-+]?\.\d+")
+# two plain words in a row (not LaTeX commands): a sentence, not an answer
+_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{2,}'?[a-z]*[ \t]+[A-Za-z]{2,}")
 _WRAPPERS = (("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"))
 
 
@@ -109,7 +111,8 @@ def extract_final_answer(completion: str) -> str | None:
 
     Looked for in this order, the last occurrence of each: a `#### N` line (GSM8K), a
     `\\boxed{...}` with balanced braces (MATH), an "answer is ..." / "answer: ..." line, an
-    "A: ..." line (the built-in tasks' format).
+    "A: ..." line (the built-in tasks' format). A stated "answer" that reads as prose ("Answer:
+    Let's think step by step") is no answer.
     """
     found = [m for m in _HASHES.findall(completion) if m.strip()]
     if found:
@@ -117,11 +120,39 @@ def extract_final_answer(completion: str) -> str | None:
     boxed = last_boxed(completion)
     if boxed is not None:
         return clean_answer(boxed)
-    said = [m for m in _ANSWER_IS.findall(completion) if m.strip()]
-    if said:
-        return clean_answer(said[-1])
-    lines = [m for m in _A_LINE.findall(completion) if m.strip()]
-    return clean_answer(lines[-1]) if lines else None
+    return _stated_answer(completion)
+
+
+def extract_gsm8k_answer(completion: str) -> str | None:
+    """GSM8K's way: the last `#### N` line, else a `\\boxed{}` (chat models), else the last
+    number in the text; None when there is none."""
+    found = [m for m in _HASHES.findall(completion) if m.strip()]
+    if found:
+        return clean_answer(found[-1])
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return clean_answer(boxed)
+    numbers = _NUMBER.findall(completion)
+    return clean_answer(numbers[-1]) if numbers else None
+
+
+def extract_math_answer(completion: str) -> str | None:
+    """MATH's way: the last complete `\\boxed{...}`, else an "answer is X" that is math, not
+    prose; None when there is none."""
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return clean_answer(boxed)
+    return _stated_answer(completion)
+
+
+def _stated_answer(completion: str) -> str | None:
+    """The last "answer is X" / "answer: X" / "A: X" whose X is not prose."""
+    for pattern in (_ANSWER_IS, _A_LINE):
+        said = [a for a in (clean_answer(m) for m in pattern.findall(completion))
+                if a and not _PROSE.search(a)]
+        if said:
+            return said[-1]
+    return None
 
 
 # -- cheap comparisons ----------------------------------------------------------------------

@@ -9,16 +9,24 @@ Each line is one JSON object, its format detected per line:
   `subject`, `unique_id`.
 
 The whole file is the `test` split, in file order: `problems(n=K)` is its first K problems
-(at the level asked for); `seed` is ignored, as nothing is sampled. Prompts are few-shot free,
-for instruction-following models (see `PROMPT`). Answers are extracted with
-`grading.extract_final_answer` and graded with math-verify, under a deadline, in worker
-processes (`grading.MathGrader`), so `check` is safe from any thread.
+(at the level asked for); `seed` is ignored, as nothing is sampled.
+
+Prompts: zero-shot instructions for chat / instruction-following models (`PROMPT`), or with
+`shots=K` for base models K worked examples ("Question: ...\nAnswer: <solution>") taken from a
+train file (`shots_from`; for `*test*.jsonl` by default the `*train*.jsonl` beside it), never
+from the test problems, then "Question: ...\nAnswer:". Generation stops before a next
+"Question:" (`stop`, applied by `strategies.solve` and `eval.evaluate`). The final answer is
+read the benchmark's way: GSM8K `#### N`, else a box, else the last number; MATH the last
+`\\boxed{}` (or an "answer is X" that is not prose); a completion without one has no answer.
+Answers are graded with math-verify, under a deadline, in worker processes
+(`grading.MathGrader`), so `check` is safe from any thread.
 """
 from __future__ import annotations
 
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +39,9 @@ from ttscale.types import Problem
 # of the answer. Blank lines between steps let `split_steps` and step-wise search find them.
 PROMPT = ("Solve the problem. Put a blank line between steps and write the final answer as "
           "\\boxed{{...}}.\n\nQuestion: {question}\nAnswer: Let's think step by step.\n")
+FEW_SHOT_EXAMPLE = "Question: {question}\nAnswer: {solution}\n\n"
+FEW_SHOT_PROMPT = "Question: {question}\nAnswer:"
+STOP = ("\nQuestion:",)  # a model continuing the pattern starts the next question
 MATH_LEVELS = (1, 2, 3, 4, 5)
 _CALCULATOR = re.compile(r"<<[^<>\n]*>>")
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
@@ -42,15 +53,31 @@ class JsonlTask(Task):
     step_delimiter = "\n\n"
     has_step_oracle = False
 
+    stop = STOP
+
     def __init__(self, path: str | Path, timeout_s: float = grading.DEFAULT_TIMEOUT_S,
-                 workers: int = 1, grader: grading.MathGrader | None = None):
-        """`timeout_s` and `workers` configure the task's own grader; or pass one to share."""
+                 workers: int = 1, grader: grading.MathGrader | None = None, shots: int = 0,
+                 shots_from: str | Path | None = None):
+        """`timeout_s` and `workers` configure the task's own grader; or pass one to share.
+        `shots` worked examples from `shots_from` precede each question (0: zero-shot)."""
         self.path = Path(path)
         self.name = str(path)
         self._problems = _load(self.path)
         self.levels = tuple(sorted({p.level for p in self._problems if p.level}))
-        formats = sorted({p.meta["format"] for p in self._problems})
-        self.description = f"{len(self._problems)} {'+'.join(formats)} problems from {path}"
+        self.formats = tuple(sorted({p.meta["format"] for p in self._problems}))
+        self.shots = shots
+        self.shots_from: Path | None = None
+        if shots:
+            self.shots_from, header = _few_shot_header(self.path, self._problems, shots,
+                                                       shots_from)
+            self._problems = [replace(p, prompt=header + FEW_SHOT_PROMPT.format(
+                question=p.question)) for p in self._problems]
+        elif shots_from is not None:
+            raise TTScaleError(f"shots_from={str(shots_from)!r} is given but shots=0; "
+                               "accepted: shots >= 1 with shots_from")
+        shot_note = f", {shots}-shot from {self.shots_from}" if shots else ""
+        self.description = (f"{len(self._problems)} {'+'.join(self.formats)} problems from "
+                            f"{path}{shot_note}")
         self.grader = grader or grading.MathGrader(timeout_s=timeout_s, workers=workers)
 
     # -- problems -------------------------------------------------------------------------
@@ -73,6 +100,12 @@ class JsonlTask(Task):
 
     # -- completions ----------------------------------------------------------------------
     def extract_answer(self, completion: str) -> str | None:
+        """The benchmark's way for a one-format file (GSM8K or MATH), else the general one."""
+        completion = completion.split(STOP[0])[0]  # a next question is not part of the answer
+        if self.formats == ("gsm8k",):
+            return grading.extract_gsm8k_answer(completion)
+        if self.formats == ("math",):
+            return grading.extract_math_answer(completion)
         return grading.extract_final_answer(completion)
 
     def check(self, problem: Problem, answer: str | None) -> bool:
@@ -143,6 +176,42 @@ def _problem(record: Any, path: Path, lineno: int) -> Problem:
     return Problem(id=f"{path.stem}-{lineno}", task=str(path), level=level, question=question,
                    prompt=PROMPT.format(question=question), answer=gold, solution=solution,
                    meta=meta)
+
+
+def _few_shot_header(path: Path, problems: list[Problem], shots: int,
+                     shots_from: str | Path | None) -> tuple[Path, str]:
+    """The exemplar file and the text of `shots` worked examples: its first records with a
+    solution whose question is not one of `problems`."""
+    if shots < 0:
+        raise out_of_range("shots", shots, ">= 0 (0: zero-shot)")
+    source = Path(shots_from) if shots_from is not None else _train_file_beside(path)
+    if source is None:
+        raise TTScaleError(f"shots={shots} needs worked examples: give shots_from (--shots-from "
+                           f"TRAIN.jsonl, GSM8K or MATH records with solutions); none found "
+                           f"beside {str(path)!r}")
+    if source.resolve() == path.resolve():
+        raise TTScaleError(f"shots_from={str(source)!r} is the test file itself; accepted: a "
+                           "train file (exemplars never come from the test problems)")
+    tested = {_normal(p.question) for p in problems}
+    chosen = [e for e in _load(source) if e.solution and _normal(e.question) not in tested]
+    if len(chosen) < shots:
+        raise TTScaleError(f"shots={shots}: {source} has only {len(chosen)} worked examples "
+                           "that are not test problems")
+    return source, "".join(FEW_SHOT_EXAMPLE.format(question=e.question.strip(),
+                                                   solution=e.solution.strip())
+                           for e in chosen[:shots])
+
+
+def _train_file_beside(path: Path) -> Path | None:
+    """`gsm8k_train.jsonl` for `gsm8k_test.jsonl` (the name with test -> train), if it exists."""
+    if "test" not in path.name:
+        return None
+    candidate = path.with_name(path.name.replace("test", "train"))
+    return candidate if candidate.is_file() else None
+
+
+def _normal(question: str) -> str:
+    return " ".join(question.split()).lower()
 
 
 def _strings(record: dict[str, Any], *keys: str) -> bool:

@@ -1,0 +1,49 @@
+"""Options shared by the commands that load a model or a task: the backend, the OpenAI-compatible
+servers and the served model's shape, few-shot prompts. One definition each, so that `eval`,
+`solve` and `sweep` spell and document them alike."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+
+from ttscale.errors import TTScaleError
+
+BACKEND = typer.Option("torch", "--backend", help="torch (own engine), hf (transformers) or "
+                       "openai (a server: --base-url).")
+BASE_URL = typer.Option([], "--base-url", help="OpenAI-compatible server URL (openai); repeat "
+                        "it (or separate by commas) to spread requests over several servers, "
+                        "least-loaded first.")
+SHAPE_FROM = typer.Option(None, "--shape-from", help="The served model's shape, to count its "
+                          "FLOPs (openai): a HF model directory or config.json, a .gguf file "
+                          "or a shipped name. Without it (or --n-params/--n-layer/--d-model) "
+                          "FLOPs are reported as unknown.")
+N_PARAMS = typer.Option(None, "--n-params", help="Served model's parameters, with --n-layer "
+                        "and --d-model (openai).")
+N_LAYER = typer.Option(None, "--n-layer", help="Served model's layers (openai).")
+D_MODEL = typer.Option(None, "--d-model", help="Served model's hidden size (openai).")
+SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
+                     "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
+SHOTS_FROM = typer.Option(None, "--shots-from", help="Train file of worked examples for "
+                          "--shots (default for X_test.jsonl: X_train.jsonl beside it); never "
+                          "the test file.")
+
+
+def generator_options(backend: str, base_url: list[str], shape_from: Optional[str],
+                      n_params: Optional[int], n_layer: Optional[int],
+                      d_model: Optional[int]) -> dict[str, Any]:
+    """The `generator_options` of the Python API from the shared options; server options are
+    refused for local backends."""
+    urls = [u.strip() for part in base_url for u in part.split(",") if u.strip()]
+    shape = {k: v for k, v in (("shape_from", shape_from), ("n_params", n_params),
+                               ("n_layer", n_layer), ("d_model", d_model)) if v is not None}
+    if backend != "openai":
+        given = (["--base-url"] if urls else []) + [f"--{k.replace('_', '-')}" for k in shape]
+        if given:
+            raise TTScaleError(f"{', '.join(given)} apply only to --backend openai, not "
+                               f"{backend!r}")
+        return {}
+    if not urls:
+        raise TTScaleError("--backend openai needs --base-url (the server's URL; repeat it for "
+                           "several servers)")
+    return {"base_url": urls, **shape}
