@@ -10,7 +10,8 @@ from transformers import TrainerCallback
 
 from ttscale.errors import TTScaleError
 from ttscale.train.rewards import RewardConfig
-from ttscale.train.rl import RLConfig, RLRunError, last_checkpoint, train_rl
+from ttscale.tasks import get_task
+from ttscale.train.rl import RLConfig, RLRunError, last_checkpoint, train_rl, training_problems
 
 
 def digit_share(prompts, completions, **_):
@@ -37,6 +38,10 @@ def read_log(out: Path) -> list[dict]:
     (dict(levels=[9]), "unknown level 9"),
     (dict(task="nope"), "unknown task 'nope'"),
     (dict(loss_type="ppo"), "unknown loss_type 'ppo'"),
+    (dict(task="arith,nope"), "unknown task 'nope'"),
+    (dict(task="arith,arith"), "names a task twice"),
+    (dict(rollout="vllm"), "unknown rollout 'vllm'"),
+    (dict(rollout="transformers", resample_flat=1), "resample_flat=1 is out of range"),
     (dict(rewards=RewardConfig(length_penalty=-0.5)), "length_penalty"),
 ])
 def test_bad_configuration_is_refused_before_any_work(random_model_dir, tmp_path, kw, match):
@@ -61,6 +66,46 @@ def test_grpo_raises_the_mean_reward_of_a_learnable_task(random_model_dir, tmp_p
     assert meta["parent"] == Path(random_model_dir).name and summary["steps"] == 20
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     assert not list(out.glob("checkpoint-*"))  # cleaned up once the model is saved
+
+
+def test_two_tasks_share_the_training_problems_evenly():
+    cfg = small(task="arith,countdown", levels=[1, 2], steps=10)  # 10 steps x 2 prompts: 20 problems
+    problems = training_problems([get_task("arith"), get_task("countdown")], cfg)
+    cells = [(p.task, p.level) for p in problems]
+    assert sorted(set(cells)) == [("arith", 1), ("arith", 2), ("countdown", 1), ("countdown", 2)]
+    assert all(cells.count(c) == 5 for c in set(cells))
+    assert len({p.id for p in problems}) == 20
+
+
+def test_transformers_rollout_still_trains(random_model_dir, tmp_path):
+    out = tmp_path / "hf"
+    train_rl(small(steps=2, rollout="transformers"), random_model_dir, out, reward_funcs=[digit_share],
+             progress=False)
+    log = read_log(out)
+    assert [r["step"] for r in log] == [1, 2] and all(r["generate_s"] > 0 for r in log)
+
+
+def test_flat_groups_are_replaced_and_their_share_is_logged(random_model_dir, tmp_path):
+    # A random model answers every arith problem wrong: every group is flat, so each step samples
+    # its 2 groups, then 2 rounds of 2 replacements.
+    out = tmp_path / "flat-resample"
+    train_rl(small(steps=2, resample_flat=2, max_completion_length=4), random_model_dir, out, progress=False)
+    log = read_log(out)
+    assert all(r["groups_sampled"] == 6 and r["frac_flat_sampled"] == 1.0 for r in log)
+    assert all(r["frac_flat_sampled_L1"] == 1.0 for r in log)
+
+
+def test_resampling_leaves_fewer_flat_groups_in_the_batch(tmp_path):
+    # ttscale-small solves some level-2/3 arith samples and not others: replacing flat groups
+    # (correctness is the only reward) leaves a batch with far fewer groups without signal.
+    cfg = small(levels=[2, 3], steps=3, resample_flat=3, max_completion_length=64, learning_rate=1e-6,
+                rewards=RewardConfig(correct=1.0, format=0.0), num_train_problems=200)
+    out = tmp_path / "small-resample"
+    train_rl(cfg, "ttscale-small", out, progress=False)
+    log = read_log(out)
+    sampled = sum(r["frac_flat_sampled"] for r in log) / len(log)
+    kept = sum(r["frac_zero_std"] for r in log) / len(log)
+    assert sampled > 0.2 and kept < sampled - 0.15, (sampled, kept)
 
 
 def test_kl_is_logged_with_a_reference_and_flat_groups_are_counted(random_model_dir, tmp_path):
@@ -101,6 +146,65 @@ def test_a_failed_run_keeps_its_checkpoint_and_a_rerun_resumes_from_it(random_mo
     assert [r["step"] for r in read_log(out)] == [1, 2, 3, 4]
 
 
+def test_a_non_finite_reward_keeps_the_last_good_checkpoint(random_model_dir, tmp_path):
+    calls = []
+
+    def nan_at_third_step(prompts, completions, **kw):
+        calls.append(1)
+        return [float("nan") if len(calls) == 3 else 0.5] * len(completions)
+
+    out = tmp_path / "nan-reward"
+    with pytest.raises(RLRunError, match=r"'nan_at_third_step' returned a non-finite reward.*checkpoint-2"):
+        train_rl(small(steps=4), random_model_dir, out, reward_funcs=[nan_at_third_step], progress=False)
+    assert last_checkpoint(out).name == "checkpoint-2" and [r["step"] for r in read_log(out)] == [1, 2]
+
+
+def test_a_non_finite_loss_stops_the_run_before_the_update(random_model_dir, tmp_path):
+    class PoisonBeforeStep4(TrainerCallback):
+        # With two updates per generated batch, step 4 reuses step 3's samples: the poisoned
+        # weights reach the loss without another rollout.
+        def on_step_begin(self, args, state, control, model=None, **kw):
+            if state.global_step == 3:
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+
+    out = tmp_path / "nan-loss"
+    with pytest.raises(RLRunError, match=r"non-finite loss nan at step 4.*checkpoint-2"):
+        train_rl(small(steps=4, num_iterations=2), random_model_dir, out, reward_funcs=[digit_share],
+                 progress=False, callbacks=[PoisonBeforeStep4()])
+    assert last_checkpoint(out).name == "checkpoint-2" and [r["step"] for r in read_log(out)] == [1, 2, 3]
+
+
+def test_a_killed_run_resumes_with_its_log_trimmed_to_the_checkpoint(random_model_dir, tmp_path):
+    """SIGKILL a real run at whatever point it has reached past its second checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    code = ("from ttscale.train.rl import RLConfig, train_rl; "
+            "train_rl(RLConfig(task='arith', levels=[1], steps=10_000, generation_batch_size=16, "
+            "num_generations=8, max_completion_length=8, beta=0.0, save_steps=1, num_train_problems=64, "
+            f"threads=1), {random_model_dir!r}, {str(out)!r}, progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").exists():
+            time.sleep(0.1)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    kept = last_checkpoint(out)
+    done = int(kept.name.split("-")[1])
+    assert done >= 3
+    summary = train_rl(small(steps=done + 2, save_steps=1), random_model_dir, out, reward_funcs=[digit_share],
+                       progress=False)
+    assert summary["steps"] == done + 2  # continued, not restarted
+    assert [r["step"] for r in read_log(out)] == list(range(1, done + 3))  # no lost or repeated step
+
+
 def test_non_finite_weights_stop_the_run_before_they_are_checkpointed(random_model_dir, tmp_path):
     class Blowup(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kw):
@@ -131,13 +235,14 @@ def _cli(*args: str, cwd: Path) -> "subprocess.CompletedProcess":
 
 def test_cli_trains_writes_a_card_with_its_parent_and_prints_the_table(random_model_dir, tmp_path):
     out = tmp_path / "cli-rl"
-    r = _cli("train", "rl", "--model", random_model_dir, "--task", "arith", "--out", str(out),
+    r = _cli("train", "rl", "--model", random_model_dir, "--task", "arith,countdown", "--out", str(out),
              "--steps", "2", "--level", "1", "--generation-batch-size", "8", "--num-generations", "4",
              "--max-completion-length", "8", "--length-penalty", "0.5", "--eval-problems", "1",
              "--eval-n", "2", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"wrote {out}" in r.stdout
     assert "| greedy | maj@n | pass@n |" in r.stdout  # the card's table
+    assert "| arith |" in r.stdout and "| countdown |" in r.stdout  # both tasks evaluated
     card = (out / "README.md").read_text()
     assert f"- parent: {Path(random_model_dir).name}" in card and "ttscale train rl" in card
     assert "wall time:" in card and "length penalty 0.5" in card

@@ -25,7 +25,8 @@ def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str) -
     print(f"wrote {out}")
     if eval_problems <= 0:
         return
-    rows = evaluate_levels(out, task, None, split=split, num_problems=eval_problems, n=eval_n)
+    rows = [r for t in task.split(",") if t.strip()
+            for r in evaluate_levels(out, t.strip(), None, split=split, num_problems=eval_problems, n=eval_n)]
     write_trained_card(out, rows, _command(), split)
     print(format_table(rows))
     print()
@@ -35,7 +36,8 @@ def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str) -
 @train_app.command("rl")
 def rl(
     model: str = typer.Option(..., help="Starting policy: a shipped model name or a directory."),
-    task: str = typer.Option(..., help="Task with an exact oracle: arith, countdown or a .jsonl file."),
+    task: str = typer.Option(..., help="Task with an exact oracle: arith, countdown, a .jsonl file, "
+                                       "or several separated by commas (arith,countdown)."),
     out: Path = typer.Option(..., help="Output model directory (a rerun resumes from its last checkpoint)."),
     length_penalty: float = typer.Option(0.0, help="Weight of the Kimi k1.5 length reward (0: off)."),
     steps: int = typer.Option(100, help="GRPO optimizer steps."),
@@ -50,6 +52,10 @@ def rl(
     temperature: float = typer.Option(1.0, help="Sampling temperature of the groups."),
     num_iterations: int = typer.Option(1, help="Policy updates per generated batch (>1: the clip bites)."),
     scale_rewards: str = typer.Option("batch", help="Advantage scale: batch std, group std, or none."),
+    rollout: str = typer.Option("engine", help="Who samples the groups: engine (ttscale's TorchEngine) "
+                                               "or transformers (TRL's generate)."),
+    resample_flat: int = typer.Option(0, help="Rounds of replacing all-right/all-wrong groups by fresh "
+                                              "problems per step (engine rollout; 0: off)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -63,7 +69,8 @@ def rl(
     cfg = RLConfig(task=task, levels=level or [1, 2, 3], steps=steps, num_generations=num_generations,
                    generation_batch_size=generation_batch_size, num_iterations=num_iterations,
                    max_completion_length=max_completion_length, temperature=temperature, scale_rewards=scale_rewards,
-                   learning_rate=learning_rate, beta=beta, seed=seed, device=device,
+                   learning_rate=learning_rate, beta=beta, seed=seed, device=device, rollout=rollout,
+                   resample_flat=resample_flat,
                    rewards=RewardConfig(format=format_weight, partial=partial_credit,
                                         length_penalty=length_penalty))
     try:

@@ -19,7 +19,7 @@ answer is never rewarded for being short.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ttscale.errors import TTScaleError, out_of_range
@@ -156,13 +156,24 @@ def _finished(ids: Sequence[int] | None, eos_id: int | None) -> bool:
     return True if ids is None or eos_id is None else (len(ids) > 0 and ids[-1] == eos_id)
 
 
-def oracle_reward_funcs(task: Task, problems: dict[str, Problem], cfg: RewardConfig,
+def oracle_reward_funcs(tasks: Task | Mapping[str, Task], problems: dict[str, Problem], cfg: RewardConfig,
                         eos_id: int | None = None) -> tuple[list[RewardFunc], list[float]]:
-    """TRL reward functions and weights for `task`; the dataset column `problem_id` keys `problems`.
+    """TRL reward functions and weights; the dataset column `problem_id` keys `problems`.
 
-    Correctness is always included (weight possibly 0) so that accuracy is logged.
+    `tasks` is one task, or a mapping from `Problem.task` to the task that checks it (a run
+    over several tasks). Correctness is always included (weight possibly 0) so that accuracy
+    is logged.
     """
-    cfg.check(task)
+    by_name = dict(tasks) if isinstance(tasks, Mapping) else None
+    for t in (by_name.values() if by_name is not None else [tasks]):
+        cfg.check(t)
+
+    def task_of(p: Problem) -> Task:
+        if by_name is None:
+            return tasks
+        if p.task not in by_name:
+            raise RewardFunctionError(f"problem {p.id!r} is of task {p.task!r}, not one of {sorted(by_name)}")
+        return by_name[p.task]
 
     def lookup(ids: Sequence[str]) -> list[Problem]:
         try:
@@ -171,18 +182,19 @@ def oracle_reward_funcs(task: Task, problems: dict[str, Problem], cfg: RewardCon
             raise RewardFunctionError(f"unknown problem_id {e.args[0]!r} in the batch") from None
 
     def correct_fn(prompts, completions, problem_id, **_):
-        return [correctness(task, p, c) for p, c in zip(lookup(problem_id), completions)]
+        return [correctness(task_of(p), p, c) for p, c in zip(lookup(problem_id), completions)]
 
-    def format_fn(prompts, completions, completion_ids=None, **_):
+    def format_fn(prompts, completions, problem_id, completion_ids=None, **_):
         ids = completion_ids or [None] * len(completions)
-        return [well_formed(task, c, _finished(i, eos_id)) for c, i in zip(completions, ids)]
+        return [well_formed(task_of(p), c, _finished(i, eos_id))
+                for p, c, i in zip(lookup(problem_id), completions, ids)]
 
     def partial_fn(prompts, completions, problem_id, **_):
-        return [step_credit(task, p, c) for p, c in zip(lookup(problem_id), completions)]
+        return [step_credit(task_of(p), p, c) for p, c in zip(lookup(problem_id), completions)]
 
     def length_fn(prompts, completions, problem_id, completion_ids=None, **_):
         lengths = [len(i) for i in completion_ids] if completion_ids else [len(c) for c in completions]
-        ok = [task.is_correct(p, c) for p, c in zip(lookup(problem_id), completions)]
+        ok = [task_of(p).is_correct(p, c) for p, c in zip(lookup(problem_id), completions)]
         out = [0.0] * len(completions)
         for g in groups_of(problem_id):
             for i, r in zip(g, kimi_length_rewards([lengths[i] for i in g], [ok[i] for i in g])):

@@ -33,6 +33,7 @@ from ttscale.types import Problem
 
 TRL_VERSION = "1.16.0"  # pinned in pyproject.toml; the trainer's internals changed across releases
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
+ROLLOUTS = ("engine", "transformers")  # who samples the groups: our TorchEngine or TRL's generate()
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -43,7 +44,7 @@ class RLConfig:
     Names follow TRL's `GRPOConfig` where the concept is the same.
     """
 
-    task: str = "arith"
+    task: str = "arith"  # one task, or several separated by commas ("arith,countdown")
     levels: list[int] = field(default_factory=lambda: [1, 2, 3])
     steps: int = 100  # optimizer steps
     num_generations: int = 8  # samples per prompt (one group)
@@ -64,6 +65,8 @@ class RLConfig:
     warmup_steps: int = 0
     rewards: RewardConfig = field(default_factory=RewardConfig)
     num_train_problems: int = 2000  # at most this many distinct training problems (then cycled)
+    rollout: str = "engine"  # ROLLOUTS; "engine" is TorchEngine (train/rollout.py)
+    resample_flat: int = 0  # rounds of replacing all-right / all-wrong groups by fresh problems (engine)
     save_steps: int = 20  # checkpoint every this many steps (two are kept)
     seed: int = 0
     device: str = "cpu"
@@ -73,14 +76,30 @@ class RLConfig:
     def prompts_per_step(self) -> int:
         return self.generation_batch_size // self.num_generations
 
+    @property
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.task.split(",") if t.strip()]
+
+
+def get_tasks(cfg: RLConfig) -> list[Task]:
+    """The run's tasks, in the order given; an unknown or repeated name is a TTScaleError."""
+    names = cfg.task_names
+    if not names:
+        raise TTScaleError(f"task {cfg.task!r} names no task; accepted: arith, countdown, a .jsonl file, "
+                           "or several separated by commas")
+    if len(set(names)) != len(names):
+        raise TTScaleError(f"task {cfg.task!r} names a task twice; accepted: each task once")
+    return [get_task(n) for n in names]
+
 
 class RLRunError(RuntimeError):
     """A run stopped before its end; the message names the last complete checkpoint."""
 
 
 # -- start-up checks ---------------------------------------------------------------------------
-def check_rl_config(cfg: RLConfig, task: Task, model_config: dict | None = None) -> None:
+def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: dict | None = None) -> None:
     """Reject a configuration that would fail or teach nothing, before any work starts."""
+    tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     import trl
 
     if trl.__version__ != TRL_VERSION:
@@ -109,18 +128,24 @@ def check_rl_config(cfg: RLConfig, task: Task, model_config: dict | None = None)
         raise unknown("loss_type", cfg.loss_type, LOSS_TYPES)
     if cfg.scale_rewards not in SCALE_REWARDS:
         raise unknown("scale_rewards", cfg.scale_rewards, SCALE_REWARDS)
+    if cfg.rollout not in ROLLOUTS:
+        raise unknown("rollout", cfg.rollout, ROLLOUTS)
+    if cfg.resample_flat < 0 or (cfg.resample_flat and cfg.rollout != "engine"):
+        raise out_of_range("resample_flat", cfg.resample_flat,
+                           ">= 0, and 0 unless rollout='engine' (resampling happens in the engine rollout)")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise TTScaleError(f"device {cfg.device!r} is not available here; accepted: cpu")
-    if isinstance(task, BuiltinTask):
-        if not cfg.levels:
-            raise TTScaleError(f"no levels given; accepted: some of {list(task.levels)}")
-        for lv in cfg.levels:
-            if lv not in task.levels:
-                raise unknown("level", lv, task.levels)
-    cfg.rewards.check(task)
+    for task in tasks:
+        if isinstance(task, BuiltinTask):
+            if not cfg.levels:
+                raise TTScaleError(f"no levels given; accepted: some of {list(task.levels)}")
+            for lv in cfg.levels:
+                if lv not in task.levels:
+                    raise unknown("level", lv, task.levels)
+        cfg.rewards.check(task)
     if model_config:
         ctx = model_config.get("max_position_embeddings")
-        longest = 1 + max((len(p.prompt) for p in _sample_prompts(task, cfg)), default=0)
+        longest = 1 + max((len(p.prompt) for t in tasks for p in _sample_prompts(t, cfg)), default=0)
         if ctx and longest + cfg.max_completion_length > ctx:
             raise out_of_range("max_completion_length", cfg.max_completion_length,
                                f"<= {ctx - longest} (the model's context is {ctx} tokens and prompts "
@@ -132,21 +157,22 @@ def _sample_prompts(task: Task, cfg: RLConfig) -> list[Problem]:
             for p in task.problems(split="train", level=lv, n=8, seed=cfg.seed)]
 
 
-def training_problems(task: Task, cfg: RLConfig) -> list[Problem]:
-    """Distinct train-split problems, levels interleaved in a seeded random order.
+def training_problems(tasks: Task | Sequence[Task], cfg: RLConfig) -> list[Problem]:
+    """Distinct train-split problems, tasks and levels interleaved in a seeded random order.
 
-    As many as the run visits (steps x prompts per step), at most `num_train_problems`; the
-    trainer cycles through them when the run needs more.
+    As many as the run visits (steps x prompts per step), at most `num_train_problems`, split
+    evenly over tasks and levels; the trainer cycles through them when the run needs more.
     """
-    levels = cfg.levels if isinstance(task, BuiltinTask) else [None]
+    tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
+    cells = [(t, lv) for t in tasks for lv in (cfg.levels if isinstance(t, BuiltinTask) else [None])]
     total = min(cfg.num_train_problems, cfg.steps * cfg.prompts_per_step)
-    per_level = max(1, math.ceil(total / len(levels)))
+    per_cell = max(1, math.ceil(total / len(cells)))
     out: list[Problem] = []
-    for lv in levels:
+    for task, lv in cells:
         try:
-            out += task.problems(split="train", level=lv, n=per_level, seed=cfg.seed)
+            out += task.problems(split="train", level=lv, n=per_cell, seed=cfg.seed)
         except TTScaleError:  # a small level has fewer distinct problems: take them all
-            out += _as_many_as(task, lv, cfg.seed, per_level // 2)
+            out += _as_many_as(task, lv, cfg.seed, per_cell // 2)
     random.Random(cfg.seed).shuffle(out)
     return out
 
@@ -207,18 +233,19 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
 
     out = Path(out)
     model_dir = resolve_model(model)
-    task = get_task(cfg.task)
+    tasks = get_tasks(cfg)
     model_config = json.loads((Path(model_dir) / "config.json").read_text())
-    check_rl_config(cfg, task, model_config)
+    check_rl_config(cfg, tasks, model_config)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out.mkdir(parents=True, exist_ok=True)
 
-    problems = training_problems(task, cfg)
+    problems = training_problems(tasks, cfg)
     by_id = {p.id: p for p in problems}
+    task_of = {p.task: t for t in tasks for p in _sample_prompts(t, cfg)}
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if reward_funcs is None:
-        funcs, weights = oracle_reward_funcs(task, by_id, cfg.rewards, eos_id=tokenizer.eos_token_id)
+        funcs, weights = oracle_reward_funcs(task_of, by_id, cfg.rewards, eos_id=tokenizer.eos_token_id)
     else:
         funcs = [checked(f) for f in reward_funcs]
         weights = list(reward_weights) if reward_weights is not None else [1.0] * len(funcs)
@@ -248,6 +275,13 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
         logging_nan_inf_filter=False, dataloader_num_workers=0,
     )
     policy = LlamaForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    rollout = None
+    if cfg.rollout == "engine":
+        from ttscale.train.rollout import EngineRollout
+
+        rollout = EngineRollout(problems, task_of, max_tokens=cfg.max_completion_length,
+                                temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
+                                resample_flat=cfg.resample_flat)
 
     class _Log(TrainerCallback):
         """One JSONL record per step, and the progress bar."""
@@ -287,9 +321,11 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
     try:
         with warnings.catch_warnings():  # TRL calls transformers APIs deprecated for v6: noise only
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", "You are using 'rollout_func'")  # TRL marks it experimental
             trainer = _guarded_trainer_class()(
                 model=policy, reward_funcs=funcs, args=args, train_dataset=dataset,
-                processing_class=tokenizer, callbacks=[_Log(), *(callbacks or []), _Finite()])
+                processing_class=tokenizer, callbacks=[_Log(), *(callbacks or []), _Finite()],
+                rollout_func=rollout)
             trainer.remove_callback(PrinterCallback)  # our own log and bar replace its printed dicts
             trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     except BaseException as e:  # noqa: BLE001 - every failure is reported the same way, then re-raised
@@ -299,6 +335,9 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
         step = trainer.state.global_step if trainer is not None else 0
         raise RLRunError(f"RL run stopped at step {step} ({what}); {where}; "
                          "rerun the same command to resume") from e
+    finally:
+        if rollout is not None:
+            rollout.close()
 
     wall = elapsed_before + time.time() - t0
     from ttscale.train.sft import save_model
@@ -336,10 +375,10 @@ def with_group_stats(funcs: Sequence[RewardFunc], weights: Sequence[float]
         wrapper.__name__ = fn.__name__
         return wrapper
 
-    def group_stats(prompts, completions, log_metric=None, **_):
+    def group_stats(prompts, completions, log_metric=None, problem_id=None, **_):
         total = [sum(w * last[i][j] for i, w in enumerate(weights)) for j in range(len(completions))]
-        if log_metric is not None:
-            log_metric("frac_zero_std_groups", zero_std_fraction(total, prompts))
+        if log_metric is not None:  # a group is one problem (the engine rollout may replace prompts)
+            log_metric("frac_zero_std_groups", zero_std_fraction(total, problem_id or prompts))
         return [0.0] * len(completions)
 
     return [*(recording(i, f) for i, f in enumerate(funcs)), group_stats], [*weights, 0.0]
@@ -354,7 +393,13 @@ def step_record(step: int, logs: dict, elapsed_s: float) -> dict:
         "kl": logs.get("kl"), "loss": logs.get("loss"), "lr": logs.get("learning_rate"),
         "clip_ratio": logs.get("clip_ratio/region_mean"), "entropy": logs.get("entropy"),
         "truncated": logs.get("completions/clipped_ratio"), "elapsed_s": round(elapsed_s, 2),
+        "step_s": logs.get("step_time"), "generate_s": logs.get("time/generate"),
+        "score_s": logs.get("time/score"), "frac_flat_sampled": logs.get("frac_flat_sampled"),
+        "groups_sampled": logs.get("groups_sampled"),
     }
+    for k, v in logs.items():
+        if k.startswith("frac_flat_sampled/"):
+            rec["frac_flat_sampled_" + k.split("/")[1]] = v
     for k, v in logs.items():
         if k.startswith("rewards/") and k.endswith("/mean") and k != "rewards/group_stats/mean":
             rec["reward_" + k.split("/")[1]] = v
@@ -375,6 +420,20 @@ def _guarded_trainer_class():
 
     class GuardedGRPOTrainer(GRPOTrainer):
         """GRPOTrainer that stops on a non-finite loss before the optimizer applies it."""
+
+        def _generate(self, prompts):
+            t = time.perf_counter()
+            out = super()._generate(prompts)
+            self._metrics["train"]["time/generate"].append(time.perf_counter() - t)
+            return out
+
+        def _generate_and_score_completions(self, inputs):
+            t = time.perf_counter()
+            n = len(self._metrics["train"]["time/generate"])
+            out = super()._generate_and_score_completions(inputs)
+            gen = sum(self._metrics["train"]["time/generate"][n:])
+            self._metrics["train"]["time/score"].append(time.perf_counter() - t - gen)
+            return out
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)

@@ -1,0 +1,155 @@
+"""GRPO rollouts with the project's own engine, as a TRL `rollout_func`.
+
+TRL's default rollout calls transformers' `generate` on the padded batch: every sample of a
+group re-reads its prompt and decodes until the longest row ends. `EngineRollout` generates
+with `TorchEngine` instead: one prefill per distinct prompt shared by its group, rows that end
+leave the batch. Before the first rollout of each optimizer step the policy's current weights
+are written to a scratch directory (safetensors, about 4 MB for ttscale-small) and a fresh
+engine is loaded from it, so samples always come from the policy being trained (on-policy).
+
+Dynamic sampling (DAPO, arXiv:2503.14476): a group whose samples are all right or all wrong has
+zero advantage and teaches nothing. With `resample_flat` > 0, such groups are replaced by
+groups of fresh training problems (up to that many extra rounds per step); the replacement's
+`problem_id` goes to the reward functions with the batch. Replacements follow a curriculum:
+each (task, level) cell keeps a running share of informative groups (EMA, weight 0.1 per new
+group) and a replacement's cell is drawn with probability proportional to that share plus 0.05,
+so training drifts to the levels the policy sometimes but not always solves. The share of flat groups among all
+groups sampled is logged as `frac_flat_sampled`, per level as `frac_flat_sampled/L<level>`, and
+the number of groups sampled in the step as `groups_sampled`.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from ttscale.tasks import Task
+from ttscale.types import GenerationRequest, Problem, SamplingParams
+
+
+class EngineRollout:
+    """A TRL rollout function over `TorchEngine`; call it as `rollout(prompts, trainer)`.
+
+    problems: the training problems (the dataset's `problem_id` column keys them).
+    tasks: task name -> Task, to check a sample's answer for dynamic sampling.
+    """
+
+    def __init__(self, problems: Sequence[Problem], tasks: Mapping[str, Task], *, max_tokens: int,
+                 temperature: float, top_p: float, seed: int = 0, resample_flat: int = 0,
+                 workdir: str | Path | None = None):
+        self.by_prompt = {p.prompt: p for p in problems}
+        self.tasks = dict(tasks)
+        self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
+        self.seed, self.resample_flat = seed, resample_flat
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ttscale-rollout-"))
+        self._rng = random.Random(f"resample/{seed}")
+        self._cells: dict[tuple, list[Problem]] = {}
+        for p in problems:
+            self._cells.setdefault((p.task, p.level), []).append(p)
+        self._next = {c: 0 for c in self._cells}
+        self.informative = {c: 0.5 for c in self._cells}  # running share of groups with signal
+        self._engine = None
+        self._step = -1
+        self._calls = 0
+
+    # -- TRL's interface ---------------------------------------------------------------------
+    def __call__(self, prompts: list, trainer) -> dict:
+        self._sync(trainer)
+        eos = trainer.processing_class.eos_token_id
+        groups = _groups(prompts, trainer.num_generations)
+        problems = [self.by_prompt[prompts[g[0]]] for g in groups]
+        sizes = [len(g) for g in groups]
+        samples = self._sample(problems, sizes)
+        flat = [self._flat(p, s) for p, s in zip(problems, samples)]
+        seen = list(zip(problems, flat))
+        for _ in range(self.resample_flat):
+            redo = [i for i, f in enumerate(flat) if f]
+            if not redo:
+                break
+            fresh = [self._draw() for _ in redo]
+            new = self._sample(fresh, [sizes[i] for i in redo])
+            for i, p, s in zip(redo, fresh, new):
+                problems[i], samples[i], flat[i] = p, s, self._flat(p, s)
+                seen.append((p, flat[i]))
+        for p, f in seen:
+            key = (p.task, p.level)
+            self.informative[key] = 0.9 * self.informative[key] + 0.1 * (not f)
+        self._log(trainer, seen)
+        prompt_ids, completion_ids, problem_ids = [], [], []
+        for p, group in zip(problems, samples):
+            ids = self._engine.tokenize(p.prompt)
+            for c in group:
+                prompt_ids.append(ids)
+                completion_ids.append(list(c.token_ids) + ([eos] if c.finish_reason == "stop" else []))
+                problem_ids.append(p.id)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None,
+                "problem_id": problem_ids}
+
+    def close(self) -> None:
+        self._engine = None
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _sync(self, trainer) -> None:
+        """Reload the engine from the policy's weights once per optimizer step."""
+        step = trainer.state.global_step
+        if self._engine is not None and step == self._step:
+            return
+        from ttscale.engine.torch_engine import TorchEngine
+
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        model.save_pretrained(self.workdir, safe_serialization=True)
+        if not (self.workdir / "tokenizer.json").exists():
+            trainer.processing_class.save_pretrained(self.workdir)
+        self._engine = TorchEngine(self.workdir, device=str(trainer.accelerator.device),
+                                   prefix_cache_bytes=32 * 2**20)
+        self._step = step
+
+    def _sample(self, problems: Sequence[Problem], sizes: Sequence[int]) -> list[list]:
+        self._calls += 1
+        reqs = [GenerationRequest(p.prompt, SamplingParams(
+            n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+            seed=hash((self.seed, self._step, self._calls, i)) % 2**31))
+            for i, (p, n) in enumerate(zip(problems, sizes))]
+        out = []
+        for p, r in zip(problems, self._engine.generate(reqs)):
+            if r.error:
+                raise RuntimeError(f"rollout of problem {p.id!r} failed: {r.error}")
+            out.append(r.completions)
+        return out
+
+    def _flat(self, problem: Problem, group: list) -> bool:
+        task = self.tasks[problem.task]
+        right = {task.is_correct(problem, c.text) for c in group}
+        return len(right) == 1
+
+    def _log(self, trainer, seen: list[tuple[Problem, bool]]) -> None:
+        metrics = trainer._metrics["train"]
+        metrics["groups_sampled"].append(len(seen))
+        metrics["frac_flat_sampled"].append(sum(f for _, f in seen) / len(seen))
+        for level in sorted({p.level for p, _ in seen if p.level is not None}):
+            at = [f for p, f in seen if p.level == level]
+            metrics[f"frac_flat_sampled/L{level}"].append(sum(at) / len(at))
+
+    def _draw(self) -> Problem:
+        """A replacement problem: its cell by the curriculum, then the cell's problems in turn."""
+        cells = list(self._cells)
+        cell = self._rng.choices(cells, weights=[self.informative[c] + 0.05 for c in cells])[0]
+        i = self._next[cell]
+        self._next[cell] = (i + 1) % len(self._cells[cell])
+        if i == 0:
+            self._rng.shuffle(self._cells[cell])
+        return self._cells[cell][i]
+
+
+def _groups(prompts: Sequence, size: int) -> list[list[int]]:
+    """Indices of each group: TRL repeats each prompt `size` times in a row."""
+    groups = [list(range(i, min(i + size, len(prompts)))) for i in range(0, len(prompts), size)]
+    for g in groups:
+        if len(g) != size or any(prompts[i] != prompts[g[0]] for i in g):
+            raise RuntimeError(f"rollout batch is not made of groups of {size} equal prompts")
+    return groups
