@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import socket
 import threading
 
@@ -233,3 +235,90 @@ def test_load_generator_openai_reads_the_shape_from_a_checkpoint(server, engine,
         assert r.error is None and r.usage.flops > 0
     finally:
         gen.close()
+
+
+# -- FLOPs of a remote model: from its files, or unknown ---------------------------------------
+def test_without_a_shape_flops_are_unknown_not_refused(server):
+    with OpenAIGenerator(server.url, MODEL) as gen:
+        [r] = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4))])
+    assert r.error is None and r.completions[0].text
+    assert not gen.shape.known and math.isnan(r.usage.flops)
+
+
+@pytest.mark.parametrize("shape", [{"n_params": 1000}, {"n_layer": 2, "d_model": 64},
+                                   {"n_params": 1000, "n_layer": -1, "d_model": 64}])
+def test_a_partial_shape_names_the_flags(shape):
+    with pytest.raises(TTScaleError, match="--n-params, --n-layer and --d-model, or "
+                                           "--shape-from") as e:
+        OpenAIGenerator("http://127.0.0.1:1", MODEL, **shape)
+    assert "\n" not in str(e.value)
+
+
+def test_shape_from_a_config_json_or_a_gguf_header(server, engine, random_model_dir, tmp_path):
+    from ttscale.engine import load_generator
+
+    gen = load_generator(server.url, backend="openai", model_name=MODEL,
+                         shape_from=f"{random_model_dir}/config.json")
+    assert gen.shape == engine.shape  # config.json alone counts the same parameters
+    gguf = pytest.importorskip("gguf", reason="the gguf package writes the test's GGUF file")
+    import numpy as np
+
+    f = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(f), "llama")
+    w.add_block_count(7)
+    w.add_embedding_length(96)
+    w.add_tensor("token_embd.weight", np.zeros((10, 96), dtype=np.float32))
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((96, 5), dtype=np.float32))
+    for step in (w.write_header_to_file, w.write_kv_data_to_file, w.write_tensors_to_file,
+                 w.close):
+        step()
+    gen = load_generator(server.url, backend="openai", model_name=MODEL, shape_from=str(f))
+    assert (gen.shape.n_params, gen.shape.n_layer, gen.shape.d_model) == (960 + 480, 7, 96)
+
+
+def _solve_cli(*args):
+    from typer.testing import CliRunner
+
+    from ttscale.cli import app
+
+    res = CliRunner().invoke(app, ["solve", "--backend", "openai", "--model", MODEL,
+                                   "--task", "arith", "--level", "1", "--num-problems", "3",
+                                   "--max-tokens", "8", "--json", *args])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.output)
+
+
+def test_solve_reports_unknown_flops_or_counts_them_from_shape_from(server, random_model_dir):
+    unknown = _solve_cli("--base-url", server.url)
+    assert unknown["flops_known"] is False and unknown["mean_flops"] is None
+    assert all(r["flops"] is None and r["tokens"] > 0 for r in unknown["problems"])
+    known = _solve_cli("--base-url", server.url, "--shape-from", random_model_dir)
+    assert known["flops_known"] is True and known["mean_flops"] > 0
+    assert [r["answer"] for r in known["problems"]] == [r["answer"] for r in unknown["problems"]]
+
+
+def test_solve_fans_out_over_repeated_base_urls(server, random_model_dir):
+    proxies = [QuirkyProxy(server.url), QuirkyProxy(server.url)]
+    with ServerThread(proxies[0].app) as a, ServerThread(proxies[1].app) as b:
+        both = _solve_cli("--base-url", a.url, "--base-url", b.url, "--strategy", "majority",
+                          "--n", "4", "--shape-from", random_model_dir)
+    one = _solve_cli("--base-url", server.url, "--strategy", "majority", "--n", "4",
+                     "--shape-from", random_model_dir)
+    assert proxies[0].calls > 0 and proxies[1].calls > 0  # both servers did work
+    assert both["accuracy"] == one["accuracy"]  # same seeds, same answers, wherever they ran
+    assert [r["answer"] for r in both["problems"]] == [r["answer"] for r in one["problems"]]
+
+
+def test_few_shot_prompts_send_the_stop_before_the_next_question(quirky, engine, tmp_path):
+    from ttscale.strategies import solve
+    from ttscale.tasks import get_task
+
+    rec = {"question": "Ann has 1 pen and gets 1 more. How many?", "answer": "1+1=2\n#### 2"}
+    (tmp_path / "t_test.jsonl").write_text(json.dumps(rec) + "\n")
+    (tmp_path / "t_train.jsonl").write_text(json.dumps(dict(rec, question="Bo has 2.")) + "\n")
+    task = get_task(str(tmp_path / "t_test.jsonl"), shots=1)
+    with remote(quirky.url, engine) as gen:
+        solve(task.problems()[0], task, gen, "majority", {"n": 2, "max_tokens": 4})
+    assert quirky.bodies and all("\nQuestion:" in b["stop"] for b in quirky.bodies)
+    assert quirky.bodies[0]["prompt"].startswith("Question: Bo has 2.\nAnswer: 1+1=2\n#### 2")
+    task.close()
