@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 import typer
 
+from ttscale.cli import options
 from ttscale.cli.app import app
 from ttscale.errors import TTScaleError
 
@@ -51,8 +52,14 @@ def sweep_cmd(
     temperature: Optional[float] = typer.Option(None, "--temperature"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Problems and sampling seed."),
-    backend: str = typer.Option("torch", "--backend", help="torch, hf or openai."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="Server URL (openai)."),
+    backend: str = options.BACKEND,
+    base_url: list[str] = options.BASE_URL,
+    shape_from: Optional[str] = options.SHAPE_FROM,
+    n_params: Optional[int] = options.N_PARAMS,
+    n_layer: Optional[int] = options.N_LAYER,
+    d_model: Optional[int] = options.D_MODEL,
+    shots: int = options.SHOTS,
+    shots_from: Optional[str] = options.SHOTS_FROM,
     out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Results directory."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run in --out "
                                 "(skips records already there); otherwise --out is replaced."),
@@ -90,9 +97,12 @@ def sweep_cmd(
     if ns is not None and n_max is None:
         cfg.n_max = max(cfg.ns)
     cfg.backend = backend
+    cfg.shots, cfg.shots_from = shots, shots_from
+    gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
+                                            d_model)
     generators = None
     if backend == "openai":
-        generators = {m: make_generator(m, "openai", base_url=base_url)
+        generators = {m: make_generator(m, "openai", **gen_options)
                       for m in cfg.models + cfg.baseline_models}
     res = run_sweep(cfg, out, resume=resume, progress=True, generators=generators)
     analysis = analyze(out)

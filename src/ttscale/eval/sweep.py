@@ -80,6 +80,8 @@ class SweepConfig:
     ac_threshold: float = 0.95
     baseline_models: list[str] = field(default_factory=list)
     baseline_runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
+    shots: int = 0  # worked examples before each JSONL question (base models)
+    shots_from: str | None = None  # their train file (default: X_train.jsonl beside X_test)
 
     def validate(self) -> None:
         if not self.models:
@@ -130,7 +132,7 @@ def problem_set(cfg: SweepConfig) -> list[tuple[Any, Problem]]:
 
     out = []
     for name in cfg.tasks:
-        task = get_task(name)
+        task = get_task(name, shots=cfg.shots, shots_from=cfg.shots_from)
         if isinstance(task, BuiltinTask):
             for lv in cfg.levels or list(task.levels):
                 if lv not in task.levels:
@@ -219,24 +221,25 @@ def make_generator(model: str, backend: str = "torch", **options: Any) -> Genera
     """A generator for `model` on `backend` (`torch`, `hf`, or `openai` with `base_url`)."""
     from ttscale.engine import load_generator
 
-    if backend == "openai":
-        from ttscale.engine.openai_backend import OpenAIGenerator
+    if backend == "openai":  # base_url: one URL, several comma-separated, or a list
+        from ttscale.engine.flops import SHAPE_FLAGS
+        from ttscale.engine.openai_backend import from_spec
 
         base_url = options.pop("base_url", None)
         if not base_url:
             raise TTScaleError("the openai backend needs a base URL (--base-url)")
         shape = options.pop("shape", None)
-        if shape is None:
+        if shape is not None:
+            options.update(n_params=shape.n_params, n_layer=shape.n_layer, d_model=shape.d_model)
+        elif not any(options.get(k) for k in ("shape_from", "n_params", "n_layer", "d_model")):
             from ttscale.models.registry import resolve_model
 
-            cfg = json.loads((Path(resolve_model(model)) / "config.json").read_text())
-            from ttscale.models.registry import _count_params
-
-            n_params, n_layer, d_model = (_count_params(cfg), cfg["num_hidden_layers"],
-                                          cfg["hidden_size"])
-        else:
-            n_params, n_layer, d_model = shape.n_params, shape.n_layer, shape.d_model
-        return OpenAIGenerator(base_url, model, n_params, n_layer, d_model, **options)
+            try:  # a shipped model served under its own name has a known shape
+                options["shape_from"] = resolve_model(model)
+            except TTScaleError:
+                raise TTScaleError(f"a sweep compares strategies by FLOPs: give the shape of "
+                                   f"the served model {model!r} ({SHAPE_FLAGS})") from None
+        return from_spec(base_url, model_name=model, **options)
     return load_generator(model, backend=backend, **options)
 
 
