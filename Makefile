@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup main test models
+.PHONY: setup main test models llamacpp-server
 setup:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -15,6 +15,10 @@ main:
 
 test:
 	$(BIN)/pytest
+
+# A llama.cpp server on Gemma 3 270M (GGUF) at http://127.0.0.1:8080/v1 (builds it the first time).
+llamacpp-server:
+	scripts/llamacpp_server.sh
 
 # Reproduce the shipped model family from scratch (about 2 hours on 2 CPU cores).
 models:

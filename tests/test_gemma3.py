@@ -154,3 +154,136 @@ def test_unsupported_configs_are_one_line_errors(tmp_path, changes, named):
     with pytest.raises(TTScaleError) as e:
         read_config(_config(tmp_path, **changes))
     assert named in str(e.value) and "accepted" in str(e.value) and "\n" not in str(e.value)
+
+
+# --- GGUF: a small Gemma 3 written with the gguf package, read back as llama.cpp files are ----
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+PIECES = SPECIALS + ["\u2581", *"abcdefghijklmnopqrstuvwxyz0123456789+=?.:", "\n", "\u2581t", "he",
+                     "\u2581the", "\u2581a", "at", "\u2581c", "\u2581cat"]
+
+
+def _write_gguf(model, path: Path) -> Path:
+    """`model` (a transformers Gemma3ForCausalLM) as llama.cpp's converter writes it: norm scales
+    stored as 1 + w, the projections quantized to Q8_0, the vocabulary in the metadata."""
+    import numpy as np
+    from gguf import GGMLQuantizationType as Q, GGUFWriter
+    from gguf.quants import quantize
+
+    cfg = model.config
+    w = GGUFWriter(str(path), "gemma3")
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(cfg.rope_parameters["full_attention"]["rope_theta"])
+    w.add_sliding_window(cfg.sliding_window)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(PIECES)
+    w.add_token_scores([0.0] * len(PIECES))
+    w.add_token_types([3] * len(SPECIALS) + [1] * (len(PIECES) - len(SPECIALS)))  # 3: control
+    w.add_bos_token_id(2)
+    w.add_eos_token_id(1)
+    w.add_unk_token_id(3)
+    w.add_pad_token_id(0)
+    w.add_add_bos_token(True)
+    from ttscale.engine.gguf import GEMMA3_TENSOR_NAMES
+
+    ours = {v: k for k, v in GEMMA3_TENSOR_NAMES.items()}
+    for name, p in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        else:
+            _, _, i, *mid, last = name.split(".")
+            gname = f"blk.{i}.{ours['.'.join(mid)]}.{last}"
+        arr = p.detach().float().numpy()
+        if "norm" in name:
+            w.add_tensor(gname, (arr + 1).astype(np.float32))
+        else:
+            w.add_tensor(gname, quantize(arr, Q.Q8_0), raw_dtype=Q.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory):
+    """A random 7-layer Gemma 3 (the 7th layer sliding again) as a Q8_0 GGUF file."""
+    pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(4)
+    cfg = Gemma3TextConfig(vocab_size=len(PIECES), hidden_size=64, intermediate_size=96,
+                           num_hidden_layers=7, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=256, sliding_window=WINDOW, max_position_embeddings=256,
+                           initializer_range=0.1)
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.normal_(0, 0.3)
+    return _write_gguf(model, tmp_path_factory.mktemp("gguf") / "tiny-gemma3.gguf")
+
+
+def test_gguf_loads_like_transformers_reads_it(gguf_file):
+    """transformers' own GGUF reader (its dequantization, config and tokenizer) is the reference."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM
+
+    from ttscale.engine.gguf import hf_dir
+
+    eng = TorchEngine(str(gguf_file))
+    assert eng.model_name == "tiny-gemma3.gguf"
+    assert hf_dir(gguf_file) == gguf_file.with_suffix(".hf")
+    assert eng.model.cfg.layer_types == ("sliding_attention",) * 5 + ("full_attention", "sliding_attention")
+    kw = {"gguf_file": gguf_file.name}
+    ref_tok = AutoTokenizer.from_pretrained(str(gguf_file.parent), **kw)
+    text = "the cat ate 12+3=15.\nthe"
+    ids = eng.tokenize(text)
+    assert ids == ref_tok(text)["input_ids"] and ids[0] == 2  # BOS first
+    assert eng.detokenize(ids) == text
+    ids = ids + ids  # 30 tokens: past the window of 8
+    ref = Gemma3ForCausalLM.from_pretrained(str(gguf_file.parent), dtype=torch.float32, **kw).eval()
+    with torch.no_grad():
+        expected = ref(torch.tensor([ids])).logits[0]
+    assert (_engine_logits(str(gguf_file), ids, False) - expected).abs().max().item() < 1e-4
+
+
+def test_gguf_is_dequantized_once(gguf_file):
+    from ttscale.engine.gguf import hf_dir
+
+    weights = hf_dir(gguf_file) / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    TorchEngine(str(gguf_file))
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_gguf_of_another_architecture_or_no_gguf_is_one_line_error(tmp_path):
+    pytest.importorskip("gguf", reason="the gguf package is not installed (pip install gguf)")
+    from gguf import GGUFWriter
+
+    from ttscale.engine.gguf import hf_dir
+
+    path = tmp_path / "other.gguf"
+    w = GGUFWriter(str(path), "rwkv7")
+    w.add_tensor("token_embd.weight", torch.zeros(4, 8).numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(TTScaleError, match=r"^GGUF architecture 'rwkv7' .*accepted: gemma3"):
+        hf_dir(path)
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all")
+    with pytest.raises(TTScaleError, match="junk.gguf.*accepted: a llama.cpp .gguf model file"):
+        hf_dir(junk)

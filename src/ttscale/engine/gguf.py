@@ -19,7 +19,7 @@ from ttscale.errors import TTScaleError
 
 ARCHITECTURES = ("gemma3",)
 INSTALL_HINT = "pip install gguf (or 'ttscale[gguf]')"
-_GEMMA3_NAMES = {
+GEMMA3_TENSOR_NAMES = {
     "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm", "attn_norm": "input_layernorm",
@@ -93,13 +93,17 @@ def _meta(reader) -> dict:
 def gemma3_config(meta: dict, vocab_size: int, tied: bool) -> dict:
     """transformers' Gemma3TextConfig fields from gemma3.* metadata; what GGUF does not store
     (local RoPE base 10000, one global layer in 6, query scale 1/sqrt(head_dim)) is set as
-    llama.cpp sets it."""
+    llama.cpp sets it; newer files may store the first two (rope.freq_base_swa,
+    attention.sliding_window_pattern as a period or one flag per layer)."""
     g = lambda k, default=None: meta.get(f"gemma3.{k}", default)  # noqa: E731
     head_dim = int(g("attention.key_length"))
     full = {"rope_type": "default", "rope_theta": float(g("rope.freq_base", 1_000_000.0))}
     if g("rope.scaling.type") == "linear":
         full.update(rope_type="linear", factor=float(g("rope.scaling.factor")))
     n = int(g("block_count"))
+    pattern = g("attention.sliding_window_pattern", 6)
+    swa = [bool(x) for x in pattern] if isinstance(pattern, list) else \
+        [(i + 1) % int(pattern) != 0 for i in range(n)]
     eos = [meta["tokenizer.ggml.eos_token_id"]] + (
         [meta["tokenizer.ggml.eot_token_id"]] if "tokenizer.ggml.eot_token_id" in meta else [])
     return {
@@ -111,9 +115,9 @@ def gemma3_config(meta: dict, vocab_size: int, tied: bool) -> dict:
         "query_pre_attn_scalar": head_dim, "rms_norm_eps": float(f'{g("attention.layer_norm_rms_epsilon"):.7g}'),  # float32 -> 1e-06
         "max_position_embeddings": int(g("context_length")),
         "sliding_window": int(g("attention.sliding_window")),
-        "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n)],
-        "rope_parameters": {"full_attention": full,
-                            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}},
+        "layer_types": ["sliding_attention" if s else "full_attention" for s in swa],
+        "rope_parameters": {"full_attention": full, "sliding_attention": {
+            "rope_type": "default", "rope_theta": float(g("rope.freq_base_swa", 10_000.0))}},
         "hidden_activation": "gelu_pytorch_tanh", "final_logit_softcapping": g("final_logit_softcapping"),
         "tie_word_embeddings": tied, "torch_dtype": "float32",
         "bos_token_id": meta.get("tokenizer.ggml.bos_token_id"), "eos_token_id": eos if len(eos) > 1 else eos[0],
@@ -128,8 +132,8 @@ def _hf_name(name: str) -> str:
     if name in top:
         return top[name]
     parts = name.split(".")
-    if len(parts) == 4 and parts[0] == "blk" and parts[2] in _GEMMA3_NAMES:
-        return f"model.layers.{parts[1]}.{_GEMMA3_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 4 and parts[0] == "blk" and parts[2] in GEMMA3_TENSOR_NAMES:
+        return f"model.layers.{parts[1]}.{GEMMA3_TENSOR_NAMES[parts[2]]}.{parts[3]}"
     raise TTScaleError(f"GGUF tensor {name!r} has no place in a Gemma 3 model")
 
 
