@@ -6,7 +6,10 @@ first k calls, ignores n > 1, drops logprobs, or rejects requests with a 4xx.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,6 +57,7 @@ class QuirkyProxy:
         self.reject_status: int | None = None  # answer every call with this 4xx
         self.ignore_n = False
         self.drop_logprobs = False
+        self.hang_s = 0.0  # wait this long before answering (a slow or stuck upstream)
         self.calls = 0
         self.bodies: list[dict[str, Any]] = []
         app = FastAPI()
@@ -69,6 +73,8 @@ class QuirkyProxy:
             self.calls += 1
             body = await request.json()
             self.bodies.append(body)
+            if self.hang_s:
+                await asyncio.sleep(self.hang_s)
             if self.fail_first > 0:
                 self.fail_first -= 1
                 return JSONResponse({"error": {"message": "overloaded, try again",
@@ -116,6 +122,32 @@ class GatedGenerator:
 
     def detokenize(self, ids: Any) -> str:
         return self.inner.detokenize(ids)
+
+
+class DyingUpstream:
+    """A TCP server that reads each request and closes the connection without an answer, as
+    an upstream killed mid-request looks to its clients."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.accepted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            with conn:
+                conn.recv(65536)
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def metric(url: str, name: str) -> float:

@@ -28,6 +28,9 @@ def serve_cmd(
                                        "through the upstream's chat endpoint."),
     upstream_api_key: str = typer.Option(None, "--upstream-api-key", envvar="TTSCALE_UPSTREAM_API_KEY",
                                          help="Key for the upstream."),
+    upstream_timeout: float = typer.Option(None, "--upstream-timeout", help="Seconds one "
+                                           "upstream call may take (default: --request-"
+                                           "timeout); a timed-out call is not retried."),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key; repeatable "
                                       "(also $TTSCALE_API_KEYS, comma-separated). None: open."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
@@ -63,6 +66,7 @@ def serve_cmd(
                        upstream_params=upstream_params, upstream_layers=upstream_layers,
                        upstream_d_model=upstream_d_model, upstream_shape=upstream_shape,
                        upstream_chat=upstream_chat, upstream_api_key=upstream_api_key,
+                       upstream_timeout=upstream_timeout,
                        api_keys=list(api_key), host=host, port=port, plan=plan, device=device,
                        dtype=dtype, limits=limits, access_log=access_log))
 

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import random
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -86,6 +87,39 @@ async def _client(k: int, url: str, pool: list, stop_at: float, timeout: float,
                 rec["error"] = type(e).__name__
             rec["latency_s"] = time.perf_counter() - t0
             log.append(rec)
+
+
+STAGES = ("sent", "role", "token")
+
+
+def disconnect(url: str, path: str, body: dict[str, Any], stage: str,
+               timeout: float = 60.0) -> None:
+    """One streaming client that goes away at `stage`: "sent" (the request written, nothing
+    read), "role" (after the first event: the role chunk of a chat, the first text of a
+    completion), "token" (after the first event carrying generated text)."""
+    if stage not in STAGES:
+        raise TTScaleError(f"stage {stage!r} is unknown; accepted: {', '.join(STAGES)}")
+    if stage == "sent":
+        host, _, port = url.removeprefix("http://").partition(":")
+        data = json.dumps({**body, "stream": True}).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode()
+        with socket.create_connection((host, int(port or 80)), timeout=timeout) as sock:
+            sock.sendall(head + data)
+        return
+    with httpx.stream("POST", url + path, json={**body, "stream": True}, timeout=timeout) as r:
+        for line in r.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            if stage == "role" or _has_text(json.loads(line[6:])):
+                return  # leaving the block closes the connection mid-stream
+
+
+def _has_text(event: dict[str, Any]) -> bool:
+    for c in event.get("choices") or []:
+        if c.get("text") or (c.get("delta") or {}).get("content"):
+            return True
+    return False
 
 
 def _percentile(xs: list[float], q: float) -> float | None:

@@ -379,6 +379,8 @@ class _Job:
     token: CancelToken = field(default_factory=CancelToken)
     admitted: bool = False
     started: bool = False
+    answered: bool = False  # its whole answer (or error) was handed to the client
+    cancelled: bool = False  # counted in the metrics as cancelled
 
 
 def _admit(state: _State, job: _Job) -> None:
@@ -469,7 +471,14 @@ async def _start(state: _State, job: _Job) -> "asyncio.Future[Outcome]":
         raise APIError(503, "the server is shutting down", code="shutting_down") from None
     job.started = True
     fut.add_done_callback(done)
-    return asyncio.wrap_future(fut)
+    wrapped = asyncio.wrap_future(fut)
+    wrapped.add_done_callback(_retrieve)  # work whose client left: nobody reads its outcome
+    return wrapped
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _await(state: _State, job: _Job, request: Request | None) -> Outcome:
@@ -481,8 +490,7 @@ async def _await(state: _State, job: _Job, request: Request | None) -> Outcome:
         while True:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
-                job.token.cancel()
-                state.metrics.cancel()
+                _cancel(state, job)
                 raise APIError(504, f"the request ran past this server's limit request_timeout_s="
                                f"{state.limits.request_timeout_s:g}", code="limit_request_timeout_s")
             target = fut if fut is not None else waiter
@@ -496,8 +504,7 @@ async def _await(state: _State, job: _Job, request: Request | None) -> Outcome:
                 except Cancelled:
                     raise APIError(499, "the request was cancelled", code="cancelled") from None
             if request is not None and await request.is_disconnected():
-                job.token.cancel()
-                state.metrics.cancel()
+                _cancel(state, job)
                 raise APIError(499, "the client closed the request", code="client_closed")
     finally:
         job.token.cancel()  # a no-op once the work is done
@@ -596,6 +603,7 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
             yield _sse(internal_error().body())
         finally:
             job.token.cancel()  # no-op when done; stops the work if the client went away
+        job.answered = True
         yield "data: [DONE]\n\n"
 
     return _JobStream(events(), state, job)
@@ -614,7 +622,17 @@ class _JobStream(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
+            if not self._job.answered:
+                _cancel(self._state, self._job)
             _abandon(self._state, self._job)
+
+
+def _cancel(state: _State, job: _Job) -> None:
+    """Stop a job's work (client gone or time up), counted once in the metrics."""
+    job.token.cancel()
+    if not job.cancelled:
+        job.cancelled = True
+        state.metrics.cancel()
 
 
 def _abandon(state: _State, job: _Job) -> None:

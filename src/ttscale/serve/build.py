@@ -32,6 +32,7 @@ class ServeOptions:
     upstream_shape: str | None = None  # ... or read from this local checkpoint
     upstream_chat: bool = False  # strategies sample through the upstream's chat endpoint
     upstream_api_key: str | None = None
+    upstream_timeout: float | None = None  # seconds per upstream call (default: request timeout)
     api_keys: list[str] = field(default_factory=list)
     host: str = "127.0.0.1"
     port: int = 8000
@@ -93,7 +94,7 @@ def _upstream_generator(o: ServeOptions) -> Any:
     return OpenAIGenerator(o.upstream, name, params, layers, d, api_key=o.upstream_api_key,
                            chat=o.upstream_chat,
                            max_concurrency=max(16, o.limits.max_concurrency * 4),
-                           timeout=o.limits.request_timeout_s)
+                           timeout=o.upstream_timeout or o.limits.request_timeout_s)
 
 
 def build_config(o: ServeOptions) -> ServeConfig:
@@ -104,6 +105,9 @@ def build_config(o: ServeOptions) -> ServeConfig:
         from ttscale.serve.auto import plan_runner
 
         planner = plan_runner(o.plan)
+    if o.upstream_timeout is not None and not o.upstream_timeout > 0:
+        raise TTScaleError(f"--upstream-timeout={o.upstream_timeout} is out of range; accepted: "
+                           "seconds > 0")
     if o.upstream:
         if o.model:
             raise TTScaleError("pass either --model (embedded engine) or --upstream URL, not both")
