@@ -27,6 +27,15 @@ def _ints(text: str | None, name: str) -> list[int] | None:
         raise TTScaleError(f"--{name} {text!r} is not a comma-separated list of integers") from None
 
 
+def _floats(text: str | None, name: str) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise TTScaleError(f"--{name} {text!r} is not a comma-separated list of numbers") from None
+
+
 @app.command("sweep")
 def sweep_cmd(
     model: list[str] = typer.Option([], "--model", help="Model(s) that run the whole grid "
@@ -49,7 +58,13 @@ def sweep_cmd(
     scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, "
                                          "self-certainty (scores samples; 'none' for none)."),
     replicates: Optional[int] = typer.Option(None, "--replicates", help="Sample orders per rule."),
-    temperature: Optional[float] = typer.Option(None, "--temperature"),
+    temperature: Optional[str] = typer.Option(None, "--temperature", help="Sampling "
+                                              "temperature(s), e.g. 0.6 or 0.6,1.0 (a grid "
+                                              "dimension; the first is the base)."),
+    min_p: Optional[str] = typer.Option(None, "--min-p", help="min-p value(s) in [0, 1], e.g. "
+                                        "0,0.1 (a grid dimension; 0 = off)."),
+    effort: Optional[str] = typer.Option(None, "--effort", help="Effort(s): low, high, e.g. "
+                                         "low,high (a grid dimension)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Problems and sampling seed."),
     backend: str = options.BACKEND,
@@ -85,13 +100,18 @@ def sweep_cmd(
         "baseline_models": list(baseline_model) or None, "tasks": list(task) or None,
         "levels": _ints(levels, "levels"), "num_problems": num_problems, "split": split,
         "n_max": n_max, "ns": _ints(ns, "ns"), "replicates": replicates,
-        "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
+        "max_tokens": max_tokens, "seed": seed,
+        "min_ps": _floats(min_p, "min-p"),
+        "efforts": [e.strip() for e in effort.split(",") if e.strip()] if effort is not None else None,
         "rules": [r.strip() for r in rules.split(",") if r.strip()] if rules else None,
         "runs": parse_runs(strategies) if strategies is not None else None,
     }
     for k, v in overrides.items():
         if v is not None:
             setattr(cfg, k, v)
+    temps = _floats(temperature, "temperature")
+    if temps is not None:
+        cfg.temperature, cfg.temperatures = (temps[0], temps) if temps else (cfg.temperature, [])
     if scorer is not None:
         cfg.scorer = None if scorer.lower() == "none" else scorer
     if ns is not None and n_max is None:

@@ -48,6 +48,7 @@ def curves(records: Sequence[dict[str, Any]], model: str,
         used = [row[4] for row in rows if row[4] is not None]
         m = meta[c]
         out.append({"config": c, "strategy": m["strategy"], "params": m["params"],
+                    "setting": m.get("setting", ""),
                     "budget": m["budget"], "oracle": bool(m.get("oracle")), "n": len(rows),
                     "flops": float(a[:, 0].mean()), "tokens": float(a[:, 1].mean()),
                     "wall_s": float(a[:, 2].mean()), "accuracy": float(a[:, 3].mean()),
@@ -91,9 +92,9 @@ def fit_all(points: Sequence[dict[str, Any]], coverage: Sequence[dict[str, float
     leave-one-budget-out error (`loo_rmse`, `loo_r2`): in-sample R² of 3 parameters on 4-5
     points says little."""
     by: dict[str, list] = defaultdict(list)
-    for p in points:
+    for p in points:  # one curve per strategy and sampler setting: "majority[temperature=1.0]"
         if p["strategy"] != "pass_at_k":
-            by[p["strategy"]].append(p)
+            by[p["strategy"] + (f"[{p['setting']}]" if p.get("setting") else "")].append(p)
     fits: dict[str, Any] = {}
     for s, ps in sorted(by.items()):
         f = fit_power_law([p["flops"] for p in ps], [p["accuracy"] for p in ps])
@@ -125,8 +126,9 @@ def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_cons
     N_eq is the n at which majority voting reaches the rule's accuracy (log-linear
     interpolation between measured n; the largest n when majority never gets there, which
     understates the saving: the rule is then compared with the most majority could cost)."""
-    maj = sorted((p for p in points if p["strategy"] == "majority"), key=lambda p: p["budget"])
-    rul = [p for p in points if p["strategy"] == rule]
+    base = [p for p in points if not p.get("setting")]  # both at the base sampler setting
+    maj = sorted((p for p in base if p["strategy"] == "majority"), key=lambda p: p["budget"])
+    rul = [p for p in base if p["strategy"] == rule]
     if not maj or not rul:
         return {"saving": None}
     r = max(rul, key=lambda p: p["budget"])

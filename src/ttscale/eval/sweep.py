@@ -10,6 +10,13 @@ Two kinds of work per (model, problem):
 - **Run for real.** Strategies that cannot be simulated from independent samples (greedy,
   beam search, MCTS, REBASE, self-refinement, ...) run through `ttscale.strategies.solve`.
 
+**Sampler settings are part of a configuration.** `temperatures` x `min_ps` x `efforts` is the
+sampler grid: the samples of each setting are drawn once per problem (one store each) and every
+rule is selected from them many times; strategies run for real at each effort. The first value
+of each list is the base setting; a configuration at another setting carries the values that
+differ in its parameters (`majority(n=8,temperature=1.0)`), so the planner chooses them per
+difficulty bin like the strategy and N, and base-setting records keep their names.
+
 Each record is one (model, problem, strategy, parameters, budget, seed) and is appended and
 flushed as soon as it exists (`eval.store`), so `resume=True` skips done keys and a killed
 run ends with exactly the records of an uninterrupted one. Models listed in
@@ -33,7 +40,7 @@ from ttscale.eval.store import RESULTS_FILE, SAMPLES_FILE, JsonlStore, record_ke
 from ttscale.planner.plan import config_id
 from ttscale.planner.solve import run_params
 from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, SampleSet,
-                                     draw_samples, sample_order, select)
+                                     draw_samples, sample_order, select, setting_id)
 from ttscale.types import Problem, SamplingParams
 
 CONFIG_FILE = "sweep.json"
@@ -71,7 +78,10 @@ class SweepConfig:
     ns: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
     rules: list[str] = field(default_factory=lambda: list(SELECTION_RULES))
     replicates: int = 4  # orders of the stored samples each rule is evaluated on
-    temperature: float = 1.0
+    temperature: float = 1.0  # the base setting's (the first of `temperatures` when given)
+    temperatures: list[float] | None = None  # sampler grid; None: [temperature]
+    min_ps: list[float] = field(default_factory=lambda: [0.0])
+    efforts: list[str] = field(default_factory=lambda: ["low"])
     top_p: float = 1.0
     max_tokens: int = 96
     scorer: str | None = "self-certainty"  # scores samples for best-of-N and weighted voting
@@ -98,14 +108,60 @@ class SweepConfig:
             raise TTScaleError(f"replicates={self.replicates} is out of range; accepted: >= 1")
         if self.num_problems < 1:
             raise TTScaleError(f"num_problems={self.num_problems} is out of range; accepted: >= 1")
+        from ttscale.tasks.effort import check_effort
+
+        for name, values in (("temperatures", self.grid_temperatures), ("min_ps", self.min_ps),
+                             ("efforts", self.efforts)):
+            if not values or len(set(values)) != len(values):
+                raise TTScaleError(f"{name}={values} must be a non-empty list without repeats")
+        for t in self.grid_temperatures:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 10:
+                raise TTScaleError(f"temperature={t!r} is out of range; accepted: 0 <= t <= 10")
+        for m in self.min_ps:
+            if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:
+                raise TTScaleError(f"min_p={m!r} is out of range; accepted: 0 <= min_p <= 1 (0 = off)")
+        for e in self.efforts:
+            check_effort(e)
         from ttscale.strategies import get_params
 
         for spec in self.runs + self.baseline_runs:  # fail before any work starts
             get_params(spec.strategy, run_params(spec.strategy, spec.params, self.max_tokens, 0))
 
     @property
+    def grid_temperatures(self) -> list[float]:
+        return list(self.temperatures) if self.temperatures else [self.temperature]
+
+    @property
     def sampling(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_p": self.top_p, "max_tokens": self.max_tokens}
+        """The base setting (what the planner's probe samples with)."""
+        out = {"temperature": self.grid_temperatures[0], "top_p": self.top_p,
+               "max_tokens": self.max_tokens}
+        if self.min_ps[0]:
+            out["min_p"] = self.min_ps[0]
+        if self.efforts[0] != "low":
+            out["effort"] = self.efforts[0]
+        return out
+
+    def settings(self) -> list[dict[str, Any]]:
+        """The sampler grid, base first: each setting as what differs from the base."""
+        base = {"temperature": self.grid_temperatures[0], "min_p": self.min_ps[0],
+                "effort": self.efforts[0]}
+        out = []
+        for t in self.grid_temperatures:
+            for m in self.min_ps:
+                for e in self.efforts:
+                    full = {"temperature": t, "min_p": m, "effort": e}
+                    out.append({k: v for k, v in full.items() if v != base[k]})
+        return out
+
+    def setting_sampling(self, setting: dict[str, Any]) -> dict[str, Any]:
+        """The sampling dict of one setting (the base's with the setting's values)."""
+        out = {**self.sampling, **setting}
+        if not out.get("min_p"):
+            out.pop("min_p", None)
+        if out.get("effort", "low") == "low":
+            out.pop("effort", None)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,14 +235,17 @@ def _rule_ns(rule: str, cfg: SweepConfig) -> list[int]:
 
 
 def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSet,
-                      cfg: SweepConfig, scorer_name: str | None) -> list[dict[str, Any]]:
-    """Every rule x n x replicate record of one problem's stored samples (no generation)."""
+                      cfg: SweepConfig, scorer_name: str | None,
+                      setting: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every rule x n x replicate record of one problem's stored samples of one sampler
+    `setting` (default: the base), with no generation."""
     out = []
+    setting = dict(setting or {})
     for rule in cfg.rules:
         if rule in NEEDS_SCORES and not ss.has_scores:
             continue
         for n in _rule_ns(rule, cfg):
-            params = _rule_params(rule, n, cfg)
+            params = {**_rule_params(rule, n, cfg), **setting}
             uses_scorer = rule in NEEDS_SCORES
             for rep in range(cfg.replicates):
                 order = sample_order(ss.n, rep)
@@ -197,6 +256,7 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
                 key = record_key(**_identity(base), strategy=rule, params=params, seed=rep,
                                  sampling=cfg.sampling, scorer=scorer, n_max=cfg.n_max)
                 out.append({"key": key, **base, "strategy": rule, "params": params,
+                            "setting": setting_id(setting),
                             "config": config_id(rule, params), "budget": n, "seed": rep,
                             "scorer": scorer, "oracle": rule in ORACLE_RULES or scorer == "oracle",
                             "source": "samples", "answer": sel.answer, "correct": sel.correct,
@@ -205,11 +265,14 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
 
 
 def _samples_record(key: str, base: dict[str, Any], problem: Problem, ss: SampleSet,
-                    scorer_name: str | None, seed: int) -> dict[str, Any]:
-    """One problem's stored samples; also readable by `ttscale select --samples`."""
+                    scorer_name: str | None, seed: int,
+                    setting: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One problem's stored samples at one sampler setting; also readable by
+    `ttscale select --samples`."""
     d = ss.to_dict()
     texts = d.pop("texts")
     rec = {"key": key, **base, "seed": seed, "scorer": scorer_name,
+           "setting": setting_id(setting or {}), "setting_params": dict(setting or {}),
            "problem": problem.question, "answer": problem.answer, "responses": texts,
            "preds": ss.answers, "set": d}
     if ss.has_scores:
@@ -254,7 +317,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
     from tqdm import tqdm
 
     from ttscale.rewards import get_scorer
-    from ttscale.strategies import solve
+    from ttscale.tasks.effort import apply_effort
 
     cfg.validate()
     out = Path(out)
@@ -265,9 +328,12 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
     t0 = time.perf_counter()
     written = 0
     pairs = problem_set(cfg)
+    settings = cfg.settings()
+    asked = {(p.id, e): apply_effort(p, e) for _, p in pairs for e in cfg.efforts}  # refuses before work
     jobs = [(m, cfg.runs, True) for m in cfg.models] + [
         (m, cfg.baseline_runs, False) for m in cfg.baseline_models if m not in cfg.models]
-    total = sum(len(pairs) * (len(runs) + (1 if grid else 0)) for m, runs, grid in jobs)
+    total = sum(len(pairs) * (len(runs) * len(cfg.efforts) + (len(settings) if grid else 0))
+                for m, runs, grid in jobs)
     bar = tqdm(total=total, desc="sweep", unit="job", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     generators = dict(generators or {})
@@ -296,48 +362,71 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
             for task, p in pairs:
                 base = _base(model, cfg.backend, task, p, cfg)
                 seed = problem_seed(cfg.seed, p.id)
-                if grid:
-                    skey = record_key(kind="samples", **_identity(base), n=cfg.n_max, sampling=cfg.sampling,
+                for setting in settings if grid else []:
+                    sampling = cfg.setting_sampling(setting)
+                    skey = record_key(kind="samples", **_identity(base), n=cfg.n_max, sampling=sampling,
                                       scorer=cfg.scorer, seed=seed)
                     stored = samples.get(skey)
                     if stored is None:
                         gen = gen or generator_for(model)
                         scorer = _scorer(scorers, cfg.scorer, task, gen, get_scorer)
-                        sp = SamplingParams(n=cfg.n_max, temperature=cfg.temperature,
-                                            top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed)
+                        sp = SamplingParams(n=cfg.n_max, temperature=sampling["temperature"],
+                                            top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed,
+                                            min_p=float(sampling.get("min_p", 0.0)))
                         _fresh(gen)
-                        ss = draw_samples(gen, p, task, cfg.n_max, sp, scorer)
-                        stored = _samples_record(skey, base, p, ss, cfg.scorer, seed)
+                        asked_p = asked[(p.id, sampling.get("effort", "low"))]
+                        ss = draw_samples(gen, asked_p, task, cfg.n_max, sp, scorer)
+                        stored = _samples_record(skey, base, asked_p, ss, cfg.scorer, seed, setting)
                         samples.append(stored)
                     ss = SampleSet.from_dict({**stored["set"], "texts": stored["responses"]})
-                    for rec in selection_records(base, task, p, ss, cfg, cfg.scorer):
+                    for rec in selection_records(base, task, p, ss, cfg, cfg.scorer, setting):
                         if rec["key"] not in results:
                             emit(rec)
                     bar.update(1)
                 for spec in runs:
-                    params = run_params(spec.strategy, spec.params, cfg.max_tokens, seed)
-                    uses_scorer = spec.strategy not in ("greedy", "majority", "esc",
-                                                        "adaptive_consistency", "budget_forcing")
-                    scorer_name = (spec.scorer or cfg.scorer) if uses_scorer else None
-                    key = record_key(**_identity(base), strategy=spec.strategy, params=spec.params, seed=0,
-                                     sampling={"max_tokens": cfg.max_tokens}, scorer=scorer_name)
-                    if key not in results:
-                        gen = gen or generator_for(model)
-                        scorer = _scorer(scorers, scorer_name, task, gen, get_scorer)
-                        _fresh(gen)
-                        sol = solve(p, task, gen, spec.strategy, params, scorer)
-                        emit({"key": key, **base, "strategy": spec.strategy, "params": spec.params,
-                              "config": config_id(spec.strategy, spec.params),
-                              "budget": spec.budget, "seed": 0, "scorer": scorer_name,
-                              "oracle": scorer_name == "oracle", "source": "run",
-                              "answer": sol.answer, "correct": bool(task.check(p, sol.answer)),
-                              "samples_used": None, **_cost_fields(sol.cost)})
-                    bar.update(1)
+                    for effort in cfg.efforts:
+                        emit_run = _run_record(spec, effort, cfg, base, task, asked[(p.id, effort)], seed,
+                                               results)
+                        if emit_run is not None:
+                            gen = gen or generator_for(model)
+                            emit(emit_run(gen, lambda name: _scorer(scorers, name, task, gen, get_scorer)))
+                        bar.update(1)
     finally:
         bar.close()
         results.close()
         samples.close()
     return SweepResult(str(out), len(results), written, time.perf_counter() - t0)
+
+
+def _run_record(spec: RunSpec, effort: str, cfg: SweepConfig, base: dict[str, Any], task,
+                problem: Problem, seed: int, results: JsonlStore):
+    """A function that runs `spec` for real on `problem` (asked at `effort`) and returns its
+    record, or None when the record is already stored."""
+    from ttscale.strategies import solve
+
+    shown = {**spec.params, **({"effort": effort} if effort != cfg.efforts[0] else {})}
+    params = run_params(spec.strategy, spec.params, cfg.max_tokens, seed)
+    uses_scorer = spec.strategy not in ("greedy", "majority", "esc", "adaptive_consistency",
+                                        "budget_forcing")
+    scorer_name = (spec.scorer or cfg.scorer) if uses_scorer else None
+    sampling = {"max_tokens": cfg.max_tokens, **({"effort": effort} if effort != "low" else {})}
+    key = record_key(**_identity(base), strategy=spec.strategy, params=shown, seed=0,
+                     sampling=sampling, scorer=scorer_name)
+    if key in results:
+        return None
+
+    def run(gen: Generator, scorer_of) -> dict[str, Any]:
+        scorer = scorer_of(scorer_name)
+        _fresh(gen)
+        sol = solve(problem, task, gen, spec.strategy, params, scorer)
+        return {"key": key, **base, "strategy": spec.strategy, "params": shown,
+                "setting": setting_id({k: v for k, v in shown.items() if k == "effort"}),
+                "config": config_id(spec.strategy, shown),
+                "budget": spec.budget, "seed": 0, "scorer": scorer_name,
+                "oracle": scorer_name == "oracle", "source": "run",
+                "answer": sol.answer, "correct": bool(task.check(problem, sol.answer)),
+                "samples_used": None, **_cost_fields(sol.cost)}
+    return run
 
 
 def _fresh(gen: Generator) -> None:

@@ -28,7 +28,8 @@ from ttscale.errors import TTScaleError
 from ttscale.planner.allocate import Ledger, Option, allocate, efficient_frontier, tie_ranks
 from ttscale.planner.difficulty import (PROBE_SAMPLES, assign_bin, difficulty, num_bins,
                                         quantile_edges)
-from ttscale.planner.samples import NEEDS_SCORES, SampleSet, sample_order, select
+from ttscale.planner.samples import (NEEDS_SCORES, SampleSet, sample_order, select, setting_id,
+                                     split_setting)
 
 PROBE = "probe"  # the free option once the probe is paid: majority vote of the probe samples
 NO_ANSWER = "none"  # the free option without a probe: answer nothing
@@ -90,12 +91,16 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
     each instance's order; `task` (default: each record's task) groups equal answers.
     Problems enter in a seeded random order (ids encode the level: sorting by them would
     line problems up by difficulty). A configuration read from the sample store costs the
-    samples it used, plus their verifier FLOPs only when its rule reads scores.
+    samples it used, plus their verifier FLOPs only when its rule reads scores. The probe
+    reads the base sampler setting's store; a configuration at another setting (its
+    parameters name it) reads its own store and cannot continue from the probe's samples,
+    so all its cost is extra.
     """
     from ttscale.tasks import get_task
 
     model = model or grid_model(records)
-    stores = {s["problem_id"]: s for s in samples if s["model"] == model}
+    by_setting = {(s["problem_id"], s.get("setting", "")): s for s in samples if s["model"] == model}
+    stores = {p: s for (p, st), s in by_setting.items() if st == ""}
     if not stores:
         raise TTScaleError(f"no stored samples for model {model!r}; the planner's probe reads "
                            "them (run the sweep with parallel sampling)")
@@ -139,8 +144,16 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
                 u = int(r["samples_used"])
                 scored = strategies[c]["strategy"] in NEEDS_SCORES
                 used[i, j] = u
-                raw[i, j] = ss.cost(order[:u], scored=scored).flops
-                extra[i, j] = ss.cost(order[:max(u, k)], scored=scored).flops - pcost[i]
+                sid = setting_id(split_setting(strategies[c]["params"])[0])
+                if sid:  # another sampler setting: its own samples, nothing shared with the probe
+                    other = by_setting.get((p, sid))
+                    if other is not None:
+                        os_ = SampleSet.from_dict({**other["set"], "texts": []})
+                        raw[i, j] = os_.cost(sample_order(os_.n, rep)[:u], scored=scored).flops
+                    extra[i, j] = raw[i, j]
+                else:
+                    raw[i, j] = ss.cost(order[:u], scored=scored).flops
+                    extra[i, j] = ss.cost(order[:max(u, k)], scored=scored).flops - pcost[i]
             else:
                 extra[i, j] = r["flops"]
     return Table(model, [p for p, _ in instances], [r for _, r in instances], levels, diff,

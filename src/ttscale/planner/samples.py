@@ -31,6 +31,7 @@ from ttscale.types import Cost, GenerationRequest, Problem, SamplingParams
 
 SELECTION_RULES = ("majority", "best_of_n", "weighted_majority", "pass_at_k", "esc",
                    "adaptive_consistency")
+SETTING_KEYS = ("temperature", "min_p", "effort")  # how samples are drawn: part of a configuration
 NEEDS_SCORES = ("best_of_n", "weighted_majority")
 ORACLE_RULES = ("pass_at_k",)  # need the answer key: measured, never deployable
 
@@ -209,3 +210,17 @@ def sample_order(n: int, replicate: int) -> list[int]:
     if replicate:
         random.Random(f"ttscale-replicate-{replicate}").shuffle(order)
     return order
+
+
+def split_setting(params: dict[str, Any], keys: Sequence[str] = SETTING_KEYS
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A configuration's parameters as (sampler setting, the rule's or strategy's own). A
+    setting holds only what differs from the sweep's base setting (temperature, min_p,
+    effort); an empty one is the base."""
+    setting = {k: params[k] for k in keys if k in params}
+    return setting, {k: v for k, v in params.items() if k not in setting}
+
+
+def setting_id(setting: dict[str, Any]) -> str:
+    """A stable name of a sampler setting: `effort=high,temperature=1.0` ("" for the base)."""
+    return ",".join(f"{k}={setting[k]}" for k in sorted(setting))

@@ -23,7 +23,7 @@ from ttscale.planner.allocate import (BudgetExhausted, BudgetGuard, Ledger, Opti
                                       tie_ranks)
 from ttscale.planner.difficulty import difficulty
 from ttscale.planner.plan import NO_ANSWER, PROBE, Plan
-from ttscale.planner.samples import NEEDS_SCORES, SampleSet, draw_samples, select
+from ttscale.planner.samples import NEEDS_SCORES, SampleSet, draw_samples, select, split_setting
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.stopping import adaptive_should_stop, esc_should_stop
 from ttscale.strategies.voting import top_two
@@ -59,11 +59,19 @@ class PlannedRun:
                 "problems": [a.__dict__ for a in self.answers]}
 
 
-def _sampling(plan: Plan, n: int, seed: int) -> SamplingParams:
-    s = plan.sampling
+def _sampling(plan: Plan, n: int, seed: int, setting: dict[str, Any] | None = None) -> SamplingParams:
+    """The plan's base sampling (what the probe draws with), with a setting's values over it."""
+    s = {**plan.sampling, **(setting or {})}
     return SamplingParams(n=n, temperature=float(s.get("temperature", 1.0)),
                           top_p=float(s.get("top_p", 1.0)), max_tokens=int(s.get("max_tokens", 128)),
-                          seed=seed)
+                          seed=seed, min_p=float(s.get("min_p", 0.0)))
+
+
+def _asked(problem: Problem, plan: Plan, setting: dict[str, Any]) -> Problem:
+    """The problem at the effort of the base setting or of `setting`."""
+    from ttscale.tasks.effort import apply_effort
+
+    return apply_effort(problem, str(setting.get("effort", plan.sampling.get("effort", "low"))))
 
 
 def _merge(a: SampleSet, b: SampleSet) -> SampleSet:
@@ -79,16 +87,21 @@ def _merge(a: SampleSet, b: SampleSet) -> SampleSet:
 def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
                        guard: BudgetGuard, scorer: Scorer | None, have: SampleSet | None,
                        seed: int) -> SampleSet:
-    """Draw what a voting/stopping configuration needs beyond the samples already drawn."""
-    rule, params = cfg["strategy"], cfg["params"]
+    """Draw what a voting/stopping configuration needs beyond the samples already drawn (the
+    probe's, at the base setting; a configuration at another sampler setting starts afresh)."""
+    rule = cfg["strategy"]
+    setting, params = split_setting(cfg["params"])
     n = int(params["n"])
     sc = scorer if rule in NEEDS_SCORES else None
     call = 1
+    asked = _asked(problem, plan, setting)
+    if setting:
+        have = None
 
     def more(k: int) -> SampleSet:
         nonlocal call
         call += 1
-        return draw_samples(guard, problem, task, k, _sampling(plan, k, seed * 1009 + call), sc)
+        return draw_samples(guard, asked, task, k, _sampling(plan, k, seed * 1009 + call, setting), sc)
 
     ss = have
     if sc is not None and ss is not None and not ss.has_scores:  # score the probe's samples
@@ -135,7 +148,8 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
             p = problems[i]
             before = guard.spent
             try:
-                probes[i] = draw_samples(guard, p, task, k, _sampling(plan, k, seed * 7919 + i))
+                probes[i] = draw_samples(guard, _asked(p, plan, {}), task, k,
+                                         _sampling(plan, k, seed * 7919 + i))
                 diffs[i] = difficulty(probes[i].keys)
             except BudgetExhausted:
                 pass
@@ -168,9 +182,11 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
                 else:
                     from ttscale.strategies import solve
 
-                    params = run_params(cfg["strategy"], cfg["params"],
+                    setting, own = split_setting(cfg["params"], ("effort",))
+                    params = run_params(cfg["strategy"], own,
                                         int(plan.sampling.get("max_tokens", 128)), seed * 7919 + i)
-                    answer = solve(p, task, guard, cfg["strategy"], params, gscorer).answer
+                    answer = solve(_asked(p, plan, setting), task, guard, cfg["strategy"], params,
+                                   gscorer).answer
         except BudgetExhausted:
             cfg_name += " (stopped)"
             answer = fallback
