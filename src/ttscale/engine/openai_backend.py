@@ -172,7 +172,7 @@ class OpenAIGenerator:
         reqs = [GenerationRequest(m, params) for m in conversations]  # type: ignore[arg-type]
         return self._run(self._generate_all(reqs, True)) if reqs else []
 
-    def submit(self, requests: Sequence[GenerationRequest],
+    def generate_future(self, requests: Sequence[GenerationRequest],
                chat: bool | None = None) -> "concurrent.futures.Future[list[GenerationResult]]":
         """`generate` (or, with chat=True, `generate_chat` of requests whose prompts are message
         lists) as a Future; cancelling it cancels the upstream calls in flight."""

@@ -68,6 +68,7 @@ class ServeConfig:
     chat_template: Callable[[list[dict[str, str]]], str] | None = None
     planner: Planner | None = None
     max_batch_sequences: int = 256
+    keepalive_s: float = 5.0  # a streamed request's SSE comment interval while it works
 
 
 class _State:
@@ -173,7 +174,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if req.stream:
             return _stream(state, job, request, rid, req.model, chat=False,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                           n_prompts=len(prompts), n=req.n)
+                           n_prompts=len(prompts), n=req.n, logprobs=req.logprobs is not None)
         out = await _await(state, job, request)
         _record(state, out)
         choices = [{"index": i, "text": a.text, "finish_reason": a.finish_reason,
@@ -207,7 +208,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         if req.stream:
             return _stream(state, job, request, rid, req.model, chat=True,
                            include_usage=bool(req.stream_options and req.stream_options.include_usage),
-                           n_prompts=1, n=req.n)
+                           n_prompts=1, n=req.n, logprobs=req.logprobs)
         out = await _await(state, job, request)
         _record(state, out)
         choices = [{"index": i, "message": {"role": "assistant", "content": a.text,
@@ -381,6 +382,7 @@ class _Job:
     started: bool = False
     answered: bool = False  # its whole answer (or error) was handed to the client
     cancelled: bool = False  # counted in the metrics as cancelled
+    gen: JobGenerator | None = None  # its view of the generator, once started (for progress)
 
 
 def _admit(state: _State, job: _Job) -> None:
@@ -465,7 +467,8 @@ async def _start(state: _State, job: _Job) -> "asyncio.Future[Outcome]":
         loop.call_soon_threadsafe(release)
 
     try:
-        fut = state.pool.submit(job.run, JobGenerator(state.generator, job.token))
+        job.gen = JobGenerator(state.generator, job.token)
+        fut = state.pool.submit(job.run, job.gen)
     except RuntimeError:  # the pool is shut down
         adm.release()
         raise APIError(503, "the server is shutting down", code="shutting_down") from None
@@ -565,7 +568,7 @@ def _sse(obj: Any) -> str:
 
 
 def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, chat: bool,
-            include_usage: bool, n_prompts: int, n: int) -> StreamingResponse:
+            include_usage: bool, n_prompts: int, n: int, logprobs: bool) -> StreamingResponse:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
@@ -580,20 +583,34 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
             if chat:
                 yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                    "logprobs": None, "finish_reason": None} for i in range(count)]))
-            out = await _await(state, job, request)
+            work = asyncio.ensure_future(_await(state, job, request))
+            try:
+                while True:  # comments keep proxies and clients from timing out meanwhile
+                    done, _ = await asyncio.wait({work}, timeout=state.cfg.keepalive_s)
+                    if done:
+                        break
+                    yield _keepalive(job)
+            finally:
+                if not work.done():
+                    work.cancel()
+                    with contextlib.suppress(BaseException):
+                        await work
+            out = work.result()
             _record(state, out)
+            last = len(out.choices) - 1
             for i, a in enumerate(out.choices):
-                for piece in _pieces(a.text):
+                for piece, lp in _stream_pieces(a, logprobs, chat, state):
                     if chat:
-                        c = {"index": i, "delta": {"content": piece}, "logprobs": None,
+                        c = {"index": i, "delta": {"content": piece}, "logprobs": lp,
                              "finish_reason": None}
                     else:
-                        c = {"index": i, "text": piece, "logprobs": None, "finish_reason": None}
+                        c = {"index": i, "text": piece, "logprobs": lp, "finish_reason": None}
                     yield _sse(chunk([c]))
                 end = ({"index": i, "delta": {}, "logprobs": None, "finish_reason": a.finish_reason}
                        if chat else {"index": i, "text": "", "logprobs": None,
                                      "finish_reason": a.finish_reason})
-                yield _sse(chunk([end]))
+                # the last answer's final chunk reports what the work spent (`ttscale`)
+                yield _sse(chunk([end], **({"ttscale": out.summary()} if i == last else {})))
             if include_usage:
                 yield _sse(chunk([], usage=_usage(out), ttscale=out.summary()))
         except APIError as e:
@@ -641,6 +658,33 @@ def _abandon(state: _State, job: _Job) -> None:
     if job.admitted and not job.started:
         job.admitted = False
         state.admission.leave()
+
+
+def _keepalive(job: _Job) -> str:
+    """An SSE comment (clients skip it) saying how far the work has got."""
+    g = job.gen
+    if g is None:
+        return ": queued\n\n"
+    return (f": working: {g.usage.completion_tokens} tokens generated, "
+            f"{g.usage.flops:.3g} FLOPs\n\n")
+
+
+def _stream_pieces(a: Any, logprobs: bool, chat: bool, state: _State
+                   ) -> list[tuple[str, dict[str, Any] | None]]:
+    """An answer's text in streamed pieces: one per token with its logprobs when asked (and
+    known), else line-sized pieces."""
+    c = a.completion
+    if not logprobs or c is None or c.logprobs is None:
+        return [(p, None) for p in _pieces(a.text)]
+    whole = _chat_logprobs(c, state) if chat else _completion_logprobs(c, state)
+    assert whole is not None
+    if chat:
+        return [(e["token"], {"content": [e], "refusal": None}) for e in whole["content"]]
+    tops = whole["top_logprobs"] or [None] * len(whole["tokens"])
+    return [(t, {"tokens": [t], "token_logprobs": [lp], "top_logprobs": [top] if top is not None
+                 else None, "text_offset": [off]})
+            for t, lp, top, off in zip(whole["tokens"], whole["token_logprobs"], tops,
+                                       whole["text_offset"])]
 
 
 def _pieces(text: str) -> list[str]:

@@ -168,8 +168,8 @@ class JobGenerator:
             raise Cancelled()
         if isinstance(self.inner, BatchingGenerator):
             results = self.inner.generate(requests, self.token)
-        elif hasattr(self.inner, "submit"):  # an upstream: its calls in flight are cancelled
-            results = self._wait(self.inner.submit(requests))
+        elif hasattr(self.inner, "generate_future"):  # an upstream: its calls in flight are cancelled
+            results = self._wait(self.inner.generate_future(requests))
         else:
             results = self.inner.generate(requests)
         return self._count(results)
@@ -180,7 +180,7 @@ class JobGenerator:
         if self.token.cancelled:
             raise Cancelled()
         reqs = [GenerationRequest(m, params) for m in conversations]  # type: ignore[arg-type]
-        return self._count(self._wait(self.inner.submit(reqs, chat=True)))  # type: ignore[union-attr]
+        return self._count(self._wait(self.inner.generate_future(reqs, chat=True)))  # type: ignore[union-attr]
 
     def _wait(self, fut: Future) -> list[GenerationResult]:
         """The future's results; cancels it and raises Cancelled once the token fires."""
