@@ -16,6 +16,7 @@ from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.strategies import parallel, sequential, stopping  # noqa: F401  (registration)
 from ttscale.strategies import beam, hybrid, mcts, rebase  # noqa: F401  (registration)
+from ttscale.strategies import cascade  # noqa: F401  (registration)
 from ttscale.strategies.base import STRATEGIES, Candidate, Meter, Solution, register
 from ttscale.tasks.base import Task
 from ttscale.tasks.effort import apply_effort, check_effort, max_tokens_for
