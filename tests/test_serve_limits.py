@@ -6,6 +6,7 @@ fact the test controls rather than a race against the machine's speed.
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -139,3 +140,26 @@ def test_graceful_shutdown_finishes_requests_in_flight_and_refuses_new_ones(engi
     a[0].join(60)
     stopper.join(60)
     assert a[1]["r"].status_code == 200 and a[1]["r"].json()["choices"]
+
+
+def test_api_key_file_and_environment(engine, tmp_path, monkeypatch, capsys):
+    from ttscale.cli import main
+    from ttscale.serve.auth import load_keys
+
+    keys = tmp_path / "keys"
+    keys.write_text("# serving keys\nfile-key\n\n  second-key  \n")
+    keys.chmod(0o600)
+    monkeypatch.setenv("TTSCALE_API_KEY", "env-key")
+    monkeypatch.delenv("TTSCALE_API_KEYS", raising=False)
+    with engine_server(engine, api_keys=load_keys(files=[keys])) as s:
+        for key in ("file-key", "second-key", "env-key"):
+            r = post(s.url, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, key
+        assert post(s.url, headers={"Authorization": "Bearer # serving keys"}).status_code == 401
+    monkeypatch.setattr(sys, "argv", ["ttscale", "serve", "--api-key-file",
+                                      str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--api-key-file" in err and "cannot be read" in err
+    assert len(err.strip().splitlines()) == 1

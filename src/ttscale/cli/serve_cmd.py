@@ -31,8 +31,13 @@ def serve_cmd(
     upstream_timeout: float = typer.Option(None, "--upstream-timeout", help="Seconds one "
                                            "upstream call may take (default: --request-"
                                            "timeout); a timed-out call is not retried."),
-    api_key: list[str] = typer.Option([], "--api-key", help="Accepted API key; repeatable "
-                                      "(also $TTSCALE_API_KEYS, comma-separated). None: open."),
+    api_key_file: list[str] = typer.Option([], "--api-key-file", help="File of accepted API "
+                                           "keys, one per line (chmod 600); repeatable. Or set "
+                                           "$TTSCALE_API_KEY (one key) or $TTSCALE_API_KEYS "
+                                           "(comma-separated). No key anywhere: open."),
+    api_key: list[str] = typer.Option([], "--api-key", help="An accepted API key on the command "
+                                      "line, where other local users can read it: prefer "
+                                      "--api-key-file or $TTSCALE_API_KEY."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
     port: int = typer.Option(8000, "--port"),
     plan: str = typer.Option(None, "--plan", help="Compute plan (from `ttscale plan`) for "
@@ -67,7 +72,8 @@ def serve_cmd(
                        upstream_d_model=upstream_d_model, upstream_shape=upstream_shape,
                        upstream_chat=upstream_chat, upstream_api_key=upstream_api_key,
                        upstream_timeout=upstream_timeout,
-                       api_keys=list(api_key), host=host, port=port, plan=plan, device=device,
+                       api_keys=list(api_key), api_key_files=list(api_key_file), host=host,
+                       port=port, plan=plan, device=device,
                        dtype=dtype, limits=limits, access_log=access_log))
 
 

@@ -1,21 +1,54 @@
-"""API keys: `Authorization: Bearer KEY`, compared in constant time; /health stays open."""
+"""API keys: `Authorization: Bearer KEY`, compared in constant time; /health stays open.
+
+Keys come from a file (`--api-key-file`) or the environment (`TTSCALE_API_KEY`, or several
+comma-separated in `TTSCALE_API_KEYS`), never only the command line, where every local user
+can read them in the process list (`--api-key` stays, for tests).
+"""
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 from collections.abc import Iterable
+from pathlib import Path
+
+from ttscale.errors import TTScaleError
 
 from ttscale.serve.errors import APIError
 
+ENV_KEY = "TTSCALE_API_KEY"  # one key
 ENV_KEYS = "TTSCALE_API_KEYS"  # comma-separated
 OPEN_PATHS = frozenset({"/health"})
+log = logging.getLogger("ttscale.serve")
 
 
-def load_keys(keys: Iterable[str] = (), env: dict[str, str] | None = None) -> list[str]:
-    """Keys given on the command line plus those in $TTSCALE_API_KEYS; empty means no auth."""
+def read_key_file(path: str | Path) -> list[str]:
+    """Keys in a file, one per line (blank lines and `#` comments skipped). A file that other
+    users may read gets a warning; a missing or empty one is an error."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise TTScaleError(f"--api-key-file {str(p)!r} cannot be read ({e.strerror}); accepted: "
+                           "a file with one key per line") from None
+    keys = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not keys:
+        raise TTScaleError(f"--api-key-file {str(p)!r} holds no key; accepted: a file with one "
+                           "key per line")
+    if os.name == "posix" and p.stat().st_mode & 0o077:
+        log.warning("%s can be read by other users; chmod 600 it", p)
+    return keys
+
+
+def load_keys(keys: Iterable[str] = (), env: dict[str, str] | None = None,
+              files: Iterable[str | Path] = ()) -> list[str]:
+    """Keys from key files, $TTSCALE_API_KEY, $TTSCALE_API_KEYS and (for tests) the command
+    line; empty means no auth."""
     env = os.environ if env is None else env
-    from_env = [k.strip() for k in env.get(ENV_KEYS, "").split(",") if k.strip()]
-    return [k for k in [*keys, *from_env] if k]
+    from_files = [k for f in files for k in read_key_file(f)]
+    from_env = [env.get(ENV_KEY, "").strip()]
+    from_env += [k.strip() for k in env.get(ENV_KEYS, "").split(",")]
+    return list(dict.fromkeys(k for k in [*from_files, *keys, *from_env] if k))
 
 
 class KeyChecker:

@@ -33,7 +33,8 @@ class ServeOptions:
     upstream_chat: bool = False  # strategies sample through the upstream's chat endpoint
     upstream_api_key: str | None = None
     upstream_timeout: float | None = None  # seconds per upstream call (default: request timeout)
-    api_keys: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list)  # prefer api_key_files or $TTSCALE_API_KEY
+    api_key_files: list[str] = field(default_factory=list)  # one key per line
     host: str = "127.0.0.1"
     port: int = 8000
     plan: str | None = None
@@ -99,7 +100,7 @@ def _upstream_generator(o: ServeOptions) -> Any:
 
 def build_config(o: ServeOptions) -> ServeConfig:
     """The ServeConfig the options describe (loads the model or checks nothing remote yet)."""
-    keys = load_keys(o.api_keys)
+    keys = load_keys(o.api_keys, files=o.api_key_files)
     planner = None
     if o.plan:
         from ttscale.serve.auto import plan_runner
