@@ -80,23 +80,26 @@ def serve_cmd(
 @bench_app.command("serve")
 def bench_serve_cmd(
     clients: int = typer.Option(64, "--clients", help="Concurrent clients."),
-    seconds: float = typer.Option(30.0, "--seconds", help="How long they send requests."),
+    seconds: float = typer.Option(60.0, "--seconds", help="How long they send requests."),
     model: str = typer.Option(None, "--model", help="Shipped model name or directory "
                               "(default: the largest shipped model)."),
     max_concurrency: int = typer.Option(Limits.max_concurrency, "--max-concurrency"),
     max_queue: int = typer.Option(Limits.max_queue, "--max-queue"),
     max_tokens: int = typer.Option(48, "--max-tokens", help="Tokens per completion."),
+    disconnects: int = typer.Option(0, "--disconnects", help="Then this many streaming clients "
+                                    "that go away at each stage (sent, role chunk, first token, "
+                                    "queued); reports anything left queued or running."),
     note: str = typer.Option("", "--note", help="A remark recorded with the run."),
     no_doc: bool = typer.Option(False, "--no-doc", help="Do not append to docs/benchmarks.md."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """K concurrent clients for T seconds against a loopback server, mixed strategies:
-    throughput, p50/p99 latency, responses by status; appended to docs/benchmarks.md."""
+    """K concurrent clients for T seconds against a loopback server (greedy, majority-8, beam
+    search, 5% malformed): p50/p99 per kind, statuses, leaks; appended to docs/benchmarks.md."""
     from ttscale.eval.bench_serve import append_to_doc, bench_serve, table
 
     result = bench_serve(clients=clients, seconds=seconds, model=model,
                          max_concurrency=max_concurrency, max_queue=max_queue,
-                         max_tokens=max_tokens)
+                         max_tokens=max_tokens, disconnects=disconnects)
     if not no_doc:
         append_to_doc(result, note)
     print(json.dumps(result, indent=2) if as_json else table(result))
