@@ -106,7 +106,7 @@ def test_the_threshold_maximises_accuracy_on_calibration_problems():
 
 def test_calibration_is_written_read_back_and_refuses_the_test_split(gen, tmp_path):
     oracle = get_scorer("oracle", task=ARITH)
-    with pytest.raises(TTScaleError, match="never on the scored test split"):
+    with pytest.raises(TTScaleError, match="never on the scored test split.*accepted splits: train, heldout"):
         calibrate_cascade(ARITH, gen, oracle, {"n": 2}, level=1, num_problems=2, split="test")
     out = tmp_path / "cascade.json"
     rec = calibrate_cascade(ARITH, gen, oracle, {"n": 2, "max_tokens": 16}, level=1,
@@ -125,3 +125,31 @@ def test_calibration_is_written_read_back_and_refuses_the_test_split(gen, tmp_pa
 def test_bad_cascade_parameters_are_one_line_errors(kw, msg):
     with pytest.raises(TTScaleError, match=msg):
         get_params("cascade", kw)
+
+
+def _cli(monkeypatch, capsys, *args):
+    import sys
+
+    from ttscale.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ttscale", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
+
+
+def test_solve_runs_the_cascade_with_the_checker_and_calibration_refuses_test(random_model_dir, tmp_path,
+                                                                               monkeypatch, capsys):
+    code, out = _cli(monkeypatch, capsys, "solve", "--model", random_model_dir, "--task", "countdown",
+                     "--level", "2", "--num-problems", "2", "--strategy", "cascade", "--scorer", "checker",
+                     "--n", "2", "--max-tokens", "12", "--json")
+    assert code == 0, out.err
+    res = json.loads(out.out)
+    assert res["strategy"] == "cascade" and res["scorer"] == "checker" and res["num_problems"] == 2
+    assert res["params"]["escalated"] in (True, False)
+    code, out = _cli(monkeypatch, capsys, "calibrate-cascade", "--model", random_model_dir, "--split",
+                     "test", "--out", str(tmp_path / "c.json"))
+    assert code == 2 and "accepted splits: train, heldout" in out.err and "\n" not in out.err.strip()

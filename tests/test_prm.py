@@ -33,15 +33,34 @@ def test_step_labels_come_from_rollouts_after_each_step():
     script = {"=3+3\n": ["=6\nA: 6", "=7\nA: 7", "=6\nA: 6", "=6\nA: 6"],
               "=3+3\n=7\n": ["A: 7", "A: 6 is not what I get", "A: 7", "A: 8"]}
     gen = ScriptedGenerator(p.prompt, script)
-    cfg = PRMConfig(tasks=["arith"], rollouts=4)
+    cfg = PRMConfig(tasks=["arith"], rollouts=4, labels="mc")
     [soft] = label_solutions(gen, ARITH, [(p, "=3+3\n=7\nA: 7\n")], cfg, seed=0)
     assert soft.labels == [0.75, 0.0, 0.0]  # the answer step is labelled by the exact check
     assert soft.oracle == [True, False, False] and not soft.correct
     assert all(r.params.n == 4 and r.params.stop == [] for r in gen.requests)
-    [hard] = label_solutions(gen, ARITH, [(p, "=3+3\n=7\nA: 7\n")], PRMConfig(tasks=["arith"], label="hard"), 0)
+    [hard] = label_solutions(gen, ARITH, [(p, "=3+3\n=7\nA: 7\n")],
+                             PRMConfig(tasks=["arith"], label="hard", labels="mc"), 0)
     assert hard.labels == [1.0, 0.0, 0.0]
     orm = label_solutions(gen, ARITH, [(p, "=3+3\n=6\nA: 6\n")], PRMConfig(tasks=["arith"], kind="orm"), 0)
     assert orm[0].labels == [1.0]
+
+
+def test_oracle_labels_mark_every_step_from_the_first_wrong_one_without_rollouts():
+    p = _problem("1+2+3", "6")
+    gen = ScriptedGenerator(p.prompt, {})  # any rollout request would be recorded
+    cfg = PRMConfig(tasks=["arith"])
+    assert cfg.labels == "oracle"
+    texts = ["=3+3\n=6\nA: 6\n", "=3+3\n=7\nA: 7\n", "=4+3\n=7\nA: 7\n", "=3+3\n=6\nA: 5\n"]
+    got = label_solutions(gen, ARITH, [(p, t) for t in texts], cfg, seed=0)
+    assert [first_wrong([y == 1.0 for y in d.labels]) for d in got] == [-1, 1, 0, 2]
+    assert [d.labels for d in got] == [[1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert gen.requests == []
+    countdown = get_task("countdown")
+    q = countdown.problems("train", 2, 1)[0]
+    steps = countdown.split_steps(q.solution)
+    bad = steps[0].split("=")[0] + "=" + str(int(steps[0].split("=")[1]) + 1)
+    [ok, wrong] = label_solutions(gen, countdown, [(q, q.solution), (q, "\n".join([bad, *steps[1:]]))], cfg, 0)
+    assert ok.labels == [1.0] * len(steps) and wrong.labels == [0.0] * len(steps)
 
 
 def test_processbench_f1_matches_its_definition():
@@ -133,14 +152,33 @@ def test_train_prm_end_to_end_on_the_torch_engine(random_model_dir, tmp_path, mo
 
     out = tmp_path / "models" / "ttscale-prm-test"
     cfg = PRMConfig(policy=random_model_dir, tasks=["arith"], levels=[2], problems=2, samples=2,
-                    rollouts=2, heldout_problems=2, max_tokens=16, steps=3, batch_size=4)
+                    rollouts=2, heldout_problems=2, heldout_samples=3, max_tokens=16, steps=3,
+                    batch_size=4, labels="mc")
     summary = train_prm(cfg, out)
     for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "training.json"):
         assert (out / f).exists(), f
     card = (out / "README.md").read_text()
-    assert "ProcessBench" in card and "step_accuracy" in card
+    assert "ProcessBench" in card and "step_accuracy" in card and "within-problem AUROC" in card
+    [q] = summary["quality"]
+    assert (q["task"], q["level"], q["effort"], q["problems"], q["n"]) == ("arith", 2, "low", 2, 3)
     assert set(summary["metrics"]) >= {"step_accuracy", "processbench_f1", "outcome_accuracy"}
     assert summary["metrics"]["heldout_samples"] > 0
     monkeypatch.setenv("TTSCALE_MODELS_DIR", str(out.parent))
     [info] = list_models()
     assert info.kind == "prm" and info.name == "ttscale-prm-test"
+
+
+def test_oracle_labels_from_several_policies_and_temperatures(random_model_dir, tmp_path):
+    cfg = PRMConfig(policy=random_model_dir, sample_policies=[random_model_dir, random_model_dir],
+                    temperatures=[0.7, 1.0], tasks=["countdown"], levels=[2], problems=2, samples=2,
+                    heldout_problems=2, heldout_samples=2, max_tokens=12, steps=2, batch_size=4, kind="orm")
+    summary = train_prm(cfg, tmp_path / "orm")
+    assert summary["labels"]["train_samples"] == 2 * 2 * 2 * 2  # policies x temperatures x problems x samples
+    assert summary["kind"] == "orm" and LearnedPRM(tmp_path / "orm", kind="orm").kind == "orm"
+    from ttscale.models.registry import model_info
+
+    assert model_info(tmp_path / "orm").kind == "orm"
+    with pytest.raises(TTScaleError, match="unknown labels 'exact'; accepted: oracle, mc"):
+        PRMConfig(labels="exact")
+    with pytest.raises(TTScaleError, match="unknown effort 'max'"):
+        PRMConfig(efforts=["max"])

@@ -71,3 +71,20 @@ def test_samples_round_trip(tmp_path):
     again = load_samples(tmp_path / "s.jsonl")
     assert [(d.problem, d.samples, d.greedy) for d in again] == [(d.problem, d.samples, d.greedy) for d in data]
     assert pooled_auroc([0.1, 0.9], [False, True]).auroc == 1.0
+
+
+def test_the_cascade_from_stored_samples_keeps_accepted_answers_and_escalates_flagged_ones():
+    from ttscale.eval.verifier_quality import cascade_rows, cascade_summary
+
+    data = _samples(2, 3, 1, 4)  # greedy right, samples mostly right
+    for d in data[:2]:  # two problems whose greedy answer is wrong
+        d.greedy = d.samples[-1]
+    oracle = get_scorer("oracle", task=ARITH)
+    rows = cascade_rows(ARITH, data, oracle, n=4, escalate="majority")
+    assert [r.greedy_right for r in rows] == [False, False, True, True]
+    assert all(r.escalated_right for r in rows)  # greedy's wrong vote is outvoted 3 to 2
+    s = cascade_summary(rows, threshold=0.5)
+    assert s["accuracy"] == 1.0 and s["greedy_acc"] == 0.5 and s["escalation_rate"] == 0.5
+    assert s["mean_flops"] == s["greedy_flops"] + 16.0 / 2  # stored samples cost 16 per problem
+    never = cascade_summary(rows, threshold=0.0)
+    assert never["accuracy"] == 0.5 and never["mean_flops"] == never["greedy_flops"]

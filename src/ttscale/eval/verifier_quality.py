@@ -6,6 +6,7 @@ with both right and wrong samples, how often a right sample outscores a wrong on
 problem; per step type too (the first step; the step where the first error happens). Beside it:
 best-of-n with the verifier against greedy, majority and weighted majority, and the pooled
 figures (pooled AUROC, ProcessBench F1) that a verifier reading only difficulty can inflate.
+`cascade_rows` / `cascade_summary` evaluate the cascade strategy on the same stored samples.
 """
 from __future__ import annotations
 
@@ -197,3 +198,61 @@ def measure_verifiers(model: str, scorers: Sequence[str], task: str, level: int,
                     "temperature": temperature, "effort": effort,
                     **verifier_quality(task_obj, data, scorer)})
     return out
+
+
+# -- the cascade, selected from stored samples ---------------------------------------------------
+@dataclass
+class CascadeRow:
+    """One problem as the cascade sees it: the greedy answer's score, and what each choice yields."""
+
+    greedy_score: float
+    greedy_right: bool
+    escalated_right: bool
+    greedy_flops: float  # the greedy chain and its check
+    escalation_flops: float  # the extra samples (and their scores when the escalation uses them)
+
+
+def cascade_rows(task: Task, data: Sequence[ProblemSamples], scorer: Scorer, n: int,
+                 escalate: str = "majority") -> list[CascadeRow]:
+    """Per problem, the cascade's two outcomes from stored samples (sample once, select many):
+    greedy, or `escalate` over the greedy chain and the first `n` samples. Escalation FLOPs are
+    n/N of the stored samples' policy FLOPs, plus their scoring when `escalate` reads scores."""
+    from ttscale.strategies.base import Candidate
+    from ttscale.strategies.cascade import ESCALATIONS
+    from ttscale.strategies.parallel import best_index
+    from ttscale.strategies.voting import vote
+
+    if escalate not in ESCALATIONS or escalate == "high":
+        raise unknown("escalation from stored samples", escalate, ESCALATIONS[:-1])
+    rows = []
+    for d in data:
+        p = d.problem
+        k = min(n, len(d.samples))
+        g = scorer.score(p, [d.greedy])
+        rest = scorer.score(p, d.samples[:k]) if escalate != "majority" else None
+        cands = [Candidate(d.greedy, task.extract_answer(d.greedy), g.scores[0].value)]
+        cands += [Candidate(t, task.extract_answer(t), rest.scores[i].value if rest else None)
+                  for i, t in enumerate(d.samples[:k])]
+        if escalate == "majority":
+            i = vote(task, cands)
+        elif escalate == "best_of_n":
+            i = best_index(cands)
+        else:
+            i = vote(task, cands, [c.score or 0.0 for c in cands])
+        answer = cands[i].answer if i is not None else None
+        extra = d.samples_flops * k / max(len(d.samples), 1) + (rest.usage.flops if rest else 0.0)
+        rows.append(CascadeRow(g.scores[0].value, task.check(p, cands[0].answer), task.check(p, answer),
+                               d.greedy_flops + g.usage.flops, extra))
+    return rows
+
+
+def cascade_summary(rows: Sequence[CascadeRow], threshold: float) -> dict[str, float]:
+    """Accuracy and mean FLOPs of the cascade at `threshold` (escalate when score < threshold)."""
+    k = max(len(rows), 1)
+    esc = [r.greedy_score < threshold for r in rows]
+    return {"threshold": threshold, "problems": len(rows),
+            "accuracy": sum(r.escalated_right if e else r.greedy_right for r, e in zip(rows, esc)) / k,
+            "greedy_acc": sum(r.greedy_right for r in rows) / k,
+            "escalation_rate": sum(esc) / k,
+            "mean_flops": sum(r.greedy_flops + (r.escalation_flops if e else 0.0) for r, e in zip(rows, esc)) / k,
+            "greedy_flops": sum(r.greedy_flops for r in rows) / k}

@@ -183,6 +183,14 @@ def best_threshold(scores: Sequence[float], greedy_right: Sequence[bool],
     return best[1], best[0]
 
 
+def check_calibration_split(split: str) -> str:
+    """`split` when thresholds may be chosen on it (train, heldout), else a one-line error."""
+    if split not in ("train", "heldout"):
+        raise TTScaleError(f"calibrate the cascade on train or heldout problems, never on the scored "
+                           f"test split (got {split!r}); accepted splits: train, heldout")
+    return split
+
+
 def calibrate_cascade(task: Task, generator: Generator, scorer: Scorer, params: Any = None,
                       level: int | None = None, num_problems: int = 50, split: str = "heldout",
                       out: str | Path | None = None, seed: int = 0) -> dict[str, Any]:
@@ -194,9 +202,7 @@ def calibrate_cascade(task: Task, generator: Generator, scorer: Scorer, params: 
     """
     from ttscale.strategies import get_params
 
-    if split == "test":
-        raise TTScaleError("calibrate the cascade on train or heldout problems, never on the "
-                           "scored test split; accepted splits: train, heldout")
+    check_calibration_split(split)
     p = get_params("cascade", params)
     always = replace(p, threshold=math.inf, calibration=None)
     problems = task.problems(split=split, level=level, n=num_problems, seed=seed)

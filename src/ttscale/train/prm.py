@@ -1,15 +1,21 @@
-"""Train a process (or outcome) reward model from the policy's own samples, labelled automatically.
+"""Train a process (or outcome) reward model from the policies' own samples, labelled automatically.
 
-1. Sample `samples` solutions per training problem from the policy.
-2. Label each step Math-Shepherd-style: from the partial solution ending at that step, roll out
+1. Sample `samples` solutions per training problem from each sampling policy, at each
+   temperature and effort of the config.
+2. Label each step. `labels="oracle"` (built-in tasks): the exact step verdict of
+   `task.check_steps`, no rollouts, so tens of thousands of solutions are cheap.
+   `labels="mc"`, Math-Shepherd-style: from the partial solution ending at that step, roll out
    `rollouts` completions; the step's soft label is the fraction that reach the right answer
-   (hard label: 1 if any does). A step that states the final answer is labelled by the task's
-   check directly. An ORM needs no rollouts: its one label is whether the solution is right.
+   (hard label: 1 if any does); a step that states the final answer is labelled by the task's
+   check directly. An ORM needs neither: its one label is whether the solution is right.
 3. Train a `LlamaForTokenClassification` (one label) on those labels with binary cross-entropy
    read at each step's delimiter token; the backbone starts from the policy's weights or from
    scratch.
-4. Evaluate on samples of held-out problems against the oracle step checker (`task.check_steps`):
-   step-label accuracy, and ProcessBench-style F1 at locating the first wrong step.
+4. Evaluate on held-out problems (a greedy answer and `heldout_samples` samples each): the
+   within-problem AUROC (a right against a wrong sample of the same problem; also at the first
+   step and at the step of the first error) and best-of-n against greedy, the primary figures
+   (`eval.verifier_quality`); beside them step-label accuracy and ProcessBench-style F1 against
+   the oracle step checker (`task.check_steps`).
 5. Save in Hugging Face format with a model card.
 """
 from __future__ import annotations
@@ -30,11 +36,13 @@ from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.family import SIZES
 from ttscale.rewards.prm import KINDS, LearnedPRM, encode_for_reward, forward_logits
+from ttscale.rewards.quality import first_wrong
 from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
 from ttscale.tasks.base import Task
 from ttscale.types import GenerationRequest, Problem, SamplingParams
 
 LABELS = ("soft", "hard")
+LABEL_SOURCES = ("oracle", "mc")  # exact step checks, or Math-Shepherd Monte Carlo rollouts
 INITS = ("policy", "scratch")
 
 
@@ -42,7 +50,8 @@ INITS = ("policy", "scratch")
 class PRMConfig:
     """Settings of one reward-model run; every field is recorded in the model card."""
 
-    policy: str = "ttscale-small"  # the model whose samples are labelled (name or directory)
+    policy: str = "ttscale-small"  # backbone, tokenizer and held-out samples (name or directory)
+    sample_policies: list[str] = field(default_factory=list)  # whose samples train it; [] = [policy]
     tasks: list[str] = field(default_factory=lambda: ["arith", "countdown"])
     levels: list[int] = field(default_factory=lambda: [2, 3, 4])
     kind: str = "prm"  # "prm": a label per step; "orm": one label per solution
@@ -50,8 +59,12 @@ class PRMConfig:
     samples: int = 4  # solutions sampled per problem
     rollouts: int = 4  # Math-Shepherd rollouts per step (k)
     label: str = "soft"  # "soft": fraction of rollouts right; "hard": 1 if any is right
+    labels: str = "oracle"  # "oracle": task.check_steps; "mc": Math-Shepherd rollouts
     heldout_problems: int = 8  # held-out problems per (task, level) for the card's metrics
-    temperature: float = 1.0  # sampling temperature of solutions and rollouts
+    heldout_samples: int = 16  # samples per held-out problem (within-problem AUROC, best-of-n)
+    temperature: float = 1.0  # sampling temperature of rollouts and held-out samples
+    temperatures: list[float] = field(default_factory=list)  # of training samples; [] = [temperature]
+    efforts: list[str] = field(default_factory=lambda: ["low"])  # efforts of training samples
     max_tokens: int = 128
     init: str = "policy"  # backbone: "policy" weights or "scratch"
     size: str | None = None  # with init="scratch": a family size (default: the policy's shape)
@@ -68,6 +81,15 @@ class PRMConfig:
             raise unknown("reward model kind", self.kind, KINDS)
         if self.label not in LABELS:
             raise unknown("label", self.label, LABELS)
+        if self.labels not in LABEL_SOURCES:
+            raise unknown("labels", self.labels, LABEL_SOURCES)
+        from ttscale.tasks.effort import check_effort
+
+        for e in self.efforts:
+            check_effort(e)
+        for t in self.temperatures:
+            if not 0 < t <= 5:
+                raise out_of_range("temperature", t, "0 < temperature <= 5")
         if self.init not in INITS:
             raise unknown("init", self.init, INITS)
         if self.size is not None and self.size not in SIZES:
@@ -78,8 +100,8 @@ class PRMConfig:
         for lv in self.levels:
             if lv not in LEVELS:
                 raise unknown("level", lv, LEVELS)
-        for name in ("problems", "samples", "rollouts", "heldout_problems", "max_tokens", "steps",
-                     "batch_size"):
+        for name in ("problems", "samples", "rollouts", "heldout_problems", "heldout_samples",
+                     "max_tokens", "steps", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise out_of_range(name, v, "an integer >= 1")
@@ -116,14 +138,15 @@ def _prefix(steps: Sequence[str], i: int, delimiter: str) -> str:
     return "".join(s + delimiter for s in steps[: i + 1])
 
 
-def _sampling(cfg: PRMConfig, n: int, seed: int) -> SamplingParams:
-    return SamplingParams(n=n, temperature=cfg.temperature, max_tokens=cfg.max_tokens, seed=seed)
+def _sampling(cfg: PRMConfig, n: int, seed: int, temperature: float | None = None) -> SamplingParams:
+    return SamplingParams(n=n, temperature=cfg.temperature if temperature is None else temperature,
+                          max_tokens=cfg.max_tokens, seed=seed)
 
 
 def sample_solutions(generator: Generator, task: Task, problems: Sequence[Problem], cfg: PRMConfig,
-                     seed: int) -> list[tuple[Problem, str]]:
+                     seed: int, temperature: float | None = None) -> list[tuple[Problem, str]]:
     """`cfg.samples` solutions per problem, in one generator call."""
-    reqs = [GenerationRequest(p.prompt, _sampling(cfg, cfg.samples, seed * 100_003 + i))
+    reqs = [GenerationRequest(p.prompt, _sampling(cfg, cfg.samples, seed * 100_003 + i, temperature))
             for i, p in enumerate(problems)]
     out = []
     for p, r in zip(problems, generator.generate(reqs)):
@@ -135,7 +158,8 @@ def sample_solutions(generator: Generator, task: Task, problems: Sequence[Proble
 
 def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Problem, str]],
                     cfg: PRMConfig, seed: int, rollouts: bool = True) -> list[LabelledSolution]:
-    """Step labels for each sample: Math-Shepherd rollouts (all steps in one generator call)."""
+    """Step labels for each sample: the oracle's verdicts (`cfg.labels="oracle"`) or
+    Math-Shepherd rollouts (all steps in one generator call)."""
     delim = task.step_delimiter
     items = []
     reqs: list[GenerationRequest] = []
@@ -147,7 +171,7 @@ def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Pr
             prefix = _prefix(steps, i, delim)
             if steps[i].strip().startswith("A:"):
                 labels[i] = 1.0 if task.is_correct(p, prefix) else 0.0
-            elif rollouts and cfg.kind == "prm":
+            elif rollouts and cfg.kind == "prm" and cfg.labels == "mc":
                 reqs.append(GenerationRequest(p.prompt + prefix,
                                               _sampling(cfg, cfg.rollouts, seed * 100_003 + len(reqs))))
                 where.append((si, i))
@@ -166,6 +190,8 @@ def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Pr
         oracle = task.check_steps(p, steps)
         if cfg.kind == "orm":
             final = [1.0 if ok else 0.0]
+        elif cfg.labels == "oracle":
+            final = [1.0 if v else 0.0 for v in oracle]
         else:
             final = [0.0 if lab is None else lab for lab in labels]
         out.append(LabelledSolution(p, text, steps, final, oracle, ok))
@@ -173,15 +199,39 @@ def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Pr
 
 
 def collect(generator: Generator, cfg: PRMConfig, split: str, n_problems: int, seed: int,
-            rollouts: bool) -> list[LabelledSolution]:
+            rollouts: bool, temperature: float | None = None, effort: str = "low") -> list[LabelledSolution]:
     """Sample and label solutions for every (task, level) of the config."""
+    from ttscale.tasks.effort import apply_effort
+
     out: list[LabelledSolution] = []
     for t in cfg.tasks:
         task = get_task(t)
         for lv in cfg.levels:
-            problems = task.problems(split, lv, n_problems, seed=cfg.seed)
-            samples = sample_solutions(generator, task, problems, cfg, seed + lv)
+            problems = [apply_effort(p, effort) for p in task.problems(split, lv, n_problems, seed=cfg.seed)]
+            samples = sample_solutions(generator, task, problems, cfg, seed + lv, temperature)
             out += label_solutions(generator, task, samples, cfg, seed + 7 * lv, rollouts)
+    return out
+
+
+def collect_training(cfg: PRMConfig, policy_dir: str, generator: Generator | None = None
+                     ) -> list[LabelledSolution]:
+    """Training solutions from every sampling policy x temperature x effort of the config.
+
+    `generator`, when given, stands in for `policy` (the first sampling policy by default).
+    """
+    from ttscale.engine import load_generator
+    from ttscale.models.registry import resolve_model
+
+    out: list[LabelledSolution] = []
+    names = cfg.sample_policies or [cfg.policy]
+    for k, name in enumerate(names):
+        path = resolve_model(name)
+        gen = generator if generator is not None and path == policy_dir else load_generator(path)
+        for j, temp in enumerate(cfg.temperatures or [cfg.temperature]):
+            for e, effort in enumerate(cfg.efforts):
+                seed = cfg.seed * 1000 + 1 + 10_000 * (k * 100 + j * 10 + e)
+                out += collect(gen, cfg, "train", cfg.problems, seed, rollouts=True,
+                               temperature=temp, effort=effort)
     return out
 
 
@@ -260,11 +310,6 @@ def train_reward_model(model: LlamaForTokenClassification, examples: Sequence[tu
 
 # -- evaluation ------------------------------------------------------------------------------
 
-def first_wrong(verdicts: Sequence[bool]) -> int:
-    """Index of the first wrong step, or -1 when every step is right (ProcessBench's convention)."""
-    return next((i for i, ok in enumerate(verdicts) if not ok), -1)
-
-
 def processbench_f1(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float]:
     """ProcessBench: accuracy at the first wrong step on erroneous samples, at saying "none" on
     correct ones, and their harmonic mean."""
@@ -313,6 +358,50 @@ def label_statistics(data: Sequence[LabelledSolution], kind: str) -> dict[str, f
             "train_solutions_correct": sum(d.correct for d in data) / len(data) if data else float("nan")}
 
 
+def draw_heldout(generator: Generator, cfg: PRMConfig) -> dict[tuple[str, int, str], list]:
+    """A greedy answer and `heldout_samples` samples (at `temperature`) for each held-out
+    problem, per (task, level, effort): the data of the card's within-problem figures."""
+    from ttscale.eval.verifier_quality import draw_samples
+    from ttscale.tasks.effort import apply_effort
+
+    out = {}
+    for t in cfg.tasks:
+        task = get_task(t)
+        for lv in cfg.levels:
+            for effort in cfg.efforts:
+                problems = [apply_effort(p, effort) for p in
+                            task.problems("heldout", lv, cfg.heldout_problems, seed=cfg.seed)]
+                out[(t, lv, effort)] = draw_samples(generator, problems, cfg.heldout_samples,
+                                                    cfg.temperature, cfg.max_tokens, seed=cfg.seed + lv)
+    return out
+
+
+def heldout_as_labelled(draws: Sequence[Any], cfg: PRMConfig) -> list[LabelledSolution]:
+    """The held-out samples with the oracle's verdicts (for step accuracy and ProcessBench F1)."""
+    out: list[LabelledSolution] = []
+    for d in draws:
+        task = get_task(d.problem.task)
+        out += label_solutions(None, task, [(d.problem, t) for t in d.samples], cfg, 0, rollouts=False)  # type: ignore[arg-type]
+    return out
+
+
+def heldout_quality(scorer: LearnedPRM, draws: dict[tuple[str, int, str], list]) -> list[dict[str, Any]]:
+    """Within-problem AUROC and best-of-n against greedy per (task, level, effort)."""
+    from ttscale.eval.verifier_quality import verifier_quality
+
+    rows = []
+    for (t, lv, effort), data in draws.items():
+        r = verifier_quality(get_task(t), data, scorer)
+        rows.append({"task": t, "level": lv, "effort": effort, "problems": r["problems"], "n": r["n"],
+                     "within_problem_auroc": r["within_problem_auroc"]["auroc"],
+                     "mixed_problems": r["within_problem_auroc"]["groups"],
+                     "auroc_first_step": r["step_auroc_first_step"]["auroc"],
+                     "auroc_first_error": r["step_auroc_first_error"]["auroc"],
+                     "greedy_acc": r["greedy_acc"], "best_of_n_acc": r["best_of_n_acc"],
+                     "pooled_auroc": r["pooled_auroc"], "processbench_f1": r["processbench_f1"]})
+    return rows
+
+
 # -- the whole run ---------------------------------------------------------------------------
 
 def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = None,
@@ -329,9 +418,9 @@ def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = Non
         from ttscale.engine import load_generator
 
         generator = load_generator(policy_dir)
-    train = collect(generator, cfg, "train", cfg.problems, seed=cfg.seed * 1000 + 1, rollouts=True)
-    heldout = collect(generator, cfg, "heldout", cfg.heldout_problems, seed=cfg.seed * 1000 + 2,
-                      rollouts=False)
+    train = collect_training(cfg, policy_dir, generator)
+    heldout_draws = draw_heldout(generator, cfg)
+    heldout = [d for draws in heldout_draws.values() for d in heldout_as_labelled(draws, cfg)]
     t_label = time.time() - t0
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     model = build_model(cfg, policy_dir)
@@ -352,10 +441,12 @@ def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = Non
     metrics = evaluate_reward_model(scorer, heldout)
     by_task = {t: evaluate_reward_model(scorer, [d for d in heldout if d.problem.task == t])
                for t in cfg.tasks}
+    quality = heldout_quality(scorer, heldout_draws)
     k = max(1, min(20, len(losses) // 10))
     summary = {"kind": cfg.kind, "parent": Path(policy_dir).name, "config": asdict(cfg),
                "params": sum(p.numel() for p in model.parameters()),
-               "labels": label_statistics(train, cfg.kind), "metrics": metrics, "metrics_by_task": by_task,
+               "labels": label_statistics(train, cfg.kind), "quality": quality,
+               "metrics": metrics, "metrics_by_task": by_task,
                "initial_loss": sum(losses[:k]) / k, "final_loss": sum(losses[-k:]) / k,
                "label_wall_s": round(t_label, 1), "train_wall_s": round(t_train, 1),
                "wall_s": round(time.time() - t0, 1), "command": command, "torch": torch.__version__}
@@ -378,11 +469,22 @@ def model_card(name: str, s: dict) -> str:
             "still on a path to the right answer" if s["kind"] == "prm" else
             "an outcome reward model: the score at the last step is the probability that the "
             "solution's final answer is right")
-    label_how = (f"Math-Shepherd-style: {c['rollouts']} rollouts from after each step, label = "
-                 + ("fraction of rollouts that reach the right answer (soft)" if c["label"] == "soft"
-                    else "1 if any rollout reaches the right answer (hard)")
-                 + "; a step stating the final answer is labelled by the task's exact check"
-                 if s["kind"] == "prm" else "whether the sampled solution's final answer is right")
+    if s["kind"] == "orm":
+        label_how = "whether the sampled solution's final answer is right"
+    elif c.get("labels", "mc") == "oracle":
+        label_how = "the exact step verdicts of the task's step oracle (`task.check_steps`), no rollouts"
+    else:
+        label_how = (f"Math-Shepherd-style: {c['rollouts']} rollouts from after each step, label = "
+                     + ("fraction of rollouts that reach the right answer (soft)" if c["label"] == "soft"
+                        else "1 if any rollout reaches the right answer (hard)")
+                     + "; a step stating the final answer is labelled by the task's exact check")
+    policies = ", ".join(c.get("sample_policies") or [s["parent"]])
+    temps = ", ".join(str(t) for t in (c.get("temperatures") or [c["temperature"]]))
+    quality = s.get("quality", [])
+    qrows = "\n".join(f"| {q['task']} | {q['level']} | {q['effort']} | {_fmt(q['within_problem_auroc'])} "
+                      f"({q['mixed_problems']}) | {_fmt(q['auroc_first_step'])} | {_fmt(q['auroc_first_error'])} "
+                      f"| {_fmt(q['greedy_acc'])} | {_fmt(q['best_of_n_acc'])} | {_fmt(q['pooled_auroc'])} "
+                      f"| {_fmt(q['processbench_f1'])} |" for q in quality)
     by_task = s.get("metrics_by_task", {})
     head = "| metric | all |" + "".join(f" {t} |" for t in by_task)
     rule = "|---|---|" + "---|" * len(by_task)
@@ -412,8 +514,9 @@ or `ttscale solve ... --scorer {s['kind']}`.
 
 ## Training
 
-- samples: {c['samples']} solutions per problem from {s['parent']} at temperature {c['temperature']},
-  {c['problems']} train-split problems per (task, level)
+- samples: {c['samples']} solutions per problem from each of {policies} at temperature {temps},
+  effort {', '.join(c.get('efforts', ['low']))}; {c['problems']} train-split problems per (task, level);
+  {lab['train_samples']} solutions in all
 - labels: {label_how}
 - backbone initialised from {"the policy's weights" if c['init'] == 'policy' else 'scratch'};
   {c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss
@@ -429,7 +532,20 @@ Automatic labels against the oracle on the training samples:
 
 ## Evaluation
 
-On {m['heldout_samples']} solutions sampled by the policy for held-out problems, against the
+**Within problems** (the figure that matters for selection): on held-out problems, a greedy
+answer and {c.get('heldout_samples', 16)} samples at temperature {c['temperature']} from {s['parent']} each.
+Within-problem AUROC: over problems with both right and wrong samples (their count in
+brackets), the probability that a right sample outscores a wrong one of the same problem (ties
+1/2; a verifier that reads only difficulty gets 0.5); also at the first step, and at the step where
+a sample's first error happens (against samples right at that step). Best-of-n picks the
+highest-scored sample. Pooled AUROC and ProcessBench F1 are beside them only: they reward
+reading difficulty.
+
+| task | level | effort | within-problem AUROC | first step | first error | greedy | best-of-n | pooled AUROC | ProcessBench F1 |
+|---|---|---|---|---|---|---|---|---|---|
+{qrows}
+
+**Pooled**, on {m['heldout_samples']} of those samples, against the
 exact step checker of each task (`task.check_steps`), with threshold 0.5:
 step-label accuracy, and ProcessBench-style F1 (harmonic mean of the accuracy at locating the
 first wrong step on erroneous solutions and of saying "no error" on correct ones).

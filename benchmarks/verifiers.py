@@ -1,0 +1,90 @@
+"""Verifiers judged where it matters, and the cascade they gate (docs/results.md, "Verifiers").
+
+For each (task, level): the test-split samples written by `ttscale verifier-quality --samples-out`
+(a greedy answer and 16 samples at T=1 per problem) and held-out samples drawn here the same way.
+For each scorer it prints the within-problem AUROC, best-of-16 against greedy, and the cascade
+(greedy; escalate to `escalate` over greedy + n samples when the scorer flags the greedy answer)
+with its threshold chosen on the held-out samples only (`strategies.cascade.best_threshold`),
+then applied to the test samples. Results are appended to benchmarks/results/verifiers.jsonl.
+
+    python benchmarks/verifiers.py --settings arith:3,countdown:3 --scorer prm --scorer checker
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from ttscale.engine import load_generator
+from ttscale.eval.solve import load_problems
+from ttscale.eval.verifier_quality import (cascade_rows, cascade_summary, draw_samples, load_samples,
+                                           parse_scorer_spec, save_samples, verifier_quality)
+from ttscale.rewards import get_scorer
+from ttscale.strategies.cascade import best_threshold
+from ttscale.tasks import get_task
+
+RUNS = Path("runs/verifiers")
+RESULTS = Path(__file__).parent / "results" / "verifiers.jsonl"
+
+
+def samples(kind: str, model: str, task: str, level: int, k: int, n: int):
+    path = RUNS / f"{kind}-{task}-L{level}.jsonl"
+    if not path.exists():
+        split = "test" if kind == "samples" else "heldout"
+        problems = load_problems(get_task(task), level, k, split)
+        save_samples(path, draw_samples(load_generator(model), problems, n=n))
+    return load_samples(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="ttscale-small")
+    ap.add_argument("--settings", default="arith:3,countdown:3")
+    ap.add_argument("--scorer", action="append", default=None, help="name[:aggregate][=model dir]")
+    ap.add_argument("--heldout-problems", type=int, default=60)
+    ap.add_argument("--cascade-n", type=int, default=8)
+    ap.add_argument("--escalate", default="majority")
+    args = ap.parse_args()
+    for setting in args.settings.split(","):
+        task_name, level = setting.split(":")
+        task, level = get_task(task_name), int(level)
+        test = samples("samples", args.model, task_name, level, 200, 16)
+        held = samples("heldout", args.model, task_name, level, args.heldout_problems, 16)
+        for spec in args.scorer or ["prm"]:
+            spec, _, scorer_model = spec.partition("=")
+            name, how = parse_scorer_spec(spec)
+            if name == "checker" and not task.answer_checkable:
+                continue
+            scorer = get_scorer(name, task=task, model=scorer_model or None, aggregate=how)
+            t0 = time.time()
+            q = verifier_quality(task, test, scorer)
+            cal = cascade_rows(task, held, scorer, args.cascade_n, args.escalate)
+            threshold, _ = best_threshold([r.greedy_score for r in cal], [r.greedy_right for r in cal],
+                                          [r.escalated_right for r in cal])
+            casc = cascade_summary(cascade_rows(task, test, scorer, args.cascade_n, args.escalate), threshold)
+            row = {"model": args.model, "task": task_name, "level": level, "scorer": name, "aggregate": how,
+                   "scorer_model": scorer_model or None, "problems": q["problems"],
+                   "within_problem_auroc": q["within_problem_auroc"], "first_step": q["step_auroc_first_step"],
+                   "first_error": q["step_auroc_first_error"], "greedy_acc": q["greedy_acc"],
+                   "best_of_16_acc": q["best_of_n_acc"], "maj_acc": q["maj_acc"],
+                   "weighted_maj_acc": q["weighted_maj_acc"], "pass_at_16": q["pass_at_n"],
+                   "pooled_auroc": q["pooled_auroc"], "processbench_f1": q["processbench_f1"],
+                   "cascade": {**casc, "n": args.cascade_n, "escalate": args.escalate,
+                               "calibrated_on": f"{len(cal)} held-out problems",
+                               "flops_x_greedy": casc["mean_flops"] / casc["greedy_flops"]},
+                   "best_of_16_flops_x_greedy": q["best_of_n_flops"] / q["greedy_flops"],
+                   "wall_s": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d")}
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            with RESULTS.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            w, c = row["within_problem_auroc"], row["cascade"]
+            print(f"| {task_name} {level} | {name}:{how} | {w['auroc']:.2f} ({w['groups']}) | "
+                  f"{row['first_step']['auroc']:.2f} | {row['first_error']['auroc']:.2f} | "
+                  f"{row['greedy_acc']:.1%} | {row['best_of_16_acc']:.1%} | {c['accuracy']:.1%} at "
+                  f"{c['flops_x_greedy']:.1f}x (t={c['threshold']:.2f}, {c['escalation_rate']:.0%} escalated) | "
+                  f"{row['pooled_auroc']:.2f} | {row['processbench_f1']:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
