@@ -70,11 +70,11 @@ def _countdown(numbers, target) -> Problem:
 def test_countdown_dead_end_is_marked_and_never_the_answer():
     task = get_task("countdown")
     p = _countdown([3, 5, 2], 16)
-    trace = ["5*3=15 left 15 2", "15+2=17 no", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 yes",
+    trace = ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 == 16",
              "A: (5+3)*2"]
     assert task.check_steps(p, trace) == [True] * 6
     assert task.extract_answer("\n".join(trace)) == "(5+3)*2"
-    only_dead_end = "5*3=15 left 15 2\n15+2=17 no\n"
+    only_dead_end = "5*3=15 left 15 2\n15+2=17 != 16\n"
     assert task.extract_answer(only_dead_end) is None  # a dead end is no answer
     assert not task.is_correct(p, only_dead_end)
 
@@ -85,10 +85,11 @@ def test_countdown_oracle_flags_false_claims_not_exploration():
     assert task.check_steps(p, ["5*3=16 left 16 2"]) == [False]  # arithmetic
     assert task.check_steps(p, ["5*4=20 left 20 3 2"]) == [False]  # 4 is not there
     assert task.check_steps(p, ["5*3=15 left 15 3"]) == [False]  # wrong numbers left
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 yes"]) == [True, False]
-    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 no"]) == [True, False]
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 no", "back 3 5 9"]) == [True, True, False]
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 no", "A: 15+2"]) == [True, True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 == 16"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 != 16"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 == 17"]) == [True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 9"]) == [True, True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 != 16", "A: 15+2"]) == [True, True, False]
 
 
 def test_effort_errors_name_the_accepted_values():
@@ -104,3 +105,13 @@ def test_high_effort_raises_only_a_default_token_limit():
     assert params_at_effort("majority", {"n": 4}, "high").max_tokens >= 768
     assert params_at_effort("majority", {"n": 4, "max_tokens": 300}, "high").max_tokens == 300
     assert params_at_effort("majority", {"n": 4}, "low").max_tokens < 768
+
+
+def test_countdown_traces_never_retry_a_move_from_the_same_state():
+    task, rng = get_task("countdown"), random.Random(2)
+    for p in task.problems("train", 4, 60):
+        lines = task.split_steps(task.long_solution(p, rng))
+        root = "back " + " ".join(map(str, p.meta["numbers"]))
+        firsts = [lines[0]] + [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == root]
+        moves = [line.split("=")[0] for line in firsts]
+        assert len(moves) == len(set(moves)), lines

@@ -160,7 +160,7 @@ class Countdown(BuiltinTask):
         """The long-mode (`effort="high"`) search trace; `rng` draws its dead ends (None: none)."""
         numbers, target = self.numbers_and_target(problem)
         answer = Task.extract_answer(self, problem.solution or "")
-        max_value = 5 * LEVEL_PARAMS[problem.level][2] if problem.level in LEVEL_PARAMS else 999
+        max_value = LEVEL_PARAMS[problem.level][2] if problem.level in LEVEL_PARAMS else 999
         return long_countdown.long_solution(numbers, target, parse_steps(problem.solution or ""),
                                             answer or "", rng=rng, max_value=max_value)
 

@@ -2,22 +2,25 @@
 
 The short mode writes only the operations of one solution, so a wrong first choice is fatal.
 The long mode writes the search: each line applies one operation and lists the numbers left; a
-branch that ends in one number other than the target is marked ``no`` and the search goes
-``back`` to a state it has been in, naming its numbers; the branch that reaches the target is
-marked ``yes`` and its expression is the answer::
+branch that ends in one number other than the target is compared with the target
+(``17 != 16``) and the search goes ``back`` to a state it has been in, naming its numbers; the
+branch that reaches the target says so (``16 == 16``) and its expression is the answer::
 
     Think: 3 5 2 -> 16
     5*3=15 left 15 2
-    15+2=17 no
+    15+2=17 != 16
     back 3 5 2
     5+3=8 left 8 2
-    8*2=16 yes
+    8*2=16 == 16
     A: (5+3)*2
+
+The comparison writes the target next to the result, so that the verdict is a local check.
+After a ``back``, the trace never repeats a move it already tried from that state.
 
 Every line is a claim that can be checked from the lines above it alone (is the arithmetic right,
 were the numbers there, are the numbers left the right ones, is the verdict right), so the step
 oracle is exact. A dead end is not an error: the search may explore; an error is a false claim.
-Only the ``A:`` line after a ``yes`` is an answer; a dead end never is.
+Only the ``A:`` line after a ``==`` is an answer; a dead end never is.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from fractions import Fraction
 
 from ttscale.tasks.base import ANSWER_PREFIX
 
-_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})(?: left((?: \d{1,12})+)| (yes|no))$")
+_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})(?: left((?: \d{1,12})+)| (==|!=) (\d{1,12}))$")
 _BACK = re.compile(r"^back((?: \d{1,12})+)$")
 
 
@@ -41,7 +44,7 @@ def _value(a: int, op: str, b: int) -> Fraction | None:
 def _op_line(a: int, op: str, b: int, c: int, rest: list[int], target: int) -> str:
     if rest:
         return f"{a}{op}{b}={c} left " + " ".join(map(str, [c] + rest))
-    return f"{a}{op}{b}={c} " + ("yes" if c == target else "no")
+    return f"{a}{op}{b}={c} " + ("==" if c == target else "!=") + f" {target}"
 
 
 def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
@@ -54,15 +57,18 @@ def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
     return rest
 
 
-def _dead_end(pool: list[int], target: int, avoid: tuple[int, str, int], rng: random.Random,
+def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rng: random.Random,
               max_value: int) -> list[tuple[int, str, int, int]] | None:
-    """A random chain of operations from `pool` down to one number other than the target."""
+    """A random chain of operations from `pool` down to one number other than the target.
+
+    Its first move is none of `avoid` (the moves already tried from `pool`).
+    """
     chain = []
     pool = list(pool)
     while len(pool) > 1:
         moves = [(pool[i], op, pool[j]) for i in range(len(pool)) for j in range(len(pool)) if i != j
                  for op in "+-*/"]
-        moves = [m for m in moves if m != avoid or chain]
+        moves = [m for m in moves if chain or m not in avoid]
         rng.shuffle(moves)
         for a, op, b in moves:
             v = _value(a, op, b)
@@ -89,12 +95,14 @@ def long_solution(numbers: list[int], target: int, path: list[tuple[int, str, in
     lines: list[str] = []
     dead_ends = 0
     for a, op, b, c in path:
+        tried = {(a, op, b)}  # the path's move comes after every dead end tried from here
         while (rng is not None and len(pool) > 1 and dead_ends < max_dead_ends
                and rng.random() < dead_end_rate):
             dead_ends += 1
-            chain = _dead_end(pool, target, (a, op, b), rng, max_value)
+            chain = _dead_end(pool, target, tried, rng, max_value)
             if chain is None:
                 break
+            tried.add(chain[0][:3])
             state = list(pool)
             for da, dop, db, dc in chain:
                 state = _apply_to_pool(state, da, db)
@@ -136,8 +144,9 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
             if ok and m.group(5) is not None:  # "left ...": the numbers that remain
                 ok = Counter(int(x) for x in m.group(5).split()) == Counter(rest + [c]) and bool(rest)
                 stack.append(rest + [c])
-            elif ok:  # a leaf: its verdict must be right
-                ok = not rest and (m.group(6) == "yes") == (c == target)
+            elif ok:  # a leaf: its comparison with the target must be right
+                ok = (not rest and int(m.group(7)) == target
+                      and (m.group(6) == "==") == (c == target))
                 found, dead = c == target, c != target
         else:
             ok = False
