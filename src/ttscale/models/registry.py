@@ -10,9 +10,10 @@ from ttscale.errors import TTScaleError, unknown
 
 
 def models_dir() -> Path:
-    """The shipped models: `$TTSCALE_MODELS_DIR`, else `models/` at the repository root."""
+    """The shipped models: `$TTSCALE_MODELS_DIR`, else the package's `shipped_models` (package
+    data in an installed wheel; in a source checkout a link to `models/` at the root)."""
     env = os.environ.get("TTSCALE_MODELS_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "models"
+    return Path(env) if env else (Path(__file__).resolve().parent.parent / "shipped_models").resolve()
 
 
 @dataclass(frozen=True)
