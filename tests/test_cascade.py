@@ -153,3 +153,27 @@ def test_solve_runs_the_cascade_with_the_checker_and_calibration_refuses_test(ra
     code, out = _cli(monkeypatch, capsys, "calibrate-cascade", "--model", random_model_dir, "--split",
                      "test", "--out", str(tmp_path / "c.json"))
     assert code == 2 and "accepted splits: train, heldout" in out.err and "\n" not in out.err.strip()
+
+
+class Recording:
+    """The real engine, with the prompts it was asked kept."""
+
+    def __init__(self, engine):
+        self.engine, self.prompts = engine, []
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def generate(self, requests):
+        self.prompts += [r.prompt for r in requests]
+        return self.engine.generate(requests)
+
+
+def test_escalating_to_the_long_mode_asks_one_long_chain(gen):
+    p = ARITH.problems("test", 2, 1)[0]
+    rec = Recording(gen)
+    sol = solve(p, ARITH, rec, "cascade", {"max_tokens": 16, "high_max_tokens": 24, "threshold": 0.5,
+                                           "escalate": "high"}, FixedVerdict(0.0))
+    assert rec.prompts == [p.prompt, "Think: " + p.prompt[len("Q: "):]]
+    assert len(sol.candidates) == 2 and sol.candidates[1].meta["effort"] == "high"
+    assert sol.params["escalation_samples"] == 1

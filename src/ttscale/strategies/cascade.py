@@ -30,6 +30,7 @@ from ttscale.strategies.sampling import (SampleParams, candidate, draw, finish, 
                                          sampling, score_candidates)
 from ttscale.strategies.voting import vote
 from ttscale.tasks.base import Task
+from ttscale.tasks.effort import LONG_MAX_TOKENS, apply_effort
 from ttscale.types import Problem
 
 ESCALATIONS = ("majority", "best_of_n", "weighted_majority", "high")
@@ -46,7 +47,7 @@ class CascadeParams(SampleParams):
     threshold: float | None = None  # flag a greedy answer scored below this
     calibration: str | None = None  # a JSON file from calibrate_cascade (used when no threshold)
     max_flops: float | None = None  # never spend more than this per problem (policy + verifier)
-    high_max_tokens: int = 512  # token limit of the long-mode chain (escalate="high")
+    high_max_tokens: int = LONG_MAX_TOKENS  # token limit of the long-mode chain (escalate="high")
 
     def validate(self) -> None:
         super().validate()
@@ -109,8 +110,6 @@ def _escalate(meter: Meter, problem: Problem, task: Task, generator: Generator, 
               params: CascadeParams, greedy: Candidate, left: float) -> tuple[list[Candidate], int | None, int]:
     """Candidates after escalation, the chosen index, and the samples actually drawn."""
     if params.escalate == "high":
-        from ttscale.tasks.effort import apply_effort
-
         long = apply_effort(problem, "high")
         if policy_bound(generator, long.prompt, 1, params.high_max_tokens) > left:
             return [greedy], 0, 0
