@@ -27,11 +27,12 @@ def config(model: str) -> SweepConfig:
 
 def _stable(rec: dict) -> dict:
     """A record without its wall-clock times (the only thing a rerun may change)."""
-    out = {k: v for k, v in rec.items() if k != "wall_s"}
+    clock = ("wall_s", "latency_s", "score_wall_s")
+    out = {k: v for k, v in rec.items() if k not in clock}
     if "cost" in out:
-        out["cost"] = {k: v for k, v in out["cost"].items() if k != "wall_s"}
+        out["cost"] = {k: v for k, v in out["cost"].items() if k not in clock}
     if "set" in out:
-        out["set"] = {k: v for k, v in out["set"].items() if k != "wall_s"}
+        out["set"] = {k: v for k, v in out["set"].items() if k not in clock}
     return out
 
 

@@ -34,6 +34,12 @@ def test_each_sampler_setting_is_sampled_once_and_selected_many_times(random_mod
     configs = {r["config"] for r in records}
     assert {"majority(n=4)", "majority(min_p=0.3,n=4)", "majority(n=4,temperature=1.2)",
             "esc(min_p=0.3,n=4,temperature=1.2,window=4)", "greedy()"} <= configs
+    for r in records:  # every record carries its sequential depth and its wall time
+        if r["strategy"] == "esc":
+            assert r["depth"] == -(-r["samples_used"] // r["params"]["window"])
+        else:
+            assert r["depth"] == 1
+        assert r["latency_s"] > 0
     # a setting's records read its own store: same samples, different selections
     again = run_sweep(cfg, out, resume=True, progress=False)
     assert again.written == 0 and again.records == first.records

@@ -54,13 +54,17 @@ def solve_cmd(
                                         "the strategy per problem within --budget."),
     budget: Optional[float] = typer.Option(None, "--budget", help="Total FLOPs for all problems "
                                            "with --plan (probes included; never exceeded)."),
+    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="With --plan: "
+                                                   "wall seconds per problem; only "
+                                                   "configurations expected within it."),
 ) -> None:
     """Run one test-time strategy over problems: accuracy and exact compute per problem."""
-    if plan is not None or budget is not None:
+    if plan is not None or budget is not None or latency_budget is not None:
         from ttscale.cli.sweep_cmd import solve_with_plan_cmd
 
         solve_with_plan_cmd(model, plan, budget, task, level, num_problems, split, problem_seed,
-                            scorer, scorer_model, backend, base_url or None, seed, as_json)
+                            scorer, scorer_model, backend, base_url or None, seed, as_json,
+                            latency_budget)
         return
     from ttscale.eval.solve import parse_param_pairs, run_solve
 

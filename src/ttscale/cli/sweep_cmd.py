@@ -137,7 +137,7 @@ def sweep_cmd(
 
 
 def _json_summary(a: dict[str, Any]) -> dict[str, Any]:
-    keep = ("results_dir", "model", "num_problems", "num_records", "frontier", "fits",
+    keep = ("results_dir", "model", "num_problems", "num_records", "frontier", "latency_frontier", "fits",
             "headline", "plan", "report", "wall_s", "written", "planner_curve")
     return {k: a[k] for k in keep if k in a}
 
@@ -205,21 +205,40 @@ def plan_cmd(
     out: Optional[Path] = typer.Option(None, "--out", help="Plan file (default DIR/plan.json)."),
     model: Optional[str] = typer.Option(None, "--model", help="Model to plan for (default: the "
                                         "one the grid ran on)."),
+    latency_budget: Optional[float] = typer.Option(None, "--latency-budget", help="Wall seconds "
+                                                   "per problem: plan only with configurations "
+                                                   "expected to answer within it."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Fit the difficulty-aware compute-optimal plan from a sweep's results and save it."""
     from ttscale.eval.report import make_plan
 
-    plan, path = make_plan(results, model=model, path=out)
+    check_latency_budget(latency_budget)
+    plan, path = make_plan(results, model=model, path=out, latency_budget=latency_budget)
     if as_json:
         print(json.dumps({"path": str(path), **plan.to_dict()}, indent=1))
         return
     print(f"plan for {plan.model} from {plan.calibration['problems']} problems -> {path}")
-    print(f"probe: {plan.probe_samples} samples, {plan.probe_cost:.3g} FLOPs; bin edges "
-          f"{plan.edges}")
+    print(f"probe: {plan.probe_samples} samples, {plan.probe_cost:.3g} FLOPs, "
+          f"{plan.probe_latency:.3g} s; bin edges {plan.edges}"
+          + (f"; latency budget {plan.latency_budget:g} s per problem" if plan.latency_budget else ""))
+    if not plan.can_probe:
+        print("  the probe does not fit the latency budget: problems are answered without one")
     for b, frontier in enumerate(plan.bins):
-        steps = ", ".join(f"{o.config} (+{o.cost:.3g}: {100 * o.accuracy:.0f}%)" for o in frontier)
+        steps = ", ".join(f"{o.config} (+{o.cost:.3g}: {100 * o.accuracy:.0f}%, {o.latency:.2g} s)"
+                          for o in frontier)
         print(f"  bin {b}: {steps}")
+    blind = ", ".join(f"{o.config} ({o.cost:.3g}: {100 * o.accuracy:.0f}%, {o.latency:.2g} s)"
+                      for o in plan.blind)
+    print(f"  no probe: {blind}")
+
+
+def check_latency_budget(seconds: float | None) -> None:
+    """A latency budget is a positive, finite number of seconds (or none)."""
+    import math
+
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise TTScaleError(f"--latency-budget {seconds!r} is out of range; accepted: seconds > 0")
 
 
 @app.command("report")
@@ -242,18 +261,21 @@ def report_cmd(
 def solve_with_plan_cmd(model: str, plan: Optional[Path], budget: Optional[float], task: str,
                         level: Optional[int], num_problems: int, split: str, problem_seed: int,
                         scorer: Optional[str], scorer_model: Optional[str], backend: str,
-                        base_url: Optional[str], seed: Optional[int], as_json: bool) -> None:
-    """`ttscale solve --plan FILE --budget FLOPS` (called from the solve command)."""
+                        base_url: Optional[str], seed: Optional[int], as_json: bool,
+                        latency_budget: Optional[float] = None) -> None:
+    """`ttscale solve --plan FILE --budget FLOPS [--latency-budget S]` (called from the solve
+    command)."""
     from ttscale.eval.planned import run_planned
 
     if plan is None or budget is None:
         raise TTScaleError("--plan and --budget go together: give a plan file and a total "
                            "FLOP budget")
+    check_latency_budget(latency_budget)
     out = run_planned(model, str(plan), budget, task=task, level=level,
                       num_problems=num_problems, split=split, problem_seed=problem_seed,
                       scorer=scorer, scorer_model=scorer_model, backend=backend,
                       generator_options={"base_url": base_url} if base_url else None,
-                      seed=seed or 0)
+                      seed=seed or 0, latency_budget=latency_budget)
     if as_json:
         print(json.dumps(out, indent=2))
         return

@@ -14,13 +14,17 @@ def run_planned(model: str, plan_file: str, budget: float, task: str = "arith",
                 level: int | None = None, num_problems: int = 10, split: str = "test",
                 problem_seed: int = 0, scorer: str | None = None, scorer_model: str | None = None,
                 backend: str = "torch", generator_options: dict[str, Any] | None = None,
-                seed: int = 0) -> dict[str, Any]:
+                seed: int = 0, latency_budget: float | None = None) -> dict[str, Any]:
     """`ttscale solve --plan FILE --budget FLOPS`: load the plan, the model and the problems,
-    spend at most `budget` FLOPs in all, and report per problem what was chosen and spent."""
+    spend at most `budget` FLOPs in all, and report per problem what was chosen and spent.
+    With `latency_budget` (seconds per problem) only configurations expected to answer
+    within it are chosen (`Plan.with_latency_budget`)."""
     from ttscale.rewards import get_scorer
     from ttscale.tasks import BuiltinTask, get_task
 
     plan = Plan.load(plan_file)
+    if latency_budget is not None:
+        plan = plan.with_latency_budget(latency_budget)
     t = get_task(task)
     if isinstance(t, BuiltinTask):
         problems = t.problems(split, level or 3, num_problems, problem_seed)
@@ -32,4 +36,5 @@ def run_planned(model: str, plan_file: str, budget: float, task: str = "arith",
     sc = get_scorer(scorer or "self-certainty", task=t, generator=gen, model=scorer_model) \
         if needs or scorer else None
     run = solve_with_plan(problems, t, gen, plan, budget, sc, seed)
-    return {"plan": str(plan_file), "model": model, "task": task, **run.to_dict()}
+    return {"plan": str(plan_file), "model": model, "task": task,
+            "latency_budget": latency_budget, **run.to_dict()}

@@ -40,28 +40,53 @@ def curves(records: Sequence[dict[str, Any]], model: str,
         if r["model"] != model or (problems is not None and r["problem_id"] not in problems):
             continue
         acc[r["config"]].append((r["flops"], r["tokens"], r["wall_s"], float(r["correct"]),
+                                 float(r.get("latency_s", r["wall_s"])), float(r.get("depth") or 1),
                                  r.get("samples_used")))
         meta[r["config"]] = r
     out = []
     for c, rows in acc.items():
-        a = np.array([row[:4] for row in rows], dtype=float)
-        used = [row[4] for row in rows if row[4] is not None]
+        a = np.array([row[:6] for row in rows], dtype=float)
+        used = [row[6] for row in rows if row[6] is not None]
         m = meta[c]
         out.append({"config": c, "strategy": m["strategy"], "params": m["params"],
                     "setting": m.get("setting", ""),
                     "budget": m["budget"], "oracle": bool(m.get("oracle")), "n": len(rows),
                     "flops": float(a[:, 0].mean()), "tokens": float(a[:, 1].mean()),
                     "wall_s": float(a[:, 2].mean()), "accuracy": float(a[:, 3].mean()),
+                    "latency_s": float(a[:, 4].mean()), "depth": float(a[:, 5].mean()),
                     "samples_used": float(np.mean(used)) if used else None})
     return sorted(out, key=lambda d: (d["strategy"], d["flops"]))
 
 
-def frontier(points: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Compute-optimal frontier: the configurations no cheaper one matches in accuracy."""
+def frontier(points: Sequence[dict[str, Any]], by: str = "flops") -> list[dict[str, Any]]:
+    """Compute-optimal frontier: the configurations no cheaper one matches in accuracy;
+    cheaper in FLOPs (`by="flops"`) or in wall time per problem (`by="latency_s"`)."""
     out: list[dict[str, Any]] = []
-    for p in sorted(points, key=lambda d: (d["flops"], -d["accuracy"])):
+    for p in sorted(points, key=lambda d: (d[by], -d["accuracy"])):
         if not out or p["accuracy"] > out[-1]["accuracy"] + 1e-12:
-            out.append({"flops": p["flops"], "accuracy": p["accuracy"], "config": p["config"]})
+            row = {"flops": p["flops"], "accuracy": p["accuracy"], "config": p["config"]}
+            if by != "flops":
+                row.update({by: p[by], "depth": p.get("depth")})
+            out.append(row)
+    return out
+
+
+def latency_headline(records: Sequence[dict[str, Any]], model: str, folds: int = 5) -> dict[str, Any] | None:
+    """Accuracy of the best configuration within 2x and within 10x greedy decoding's wall
+    time per problem, the configuration chosen on other problems (K folds) and scored on
+    held-out ones. Wall times: measured for strategies run for real, estimated from the
+    measured draw for rules read from the sample store (`SampleSet.latency`)."""
+    probs, configs, acc, lat = problem_matrix(records, model, field="latency_s")
+    if "greedy()" not in configs:
+        return None
+    g = configs.index("greedy()")
+    out: dict[str, Any] = {"greedy_wall_s": float(lat[:, g].mean()),
+                           "greedy_accuracy": float(acc[:, g].mean()), "num_problems": len(probs)}
+    for mult in (2, 10):
+        cv = cv_choose(probs, acc, lat, lambda train, m=mult: m * float(lat[train, g].mean()), k=folds)
+        picked = [configs[j] for j in cv["choices"] if j is not None]
+        out[f"within_{mult}x"] = {"accuracy": cv["accuracy"], "wall_s": cv["cost"],
+                                  "config": max(set(picked), key=picked.count) if picked else None}
     return out
 
 
@@ -217,12 +242,14 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
                            "num_records": len(records),
                            "num_problems": len({r["problem_id"] for r in records if r["model"] == model}),
                            "curves": points, "frontier": frontier(deployable),
+                           "latency_frontier": frontier(deployable, "latency_s"),
                            "coverage": cov, "fits": fit_all(points, cov)}
     headline: dict[str, Any] = {"adaptive_stopping": adaptive_saving(points),
                                 "esc": adaptive_saving(points, "esc")}
     headline["adaptive_stopping_saving"] = headline["adaptive_stopping"]["saving"]
     sizes = model_sizes(results_dir)
     headline["small_search_vs_large_greedy"] = small_vs_large(records, sizes, model)
+    headline["latency"] = latency_headline(records, model, folds)
     if samples:
         table = build_table(records, samples, model)
         plan = fit_plan(table, sampling=_sampling_of(results_dir))
@@ -243,13 +270,14 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
 
 
 def make_plan(results_dir: str | Path, model: str | None = None,
-              path: str | Path | None = None) -> tuple[Any, Path]:
-    """Fit the plan on every problem of a sweep and save it (default DIR/plan.json)."""
+              path: str | Path | None = None, latency_budget: float | None = None) -> tuple[Any, Path]:
+    """Fit the plan on every problem of a sweep and save it (default DIR/plan.json); with
+    `latency_budget` (seconds per problem) only configurations within it are planned with."""
     from ttscale.planner.plan import Plan  # noqa: F401  (the type returned)
 
     results_dir = Path(results_dir)
     table = build_table(load_results(results_dir), load_samples(results_dir), model)
-    plan = fit_plan(table, sampling=_sampling_of(results_dir))
+    plan = fit_plan(table, sampling=_sampling_of(results_dir), latency_budget=latency_budget)
     return plan, plan.save(path or results_dir / PLAN_FILE)
 
 
@@ -320,6 +348,15 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
     lines += ["## Compute-optimal frontier", "", "| FLOPs/problem | accuracy | configuration |",
               "|---:|---:|---|"]
     lines += [f"| {p['flops']:.3g} | {_fmt(p['accuracy'], True)} | {p['config']} |" for p in a["frontier"]]
+    lines += ["", "## Accuracy against latency", "",
+              "Wall seconds per problem on the engine at the batch each configuration ran "
+              "(measured for strategies run for real; for rules read from the sample store, the "
+              "measured draw scaled to the rounds and samples they use); depth = dependent "
+              "generation rounds.", "",
+              "| wall s/problem | depth | accuracy | FLOPs/problem | configuration |",
+              "|---:|---:|---:|---:|---|"]
+    lines += [f"| {p['latency_s']:.3g} | {_fmt(p.get('depth'))} | {_fmt(p['accuracy'], True)} | "
+              f"{p['flops']:.3g} | {p['config']} |" for p in a.get("latency_frontier", [])]
     lines += ["", "## Fitted laws", "",
               "Accuracy against FLOPs per strategy: acc(C) = a_max - b·(C/C0)^(-alpha); N* is the "
               "budget past which a doubling of compute gains less than 1 point.", "",
@@ -376,6 +413,14 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
             lines.append(f"  - level {row['level']}: {_fmt(row['small_accuracy'], True)} at "
                          f"{_fmt(row['small_flops'])} FLOPs ({row['small_config']}) against "
                          f"{_fmt(row['large_accuracy'], True)} at {_fmt(row['large_flops'])} FLOPs")
+    lat = h.get("latency")
+    if lat:
+        lines += [f"- Latency: greedy decoding takes {_fmt(lat['greedy_wall_s'])} s per problem "
+                  f"({_fmt(lat['greedy_accuracy'], True)}); the best configuration within 2x its "
+                  f"wall time: {_fmt(lat['within_2x']['accuracy'], True)} "
+                  f"({lat['within_2x']['config']}); within 10x: "
+                  f"{_fmt(lat['within_10x']['accuracy'], True)} ({lat['within_10x']['config']}) "
+                  "(chosen on other problems, 5 folds)."]
     ad = h.get("adaptive_stopping") or {}
     if ad.get("saving") is not None:
         lines += [f"- Adaptive stopping ({ad['rule']}): {_fmt(ad['accuracy'], True)} with "

@@ -40,7 +40,7 @@ from ttscale.eval.store import RESULTS_FILE, SAMPLES_FILE, JsonlStore, record_ke
 from ttscale.planner.plan import config_id
 from ttscale.planner.solve import run_params
 from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, SampleSet,
-                                     draw_samples, sample_order, select, setting_id)
+                                     draw_samples, rounds_of, sample_order, select, setting_id)
 from ttscale.types import Problem, SamplingParams
 
 CONFIG_FILE = "sweep.json"
@@ -252,6 +252,7 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
                 sel = select(rule, task, ss, n, order, window=params.get("window", 4),
                              threshold=cfg.ac_threshold)
                 cost = ss.cost(order[:sel.used], scored=uses_scorer)
+                rounds = rounds_of(rule, order, sel.used, params.get("window", 4))
                 scorer = scorer_name if uses_scorer else None
                 key = record_key(**_identity(base), strategy=rule, params=params, seed=rep,
                                  sampling=cfg.sampling, scorer=scorer, n_max=cfg.n_max)
@@ -260,7 +261,8 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
                             "config": config_id(rule, params), "budget": n, "seed": rep,
                             "scorer": scorer, "oracle": rule in ORACLE_RULES or scorer == "oracle",
                             "source": "samples", "answer": sel.answer, "correct": sel.correct,
-                            "samples_used": sel.used, **_cost_fields(cost)})
+                            "samples_used": sel.used, "depth": len(rounds),
+                            "latency_s": ss.latency(rounds, uses_scorer), **_cost_fields(cost)})
     return out
 
 
@@ -418,15 +420,33 @@ def _run_record(spec: RunSpec, effort: str, cfg: SweepConfig, base: dict[str, An
     def run(gen: Generator, scorer_of) -> dict[str, Any]:
         scorer = scorer_of(scorer_name)
         _fresh(gen)
-        sol = solve(problem, task, gen, spec.strategy, params, scorer)
+        counted = CountingGenerator(gen)
+        sol = solve(problem, task, counted, spec.strategy, params, scorer)
         return {"key": key, **base, "strategy": spec.strategy, "params": shown,
                 "setting": setting_id({k: v for k, v in shown.items() if k == "effort"}),
                 "config": config_id(spec.strategy, shown),
                 "budget": spec.budget, "seed": 0, "scorer": scorer_name,
                 "oracle": scorer_name == "oracle", "source": "run",
                 "answer": sol.answer, "correct": bool(task.check(problem, sol.answer)),
-                "samples_used": None, **_cost_fields(sol.cost)}
+                "samples_used": None, "depth": counted.calls, "latency_s": sol.cost.wall_s,
+                **_cost_fields(sol.cost)}
     return run
+
+
+class CountingGenerator:
+    """A Generator that counts its calls: a strategy's sequential depth (each call waits for
+    the one before; the requests within one call run together)."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.calls = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def generate(self, requests):
+        self.calls += 1
+        return self.inner.generate(requests)
 
 
 def _fresh(gen: Generator) -> None:

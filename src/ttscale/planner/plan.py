@@ -28,8 +28,8 @@ from ttscale.errors import TTScaleError
 from ttscale.planner.allocate import Ledger, Option, allocate, efficient_frontier, tie_ranks
 from ttscale.planner.difficulty import (PROBE_SAMPLES, assign_bin, difficulty, num_bins,
                                         quantile_edges)
-from ttscale.planner.samples import (NEEDS_SCORES, SampleSet, sample_order, select, setting_id,
-                                     split_setting)
+from ttscale.planner.samples import (NEEDS_SCORES, SampleSet, rounds_of, sample_order, select,
+                                     setting_id, split_setting)
 
 PROBE = "probe"  # the free option once the probe is paid: majority vote of the probe samples
 NO_ANSWER = "none"  # the free option without a probe: answer nothing
@@ -59,6 +59,15 @@ class Table:
     raw: np.ndarray  # FLOPs of the configuration alone
     extra: np.ndarray  # FLOPs beyond the probe when the probe was paid first
     used: np.ndarray  # samples drawn (sample-store configurations), else NaN
+    latency: np.ndarray | None = None  # wall seconds of the configuration alone (None: 0)
+    extra_latency: np.ndarray | None = None  # wall seconds after the probe, when probed first
+    probe_latency: np.ndarray | None = None  # wall seconds of the probe, per instance
+
+    def __post_init__(self) -> None:
+        shape = self.acc.shape
+        self.latency = np.zeros(shape) if self.latency is None else self.latency
+        self.extra_latency = self.latency.copy() if self.extra_latency is None else self.extra_latency
+        self.probe_latency = np.zeros(shape[0]) if self.probe_latency is None else self.probe_latency
 
     def __len__(self) -> int:
         return len(self.problems)
@@ -68,7 +77,8 @@ class Table:
         pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
         return Table(self.model, pick(self.problems), pick(self.replicates), pick(self.levels),
                      self.difficulty[idx], self.probe_cost[idx], self.probe_acc[idx], self.configs,
-                     self.strategies, self.acc[idx], self.raw[idx], self.extra[idx], self.used[idx])
+                     self.strategies, self.acc[idx], self.raw[idx], self.extra[idx], self.used[idx],
+                     self.latency[idx], self.extra_latency[idx], self.probe_latency[idx])
 
 
 def grid_model(records: Sequence[dict[str, Any]]) -> str:
@@ -125,6 +135,7 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
     I, J = len(instances), len(configs)
     acc, raw, extra, used = (np.zeros((I, J)), np.zeros((I, J)), np.zeros((I, J)),
                              np.full((I, J), np.nan))
+    lat, xlat, plat = np.zeros((I, J)), np.zeros((I, J)), np.zeros(I)
     diff, pcost, pacc, levels = np.zeros(I), np.zeros(I), np.zeros(I), []
     for i, (p, rep) in enumerate(instances):
         s = stores[p]
@@ -134,30 +145,39 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
         k = min(probe_samples, ss.n)
         diff[i] = difficulty([ss.keys[j] for j in order[:k]])
         pcost[i] = ss.cost(order[:k]).flops
+        plat[i] = ss.latency([order[:k]])
         pacc[i] = float(select("majority", t, ss, k, order).correct)
         levels.append(s.get("level"))
         for j, c in enumerate(configs):
             r = outcome(c, p, rep)
             acc[i, j] = float(r["correct"])
             raw[i, j] = r["flops"]
+            lat[i, j] = xlat[i, j] = float(r.get("latency_s", r.get("wall_s", 0.0)))
             if strategies[c]["source"] == "samples":
                 u = int(r["samples_used"])
-                scored = strategies[c]["strategy"] in NEEDS_SCORES
+                rule, prm = strategies[c]["strategy"], strategies[c]["params"]
+                scored, window = rule in NEEDS_SCORES, int(prm.get("window", 4))
                 used[i, j] = u
-                sid = setting_id(split_setting(strategies[c]["params"])[0])
+                sid = setting_id(split_setting(prm)[0])
                 if sid:  # another sampler setting: its own samples, nothing shared with the probe
                     other = by_setting.get((p, sid))
                     if other is not None:
                         os_ = SampleSet.from_dict({**other["set"], "texts": []})
-                        raw[i, j] = os_.cost(sample_order(os_.n, rep)[:u], scored=scored).flops
-                    extra[i, j] = raw[i, j]
+                        o_order = sample_order(os_.n, rep)
+                        raw[i, j] = os_.cost(o_order[:u], scored=scored).flops
+                        lat[i, j] = os_.latency(rounds_of(rule, o_order, u, window), scored)
+                    extra[i, j], xlat[i, j] = raw[i, j], lat[i, j]
                 else:
                     raw[i, j] = ss.cost(order[:u], scored=scored).flops
                     extra[i, j] = ss.cost(order[:max(u, k)], scored=scored).flops - pcost[i]
+                    lat[i, j] = ss.latency(rounds_of(rule, order, u, window), scored)
+                    xlat[i, j] = ss.latency(rounds_of(rule, order, max(u, k), window, start=k), scored) \
+                        + (ss.latency([order[:k]], True) - plat[i] if scored else 0.0)
             else:
                 extra[i, j] = r["flops"]
     return Table(model, [p for p, _ in instances], [r for _, r in instances], levels, diff,
-                 pcost, pacc, configs, {c: strategies[c] for c in configs}, acc, raw, extra, used)
+                 pcost, pacc, configs, {c: strategies[c] for c in configs}, acc, raw, extra, used,
+                 lat, xlat, plat)
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -175,6 +195,31 @@ class Plan:
     strategies: dict[str, dict[str, Any]]  # config -> {"strategy", "params", "source"}
     sampling: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, ...
     calibration: dict[str, Any] = field(default_factory=dict)  # problems, instances, bin sizes
+    options: list[list[Option]] = field(default_factory=list)  # every option per bin
+    blind_options: list[Option] = field(default_factory=list)
+    probe_latency: float = 0.0  # mean wall seconds of the probe
+    latency_budget: float | None = None  # seconds per problem the frontiers were cut to
+
+    @property
+    def can_probe(self) -> bool:
+        """Whether the probe fits the latency budget (always, without one)."""
+        return self.latency_budget is None or self.probe_latency <= self.latency_budget
+
+    def with_latency_budget(self, seconds: float | None) -> "Plan":
+        """This plan restricted to configurations whose expected wall time on one problem
+        (the probe's included when probed) is within `seconds`; None lifts the limit."""
+        if seconds is not None and not (isinstance(seconds, (int, float)) and math.isfinite(seconds)
+                                        and seconds > 0):
+            raise TTScaleError(f"latency budget {seconds!r} is out of range; accepted: a number "
+                               "of seconds > 0")
+        if not self.options:
+            raise TTScaleError("this plan records no latencies (made before latency budgets); "
+                               "make it again with `ttscale plan --results DIR`")
+        ok = lambda o: seconds is None or o.latency <= seconds * (1 + 1e-9)  # noqa: E731
+        keep = lambda opts: [opts[0]] + [o for o in opts[1:] if ok(o)]  # noqa: E731  ([0] is free)
+        bins = [efficient_frontier(keep(opts)) for opts in self.options]
+        blind = efficient_frontier(keep(self.blind_options))
+        return Plan(**{**self.__dict__, "bins": bins, "blind": blind, "latency_budget": seconds})
 
     def bin_of(self, diff: float) -> int:
         return min(assign_bin(diff, self.edges), len(self.bins) - 1)
@@ -182,7 +227,7 @@ class Plan:
     def choose(self, diff: float, budget: float) -> str:
         """The configuration for one problem of difficulty `diff` with `budget` FLOPs in all
         (probe included)."""
-        if budget >= self.probe_cost:
+        if budget >= self.probe_cost and self.can_probe:
             ok = [o for o in self.bins[self.bin_of(diff)] if o.cost <= budget - self.probe_cost]
             probe_pick = ok[-1] if ok else None
         else:
@@ -202,7 +247,9 @@ class Plan:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Plan":
         return cls(**{**d, "bins": [[Option(**o) for o in b] for b in d["bins"]],
-                      "blind": [Option(**o) for o in d["blind"]]})
+                      "blind": [Option(**o) for o in d["blind"]],
+                      "options": [[Option(**o) for o in b] for b in d.get("options", [])],
+                      "blind_options": [Option(**o) for o in d.get("blind_options", [])]})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -222,30 +269,38 @@ class Plan:
             raise TTScaleError(f"{path} is not a ttscale plan ({e})") from None
 
 
-def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = None) -> Plan:
-    """Fit a plan on the instances of `table` (its calibration problems)."""
+def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = None,
+             latency_budget: float | None = None) -> Plan:
+    """Fit a plan on the instances of `table` (its calibration problems). Every option keeps
+    its expected latency (probe included when probed); with `latency_budget` (seconds per
+    problem) only options within it are planned with (`Plan.with_latency_budget`)."""
     if len(table) == 0:
         raise TTScaleError("no calibration instances to fit a plan on")
     n_problems = len(set(table.problems))
     edges = quantile_edges(table.difficulty.tolist(), num_bins(n_problems, max_bins))
     bin_idx = np.array([assign_bin(d, edges) for d in table.difficulty])
-    bins, sizes = [], []
+    options, sizes = [], []
     for b in range(len(edges) + 1):
         m = bin_idx == b
         sizes.append(int(m.sum()))
         if not m.any():  # an empty bin (possible with merged edges) plans like its neighbour
-            bins.append(bins[-1] if bins else [Option(PROBE, 0.0, 0.0)])
+            options.append(options[-1] if options else [Option(PROBE, 0.0, 0.0)])
             continue
-        opts = [Option(PROBE, 0.0, float(table.probe_acc[m].mean()))]
-        opts += [Option(c, float(table.extra[m, j].mean()), float(table.acc[m, j].mean()))
+        probe_s = float(table.probe_latency[m].mean())
+        opts = [Option(PROBE, 0.0, float(table.probe_acc[m].mean()), probe_s)]
+        opts += [Option(c, float(table.extra[m, j].mean()), float(table.acc[m, j].mean()),
+                        probe_s + float(table.extra_latency[m, j].mean()))
                  for j, c in enumerate(table.configs)]
-        bins.append(efficient_frontier(opts))
-    blind = efficient_frontier([Option(NO_ANSWER, 0.0, 0.0)] + [
-        Option(c, float(table.raw[:, j].mean()), float(table.acc[:, j].mean()))
-        for j, c in enumerate(table.configs)])
-    return Plan(table.model, PROBE_SAMPLES, float(table.probe_cost.mean()), edges, bins, blind,
+        options.append(opts)
+    blind_options = [Option(NO_ANSWER, 0.0, 0.0)] + [
+        Option(c, float(table.raw[:, j].mean()), float(table.acc[:, j].mean()),
+               float(table.latency[:, j].mean())) for j, c in enumerate(table.configs)]
+    plan = Plan(table.model, PROBE_SAMPLES, float(table.probe_cost.mean()), edges,
+                [efficient_frontier(o) for o in options], efficient_frontier(blind_options),
                 table.strategies, dict(sampling or {}),
-                {"problems": n_problems, "instances": len(table), "bin_sizes": sizes})
+                {"problems": n_problems, "instances": len(table), "bin_sizes": sizes},
+                options, blind_options, float(table.probe_latency.mean()))
+    return plan.with_latency_budget(latency_budget) if latency_budget is not None else plan
 
 
 # -- spending a budget on a batch (offline, from the table) ----------------------------------
@@ -273,7 +328,7 @@ def choose_mode(plan: Plan, bins: Sequence[int] | None, n: int, budget: float,
     """Probe first when that buys more expected accuracy than a difficulty-blind allocation."""
     blind = allocate([plan.blind] * n, budget, ranks=ranks).expected_accuracy
     left = budget - n * plan.probe_cost
-    if bins is None or left < 0:
+    if bins is None or left < 0 or not plan.can_probe:
         return "blind"
     probed = allocate([plan.bins[b] for b in bins], left, ranks=ranks).expected_accuracy
     return "probe" if probed >= blind else "blind"

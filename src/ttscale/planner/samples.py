@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ttscale.engine.base import Generator
+from ttscale.engine.task_stops import with_task_stops
 from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.base import Candidate
@@ -52,7 +53,8 @@ class SampleSet:
     prompt_tokens: int = 0
     cached_tokens: int = 0
     prefill_flops: float = 0.0
-    wall_s: float = 0.0
+    wall_s: float = 0.0  # measured: the one request that drew all n samples (at batch n)
+    score_wall_s: float = 0.0  # measured: scoring them
 
     @property
     def n(self) -> int:
@@ -77,7 +79,29 @@ class SampleSet:
                     policy_flops=(self.prefill_flops + sum(self.sample_flops[i] for i in idx))
                     if idx else 0.0,
                     verifier_tokens=vt, verifier_flops=vf,
-                    wall_s=self.wall_s * (prefill_tokens + comp) / total_tokens if idx else 0.0)
+                    wall_s=(self.wall_s * (prefill_tokens + comp) / total_tokens
+                            + (self.score_wall_s * comp / max(sum(self.completion_tokens), 1)
+                               if scored else 0.0)) if idx else 0.0)
+
+    def latency(self, rounds: Sequence[Sequence[int]], scored: bool = False) -> float:
+        """Estimated wall seconds to draw the samples in `rounds`, one request per round, each
+        waiting for the one before (a stopping rule's windows). A request's samples decode
+        together, so a round lasts as long as its longest sample: the measured wall time of
+        the whole draw scaled by (longest sample of the round + 1) / (longest of all + 1);
+        scoring adds its measured time in proportion to the round's tokens, when `scored`.
+        Documented approximation: the decode step is timed at the batch the store ran (n)."""
+        if not rounds or self.n == 0:
+            return 0.0
+        longest = max(self.completion_tokens) + 1
+        total = sum(k + 1 for k in self.completion_tokens)
+        out = 0.0
+        for r in rounds:
+            if not r:
+                continue
+            out += self.wall_s * (max(self.completion_tokens[i] for i in r) + 1) / longest
+            if scored:
+                out += self.score_wall_s * sum(self.completion_tokens[i] + 1 for i in r) / total
+        return out
 
     def candidates(self, idx: Sequence[int]) -> list[Candidate]:
         return [Candidate(text=self.texts[i] if self.texts else "", answer=self.answers[i],
@@ -156,9 +180,11 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
     sp = SamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
                         top_k=params.top_k, max_tokens=params.max_tokens, stop=list(params.stop),
                         seed=params.seed, logprobs=lp or params.logprobs,
-                        top_logprobs=int(getattr(scorer, "top_logprobs", 0)) if lp else 0)
+                        top_logprobs=int(getattr(scorer, "top_logprobs", 0)) if lp else 0,
+                        min_p=params.min_p)
     t0 = time.perf_counter()
-    res = generator.generate([GenerationRequest(problem.prompt, sp)])[0]
+    res = with_task_stops(generator, task).generate([GenerationRequest(problem.prompt, sp)])[0]
+    gen_s = time.perf_counter() - t0
     if res.error is not None:
         raise TTScaleError(f"generation failed for {problem.id}: {res.error}")
     comps = res.completions
@@ -171,6 +197,7 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
     scores: list[float | None] = [None] * len(comps)
     vflops = [0.0] * len(comps)
     vtok = [0] * len(comps)
+    t1 = time.perf_counter()
     if scorer is not None:
         batch = scorer.score(problem, texts, comps)
         scores = [float(s.value) for s in batch.scores]
@@ -187,7 +214,7 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
         sample_flops=sample_flops, verifier_flops=vflops, verifier_tokens=vtok,
         prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,
         prefill_flops=max(u.flops - sum(sample_flops), 0.0),
-        wall_s=time.perf_counter() - t0)
+        wall_s=gen_s, score_wall_s=time.perf_counter() - t1 if scorer is not None else 0.0)
 
 
 def _completion_lengths(comps: Sequence[Any], total: int) -> list[int]:
@@ -224,3 +251,19 @@ def split_setting(params: dict[str, Any], keys: Sequence[str] = SETTING_KEYS
 def setting_id(setting: dict[str, Any]) -> str:
     """A stable name of a sampler setting: `effort=high,temperature=1.0` ("" for the base)."""
     return ",".join(f"{k}={setting[k]}" for k in sorted(setting))
+
+
+def rounds_of(rule: str, order: Sequence[int], used: int, window: int = 4,
+              start: int = 0) -> list[list[int]]:
+    """The dependent requests in which a rule draws its `used` samples, from sample `start` on
+    (samples before it were drawn already, by the probe): one for the parallel rules, one
+    per window for ESC, one per sample for Adaptive-Consistency. Their number is the rule's
+    sequential depth."""
+    idx = list(order[start:used])
+    if not idx:
+        return []
+    if rule == "esc":
+        return [idx[i: i + window] for i in range(0, len(idx), window)]
+    if rule == "adaptive_consistency":
+        return [[i] for i in idx]
+    return [idx]
