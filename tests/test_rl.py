@@ -42,6 +42,8 @@ def read_log(out: Path) -> list[dict]:
     (dict(task="arith,arith"), "names a task twice"),
     (dict(rollout="vllm"), "unknown rollout 'vllm'"),
     (dict(rollout="transformers", resample_flat=1), "resample_flat=1 is out of range"),
+    (dict(effort="medium"), "unknown effort 'medium'"),
+    (dict(effort="policy", rollout="transformers"), "effort 'policy' needs rollout 'engine'"),
     (dict(rewards=RewardConfig(length_penalty=-0.5)), "length_penalty"),
 ])
 def test_bad_configuration_is_refused_before_any_work(random_model_dir, tmp_path, kw, match):
@@ -106,6 +108,26 @@ def test_resampling_leaves_fewer_flat_groups_in_the_batch(tmp_path):
     sampled = sum(r["frac_flat_sampled"] for r in log) / len(log)
     kept = sum(r["frac_zero_std"] for r in log) / len(log)
     assert sampled > 0.2 and kept < sampled - 0.15, (sampled, kept)
+
+
+def test_with_effort_left_to_the_policy_it_learns_the_mode_that_pays(random_model_dir, tmp_path):
+    # Each sample's completion starts with the mode prefix the policy chose, then the question;
+    # a reward that pays the long mode (and only sees the `effort` column) teaches the choice.
+    seen = []
+
+    def pays_high(prompts, completions, effort, problem_id, **_):
+        seen.extend(zip(completions, effort))
+        return [1.0 if e == "high" else 0.0 for e in effort]
+
+    out = tmp_path / "effort"
+    train_rl(small(steps=12, effort="policy", max_completion_length=4), random_model_dir, out,
+             reward_funcs=[pays_high], progress=False)
+    assert {e for _, e in seen} == {"low", "high"}
+    assert all(c.startswith("Think: " if e == "high" else "Q: ") for c, e in seen)
+    log = read_log(out)
+    assert 0.2 < log[0]["p_high"] < 0.8  # a random model has no preference
+    assert log[-1]["p_high"] > log[0]["p_high"] + 0.15, [r["p_high"] for r in log]
+    assert "frac_high_L1" in log[0]
 
 
 def test_kl_is_logged_with_a_reference_and_flat_groups_are_counted(random_model_dir, tmp_path):
@@ -190,7 +212,7 @@ def test_a_killed_run_resumes_with_its_log_trimmed_to_the_checkpoint(random_mode
             f"threads=1), {random_model_dir!r}, {str(out)!r}, progress=False)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 180
+        deadline = time.time() + 600  # generous: only a machine loaded by other jobs comes near it
         while time.time() < deadline and not (out / "checkpoint-3" / "trainer_state.json").exists():
             time.sleep(0.1)
     finally:

@@ -56,6 +56,8 @@ def rl(
                                                "or transformers (TRL's generate)."),
     resample_flat: int = typer.Option(0, help="Rounds of replacing all-right/all-wrong groups by fresh "
                                               "problems per step (engine rollout; 0: off)."),
+    effort: str = typer.Option("low", help="Thinking mode of the prompts: low, high, or policy "
+                                           "(each sample's mode is the policy's first action)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -70,7 +72,7 @@ def rl(
                    generation_batch_size=generation_batch_size, num_iterations=num_iterations,
                    max_completion_length=max_completion_length, temperature=temperature, scale_rewards=scale_rewards,
                    learning_rate=learning_rate, beta=beta, seed=seed, device=device, rollout=rollout,
-                   resample_flat=resample_flat,
+                   resample_flat=resample_flat, effort=effort,
                    rewards=RewardConfig(format=format_weight, partial=partial_credit,
                                         length_penalty=length_penalty))
     try:

@@ -152,6 +152,23 @@ def checked(fn: RewardFunc, name: str | None = None) -> RewardFunc:
     return wrapper
 
 
+def solution_text(problem: Problem, completion: str) -> str:
+    """The completion without a leading copy of the problem's prompt in either effort mode.
+
+    When the policy chooses the effort mode, its completion starts with the mode prefix and the
+    rest of the prompt (train/rollout.py); the rewards score only what follows.
+    """
+    from ttscale.tasks.effort import HIGH_PREFIX, LOW_PREFIX
+
+    for head in (LOW_PREFIX, HIGH_PREFIX):
+        if problem.prompt.startswith(head):
+            question = problem.prompt[len(head):]
+            for prefix in (LOW_PREFIX + question, HIGH_PREFIX + question):
+                if completion.startswith(prefix):
+                    return completion[len(prefix):]
+    return completion
+
+
 def _finished(ids: Sequence[int] | None, eos_id: int | None) -> bool:
     return True if ids is None or eos_id is None else (len(ids) > 0 and ids[-1] == eos_id)
 
@@ -181,20 +198,25 @@ def oracle_reward_funcs(tasks: Task | Mapping[str, Task], problems: dict[str, Pr
         except KeyError as e:
             raise RewardFunctionError(f"unknown problem_id {e.args[0]!r} in the batch") from None
 
+    def own(problem_id, completions):
+        return [(p, solution_text(p, c)) for p, c in zip(lookup(problem_id), completions)]
+
     def correct_fn(prompts, completions, problem_id, **_):
-        return [correctness(task_of(p), p, c) for p, c in zip(lookup(problem_id), completions)]
+        return [correctness(task_of(p), p, c) for p, c in own(problem_id, completions)]
 
     def format_fn(prompts, completions, problem_id, completion_ids=None, **_):
         ids = completion_ids or [None] * len(completions)
         return [well_formed(task_of(p), c, _finished(i, eos_id))
-                for p, c, i in zip(lookup(problem_id), completions, ids)]
+                for (p, c), i in zip(own(problem_id, completions), ids)]
 
     def partial_fn(prompts, completions, problem_id, **_):
-        return [step_credit(task_of(p), p, c) for p, c in zip(lookup(problem_id), completions)]
+        return [step_credit(task_of(p), p, c) for p, c in own(problem_id, completions)]
 
-    def length_fn(prompts, completions, problem_id, completion_ids=None, **_):
-        lengths = [len(i) for i in completion_ids] if completion_ids else [len(c) for c in completions]
-        ok = [task_of(p).is_correct(p, c) for p, c in zip(lookup(problem_id), completions)]
+    def length_fn(prompts, completions, problem_id, completion_ids=None, gen_length=None, **_):
+        # gen_length (engine rollout): the policy's own tokens, without a prompt it chose
+        lengths = (list(gen_length) if gen_length else [len(i) for i in completion_ids] if completion_ids
+                   else [len(c) for c in completions])
+        ok = [task_of(p).is_correct(p, c) for p, c in own(problem_id, completions)]
         out = [0.0] * len(completions)
         for g in groups_of(problem_id):
             for i, r in zip(g, kimi_length_rewards([lengths[i] for i in g], [ok[i] for i in g])):

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.registry import resolve_model
 from ttscale.tasks import BuiltinTask, Task, get_task
+from ttscale.tasks.effort import EFFORTS, HIGH_PREFIX, LONG_MODE_TASKS, LOW_PREFIX, apply_effort
 from ttscale.train.rewards import (RewardConfig, RewardFunc, checked, oracle_reward_funcs,
                                    zero_std_fraction)
 from ttscale.types import Problem
@@ -34,6 +35,7 @@ from ttscale.types import Problem
 TRL_VERSION = "1.16.0"  # pinned in pyproject.toml; the trainer's internals changed across releases
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 ROLLOUTS = ("engine", "transformers")  # who samples the groups: our TorchEngine or TRL's generate()
+RL_EFFORTS = (*EFFORTS, "policy")  # "policy": each sample's mode is the policy's first action
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -67,6 +69,7 @@ class RLConfig:
     num_train_problems: int = 2000  # at most this many distinct training problems (then cycled)
     rollout: str = "engine"  # ROLLOUTS; "engine" is TorchEngine (train/rollout.py)
     resample_flat: int = 0  # rounds of replacing all-right / all-wrong groups by fresh problems (engine)
+    effort: str = "low"  # "low" / "high": the prompts' mode (tasks/effort.py); "policy": the policy picks
     save_steps: int = 20  # checkpoint every this many steps (two are kept)
     seed: int = 0
     device: str = "cpu"
@@ -133,6 +136,16 @@ def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: d
     if cfg.resample_flat < 0 or (cfg.resample_flat and cfg.rollout != "engine"):
         raise out_of_range("resample_flat", cfg.resample_flat,
                            ">= 0, and 0 unless rollout='engine' (resampling happens in the engine rollout)")
+    if cfg.effort not in RL_EFFORTS:
+        raise unknown("effort", cfg.effort, RL_EFFORTS)
+    if cfg.effort == "policy" and cfg.rollout != "engine":
+        raise TTScaleError("effort 'policy' needs rollout 'engine' (the engine rollout lets the policy pick "
+                           f"the mode); got rollout {cfg.rollout!r}")
+    if cfg.effort != "low":
+        for task in tasks:
+            if task.name not in LONG_MODE_TASKS:
+                raise TTScaleError(f"effort {cfg.effort!r} needs tasks with a long mode "
+                                   f"({', '.join(LONG_MODE_TASKS)}); task {task.name!r} has only effort 'low'")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise TTScaleError(f"device {cfg.device!r} is not available here; accepted: cpu")
     for task in tasks:
@@ -146,6 +159,7 @@ def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: d
     if model_config:
         ctx = model_config.get("max_position_embeddings")
         longest = 1 + max((len(p.prompt) for t in tasks for p in _sample_prompts(t, cfg)), default=0)
+        longest += len(HIGH_PREFIX) - len(LOW_PREFIX) if cfg.effort != "low" else 0  # "Think: " vs "Q: "
         if ctx and longest + cfg.max_completion_length > ctx:
             raise out_of_range("max_completion_length", cfg.max_completion_length,
                                f"<= {ctx - longest} (the model's context is {ctx} tokens and prompts "
@@ -174,6 +188,8 @@ def training_problems(tasks: Task | Sequence[Task], cfg: RLConfig) -> list[Probl
         except TTScaleError:  # a small level has fewer distinct problems: take them all
             out += _as_many_as(task, lv, cfg.seed, per_cell // 2)
     random.Random(cfg.seed).shuffle(out)
+    if cfg.effort == "high":
+        out = [apply_effort(p, "high") for p in out]
     return out
 
 
@@ -281,7 +297,7 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
 
         rollout = EngineRollout(problems, task_of, max_tokens=cfg.max_completion_length,
                                 temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                resample_flat=cfg.resample_flat)
+                                resample_flat=cfg.resample_flat, effort_by_policy=cfg.effort == "policy")
 
     class _Log(TrainerCallback):
         """One JSONL record per step, and the progress bar."""
@@ -398,8 +414,10 @@ def step_record(step: int, logs: dict, elapsed_s: float) -> dict:
         "groups_sampled": logs.get("groups_sampled"),
     }
     for k, v in logs.items():
-        if k.startswith("frac_flat_sampled/"):
-            rec["frac_flat_sampled_" + k.split("/")[1]] = v
+        if k.startswith(("frac_flat_sampled/", "frac_high/")):
+            rec[k.replace("/", "_")] = v
+        if k == "p_high":
+            rec["p_high"] = v
     for k, v in logs.items():
         if k.startswith("rewards/") and k.endswith("/mean") and k != "rewards/group_stats/mean":
             rec["reward_" + k.split("/")[1]] = v
