@@ -47,3 +47,26 @@ def test_sweep_without_a_shape_of_an_unknown_model_names_the_flags(server, tmp_p
                                    "--base-url", server.url, "--out", str(tmp_path)])
     assert res.exit_code != 0
     assert "--shape-from" in str(res.exception) and "served-x" in str(res.exception)
+
+
+def test_a_few_shot_sweep_stops_every_sample_before_the_next_question(server, random_model_dir,
+                                                                       tmp_path):
+    recs = [{"question": f"Ann has {i} pens and gets 1 more. How many?",
+             "answer": f"{i}+1={i + 1}\n#### {i + 1}"} for i in range(1, 9)]
+    (tmp_path / "t_test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (tmp_path / "t_train.jsonl").write_text(json.dumps(dict(recs[0], question="Bo has 2.")) +
+                                            "\n")
+    proxy = QuirkyProxy(server.url)
+    with ServerThread(proxy.app) as s:
+        from ttscale.cli import app
+
+        res = CliRunner().invoke(app, [
+            "sweep", "--backend", "openai", "--model", MODEL, "--base-url", s.url,
+            "--shape-from", random_model_dir, "--task", str(tmp_path / "t_test.jsonl"),
+            "--shots", "1", "--ns", "1,2", "--replicates", "1", "--scorer", "none",
+            "--strategies", "greedy", "--max-tokens", "8", "--no-report",
+            "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert len(proxy.bodies) >= 2  # the stored samples and the greedy run
+    assert all("\nQuestion:" in b["stop"] for b in proxy.bodies)
+    assert all(b["prompt"].startswith("Question: Bo has 2.") for b in proxy.bodies)
