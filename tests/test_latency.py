@@ -86,5 +86,10 @@ def test_plan_command_takes_a_latency_budget_and_the_report_shows_latency(tmp_pa
     lat = a["headline"]["latency"]
     assert {"greedy_wall_s", "within_2x", "within_10x"} <= set(lat)
     assert lat["within_10x"]["accuracy"] is not None
+    from ttscale.eval.report import write_report
+
+    text = write_report(d, a).read_text()
+    assert "## Accuracy against latency" in text and "](latency.png)" in text
+    assert (d / "latency.png").read_bytes()[:4] == b"\x89PNG"
     fr = a["latency_frontier"]
     assert all(p["latency_s"] < q["latency_s"] and p["accuracy"] < q["accuracy"] for p, q in zip(fr, fr[1:]))

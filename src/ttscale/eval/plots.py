@@ -94,10 +94,35 @@ def plot_coverage(a: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_latency(a: dict[str, Any], path: Path) -> None:
+    """Accuracy against wall seconds per problem per strategy (log x), with its frontier."""
+    pts = [p for p in a["curves"] if p.get("latency_s") and not p.get("oracle")]
+    if not pts:
+        return
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for s, ps in _by_strategy(pts).items():
+        ps = sorted(ps, key=lambda p: p["latency_s"])
+        ax.plot([p["latency_s"] for p in ps], [p["accuracy"] for p in ps], "o", ms=3, label=s)
+    fr = a.get("latency_frontier") or []
+    if fr:
+        ax.step([p["latency_s"] for p in fr], [p["accuracy"] for p in fr], "k--", where="post",
+                lw=1.5, label="accuracy-latency frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("wall seconds per problem")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{a['model']}: accuracy against latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_all(a: dict[str, Any], out: Path) -> dict[str, str]:
     """Write every plot into `out`; returns name -> file name (relative, for Markdown)."""
     made = {}
-    for name, fn in (("accuracy", plot_accuracy), ("bins", plot_bins), ("coverage", plot_coverage)):
+    for name, fn in (("accuracy", plot_accuracy), ("bins", plot_bins), ("coverage", plot_coverage),
+                     ("latency", plot_latency)):
         path = out / f"{name}.png"
         fn(a, path)
         if path.exists():

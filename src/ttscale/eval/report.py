@@ -357,6 +357,8 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
               "|---:|---:|---:|---:|---|"]
     lines += [f"| {p['latency_s']:.3g} | {_fmt(p.get('depth'))} | {_fmt(p['accuracy'], True)} | "
               f"{p['flops']:.3g} | {p['config']} |" for p in a.get("latency_frontier", [])]
+    if "latency" in plots:
+        lines += ["", f"![accuracy against latency]({plots['latency']})"]
     lines += ["", "## Fitted laws", "",
               "Accuracy against FLOPs per strategy: acc(C) = a_max - b·(C/C0)^(-alpha); N* is the "
               "budget past which a doubling of compute gains less than 1 point.", "",
