@@ -156,10 +156,10 @@ def sample_solutions(generator: Generator, task: Task, problems: Sequence[Proble
     return out
 
 
-def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Problem, str]],
+def label_solutions(generator: Generator | None, task: Task, samples: Sequence[tuple[Problem, str]],
                     cfg: PRMConfig, seed: int, rollouts: bool = True) -> list[LabelledSolution]:
     """Step labels for each sample: the oracle's verdicts (`cfg.labels="oracle"`) or
-    Math-Shepherd rollouts (all steps in one generator call)."""
+    Math-Shepherd rollouts (all steps in one generator call; only then is `generator` used)."""
     delim = task.step_delimiter
     items = []
     reqs: list[GenerationRequest] = []
@@ -176,7 +176,10 @@ def label_solutions(generator: Generator, task: Task, samples: Sequence[tuple[Pr
                                               _sampling(cfg, cfg.rollouts, seed * 100_003 + len(reqs))))
                 where.append((si, i))
         items.append((p, text, steps, labels))
-    results = generator.generate(reqs) if reqs else []
+    if reqs and generator is None:
+        raise TTScaleError("Math-Shepherd labels need the policy to roll out from each step; "
+                           "pass its generator, or use labels='oracle'")
+    results = generator.generate(reqs) if reqs and generator is not None else []
     for (si, i), r in zip(where, results):
         p, _, steps, labels = items[si]
         prefix = _prefix(steps, i, delim)
@@ -381,7 +384,7 @@ def heldout_as_labelled(draws: Sequence[Any], cfg: PRMConfig) -> list[LabelledSo
     out: list[LabelledSolution] = []
     for d in draws:
         task = get_task(d.problem.task)
-        out += label_solutions(None, task, [(d.problem, t) for t in d.samples], cfg, 0, rollouts=False)  # type: ignore[arg-type]
+        out += label_solutions(None, task, [(d.problem, t) for t in d.samples], cfg, 0, rollouts=False)
     return out
 
 
