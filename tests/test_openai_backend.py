@@ -322,3 +322,21 @@ def test_few_shot_prompts_send_the_stop_before_the_next_question(quirky, engine,
     assert quirky.bodies and all("\nQuestion:" in b["stop"] for b in quirky.bodies)
     assert quirky.bodies[0]["prompt"].startswith("Question: Bo has 2.\nAnswer: 1+1=2\n#### 2")
     task.close()
+
+
+def test_eval_over_a_server_matches_the_local_engine_with_flops_unknown(server, random_model_dir):
+    from typer.testing import CliRunner
+
+    from ttscale.cli import app
+
+    common = ["eval", "--task", "arith", "--level", "1", "--num-problems", "3", "--n", "2",
+              "--max-tokens", "8", "--json"]
+    res = CliRunner().invoke(app, [*common, "--backend", "openai", "--base-url", server.url,
+                                   "--model", MODEL])
+    assert res.exit_code == 0, res.output
+    remote_row = json.loads(res.output)
+    local = CliRunner().invoke(app, [*common, "--model", random_model_dir])
+    local_row = json.loads(local.output)
+    assert remote_row["flops"] is None and local_row["flops"] > 0
+    for key in ("greedy_acc", "maj_acc", "pass_at_n", "mean_tokens"):
+        assert remote_row[key] == local_row[key], key

@@ -65,7 +65,9 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
         level=problems[0].level if problems else None, num_problems=len(problems), n=n,
         greedy_acc=sum(greedy_ok) / k, maj_acc=sum(maj_ok) / k if sampled else float("nan"),
         pass_at_n=sum(pass_ok) / k if sampled else float("nan"),
-        mean_tokens=sum(len(r.completions[0].token_ids) for r in g_res) / k,
+        # token ids where the backend returns them, else its usage count (OpenAI servers)
+        mean_tokens=sum(len(r.completions[0].token_ids) or r.usage.completion_tokens
+                        for r in g_res) / k,
         flops=sum(r.usage.flops for r in results),
         effort=effort_of(problems[0].prompt) if problems else "low",
     )
