@@ -174,12 +174,13 @@ def _sample_prompts(task: Task, cfg: RLConfig) -> list[Problem]:
 def training_problems(tasks: Task | Sequence[Task], cfg: RLConfig) -> list[Problem]:
     """Distinct train-split problems, tasks and levels interleaved in a seeded random order.
 
-    As many as the run visits (steps x prompts per step), at most `num_train_problems`, split
-    evenly over tasks and levels; the trainer cycles through them when the run needs more.
+    As many as the run may visit (steps x prompts per step, times 1 + resample_flat rounds), at
+    most `num_train_problems`, split evenly over tasks and levels; the trainer cycles through
+    them when the run needs more.
     """
     tasks = [tasks] if isinstance(tasks, Task) else list(tasks)
     cells = [(t, lv) for t in tasks for lv in (cfg.levels if isinstance(t, BuiltinTask) else [None])]
-    total = min(cfg.num_train_problems, cfg.steps * cfg.prompts_per_step)
+    total = min(cfg.num_train_problems, cfg.steps * cfg.prompts_per_step * (1 + cfg.resample_flat))
     per_cell = max(1, math.ceil(total / len(cells)))
     out: list[Problem] = []
     for task, lv in cells:
