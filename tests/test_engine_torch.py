@@ -11,7 +11,7 @@ import torch
 from ttscale.engine import HFGenerator, TorchEngine, load_generator
 from ttscale.engine.sampling import make_params
 from ttscale.errors import TTScaleError
-from ttscale.models.family import SIZES
+from ttscale.models.family import CONTEXT, SIZES
 from ttscale.models.registry import models_dir
 from ttscale.types import GenerationRequest as Req, SamplingParams as SP
 
@@ -221,7 +221,7 @@ def test_context_limit_ends_with_length(engine):
 
 
 @pytest.mark.parametrize("params, prompt, fragment", [
-    (SP(), "x" * 400, "context is 256"),
+    (SP(), "x" * (CONTEXT + 50), f"context is {CONTEXT}"),
     (SP(n=0), "x", "n=0"),
     (SP(n=5000), "x", "n=5000"),
     (SP(max_tokens=0), "x", "max_tokens=0"),
@@ -268,7 +268,7 @@ def test_load_generator_validates(random_model_dir):
     with pytest.raises(TTScaleError, match="unknown model 'no-such-model'"):
         load_generator("no-such-model")
     g = load_generator(random_model_dir, backend="torch")
-    assert g.context_length == 256 and g.shape.n_layer == 4
+    assert g.context_length == CONTEXT and g.shape.n_layer == 4
 
 
 def test_rope_scaling_is_refused(random_model_dir, tmp_path):
@@ -300,5 +300,5 @@ def test_hf_backend_sampling_and_stops(random_model_dir):
     cut = hf.generate([Req(PROMPTS[0], SP(n=3, temperature=1.0, max_tokens=20, seed=5,
                                           stop=[stop]))])[0].completions[0]
     assert cut.text == text[:text.index(stop)] and cut.finish_reason == "stop"
-    bad = hf.generate([Req("x" * 400, SP()), Req("Q: 1\n", SP(max_tokens=2))])
+    bad = hf.generate([Req("x" * (CONTEXT + 50), SP()), Req("Q: 1\n", SP(max_tokens=2))])
     assert "context" in bad[0].error and bad[1].error is None

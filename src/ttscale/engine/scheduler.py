@@ -1,0 +1,177 @@
+"""The step scheduler's state: handles that callers hold, requests waiting, rows being decoded.
+
+Threads: any thread may `TorchEngine.submit` a request and read or cancel the handle it gets.
+Steps (`step`, and so `generate` and `run_loop`) take the engine's step lock, one at a time: a
+server runs one `run_loop` thread and submits from its request threads; a `generate` call from
+another thread meanwhile steps the same batch. A handle is written only inside a step; its
+readers see tokens appear (`poll`) and the final result (`wait`, `result`) without a lock.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from ttscale.engine.sampling import RowParams
+from ttscale.types import Completion, GenerationRequest, GenerationResult, SamplingParams, Usage
+
+
+class RequestHandle:
+    """A submitted request: its tokens as they are sampled and, once every sample ends, its result.
+
+    `poll()` returns the tokens sampled since the previous poll as (sample index, token ids)
+    pairs: raw tokens, EOS included; the final `Completion`s are authoritative (their text ends
+    before a stop string, and EOS is dropped). One consumer per handle polls.
+    """
+
+    def __init__(self, request: GenerationRequest):
+        self.request = request
+        self._done = threading.Event()
+        self._updated = threading.Event()
+        self._result: GenerationResult | None = None
+        self._req: _Request | None = None
+        self._sent: list[int] = []
+        self._cancelled = False
+        self._on_cancel: Callable[[], None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """The GenerationResult once done (an error of its own if it failed), else None."""
+        return self._result
+
+    def wait(self, timeout: float | None = None) -> GenerationResult | None:
+        """Block until done (or timeout) and return the result (None on timeout)."""
+        self._done.wait(timeout)
+        return self._result
+
+    def wait_update(self, timeout: float | None = None) -> bool:
+        """Block until new tokens were sampled or the request ended; False on timeout."""
+        got = self._updated.wait(timeout)
+        self._updated.clear()
+        return got or self.done
+
+    def poll(self) -> list[tuple[int, list[int]]]:
+        """Tokens sampled since the last poll, per sample: [(j, [token ids])]."""
+        req = self._req
+        if req is None:
+            return []
+        streams = req.streams
+        if len(self._sent) < len(streams):
+            self._sent += [0] * (len(streams) - len(self._sent))
+        out = []
+        for j, s in enumerate(streams):
+            k = len(s)
+            if k > self._sent[j]:
+                out.append((j, s[self._sent[j]:k]))
+                self._sent[j] = k
+        return out
+
+    def cancel(self) -> None:
+        """Stop the request at the next step; its result becomes an error 'cancelled'."""
+        if not self.done:
+            self._cancelled = True
+            if self._on_cancel:
+                self._on_cancel()
+
+    def _finish(self, result: GenerationResult) -> None:
+        self._result = result
+        self._done.set()
+        self._updated.set()
+
+
+@dataclass
+class _Request:
+    handle: RequestHandle
+    ids: list[int]
+    params: SamplingParams
+    stops: list[str]
+    max_new: int
+    keys: list[int]  # the sampling stream of each sample (see sampling.sample_key)
+    next_j: int = 0  # the next sample to admit
+    alone: bool = False  # run without other requests (after a batch failed)
+    completions: list[Completion | None] = field(default_factory=list)
+    streams: list[list[int]] = field(default_factory=list)  # tokens of each sample so far
+    usage: Usage = field(default_factory=Usage)
+    remaining: int = 0
+
+    def reset(self) -> None:
+        """Back to not started (a restart regenerates the same samples: keys are fixed)."""
+        n = self.params.n
+        self.next_j, self.remaining, self.usage = 0, n, Usage()
+        self.completions = [None] * n
+        self.streams = [[] for _ in range(n)]
+
+    @property
+    def span(self) -> int:
+        """Most positions the request's sequences can reach."""
+        return len(self.ids) + self.max_new
+
+
+@dataclass
+class _Row:
+    req: _Request
+    j: int
+    key: int = 0
+    gen: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    top: list[dict[str, float]] = field(default_factory=list)
+    lookup: object = None  # the prompt-lookup index of speculative decoding
+
+    @property
+    def length(self) -> int:
+        """Tokens of the sequence so far (prompt and generated)."""
+        return len(self.req.ids) + len(self.gen)
+
+
+class _Batch:
+    """The rows being decoded; row i lives in cache row i, its settings in tensors of length A."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.rows: list[_Row] = []
+        self.next_tok = torch.zeros(0, dtype=torch.long, device=device)
+        self.pos = torch.zeros(0, dtype=torch.long, device=device)
+        self.steps = torch.zeros(0, dtype=torch.long, device=device)
+        self.keys: list[int] = []
+        self.rp = self._params()
+
+    def _params(self) -> RowParams:
+        ps = [r.req.params for r in self.rows]
+        return RowParams([p.temperature for p in ps], [p.top_p for p in ps], [p.top_k for p in ps],
+                         self.keys, self.device)
+
+    def add(self, rows: list[_Row], first: torch.Tensor) -> None:
+        dev = self.device
+        self.rows += rows
+        self.keys += [r.key for r in rows]
+        self.next_tok = torch.cat([self.next_tok, first])
+        self.pos = torch.cat([self.pos, torch.tensor([len(r.req.ids) for r in rows], device=dev)])
+        self.steps = torch.cat([self.steps, torch.ones(len(rows), dtype=torch.long, device=dev)])
+        self.rp = self._params()
+
+    def remove(self, done: set[int], move: Callable[[list[int], list[int], int], None]) -> None:
+        """Drop rows `done`; the last live rows move into the holes (`move(src, dst, length)`
+        copies their KV)."""
+        a, keep = len(self.rows), len(self.rows) - len(done)
+        holes = [i for i in sorted(done) if i < keep]
+        sources = [i for i in range(keep, a) if i not in done]
+        perm = list(range(keep))
+        for h, s in zip(holes, sources):
+            perm[h] = s
+        if sources:
+            move(sources, holes, max(self.rows[s].length for s in sources))
+        idx = torch.tensor(perm, dtype=torch.long, device=self.device)
+        self.rows = [self.rows[i] for i in perm]
+        self.keys = [self.keys[i] for i in perm]
+        self.next_tok, self.pos, self.steps = self.next_tok[idx], self.pos[idx], self.steps[idx]
+        self.rp = self._params()

@@ -1,0 +1,122 @@
+"""Speculative decoding: greedy output identical to plain decoding, sampling distribution kept."""
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from ttscale.engine import TorchEngine
+from ttscale.engine.sampling import RowParams
+from ttscale.engine.speculative import NgramIndex, accept, parse_spec, target_probs
+from ttscale.errors import TTScaleError
+from ttscale.models.family import SIZES
+from ttscale.models.registry import models_dir
+from ttscale.types import GenerationRequest as Req, SamplingParams as SP
+
+PROMPTS = ["Q: 12+7*3\n", "Q: 8-2+9+6\n=6+9+6\n"]
+
+
+def _greedy_pair(model_dir: str, spec: dict, max_tokens: int = 40):
+    reqs = [Req(p, SP(n=2, temperature=0, max_tokens=max_tokens, logprobs=True)) for p in PROMPTS]
+    plain = TorchEngine(model_dir).generate(reqs)
+    eng = TorchEngine(model_dir, speculative=spec)
+    return plain, eng.generate(reqs), eng
+
+
+def _assert_identical(plain, spec):
+    for a, b in zip(plain, spec):
+        assert a.error is None and b.error is None
+        for x, y in zip(a.completions, b.completions):
+            assert x.token_ids == y.token_ids and x.text == y.text
+            assert x.finish_reason == y.finish_reason
+            assert max(abs(u - v) for u, v in zip(x.logprobs, y.logprobs)) < 1e-4
+
+
+def test_self_draft_is_identical_and_accepts_everything(random_model_dir):
+    plain, spec, eng = _greedy_pair(random_model_dir, {"draft": random_model_dir, "k": 3})
+    _assert_identical(plain, spec)
+    assert eng.spec_drafted > 0 and eng.spec_accepted >= 0.95 * eng.spec_drafted
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_speculative_greedy_identical_on_shipped_models(name):
+    path = models_dir() / name
+    if not (path / "config.json").exists():
+        pytest.skip(f"shipped model {name} is not in {models_dir()}")
+    plain, spec, eng = _greedy_pair(str(path), {"draft": "ngram", "k": 4}, max_tokens=64)
+    _assert_identical(plain, spec)
+    assert eng.spec_accepted > 0  # arith chains repeat themselves: lookup finds tokens
+    if name != "ttscale-tiny" and (models_dir() / "ttscale-tiny" / "config.json").exists():
+        _, drafted, eng = _greedy_pair(str(path), {"draft": "ttscale-tiny", "k": 4}, max_tokens=64)
+        _assert_identical(plain, drafted)
+
+
+def _rows(a: int, temperature: float, top_k: int = 0) -> RowParams:
+    return RowParams([temperature] * a, [1.0] * a, [top_k] * a, list(range(1, a + 1)), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("use_q", [True, False])
+def test_acceptance_rule_keeps_the_target_distribution(use_q):
+    """Chi-square: what a round emits first is distributed as p, whatever the draft q; the
+    token after a kept draft is distributed as p at that position."""
+    torch.manual_seed(0)
+    a, k, v = 40000, 2, 6
+    rp = _rows(a, temperature=0.8, top_k=5)
+    logits = torch.randn(1, k + 1, v).mul(1.5).expand(a, k + 1, v).contiguous()
+    p = target_probs(logits[:1], _rows(1, 0.8, 5))[0]  # [k + 1, V]; top_k drops one token
+    steps = torch.zeros(a, dtype=torch.long)
+    if use_q:  # a draft model's distributions, far from p, drafts drawn from them
+        q = torch.softmax(torch.randn(k, v) * 2, -1)
+        g = torch.Generator().manual_seed(1)
+        drafts = torch.stack([torch.multinomial(q[i], a, replacement=True, generator=g)
+                              for i in range(k)], 1)
+        qa = q.expand(a, k, v)
+    else:  # prompt lookup: one fixed proposal
+        drafts, qa = torch.tensor([[1, 3]]).expand(a, k).contiguous(), None
+    kept, toks = accept(logits, drafts, torch.full((a,), k), qa, rp, steps)
+    first = toks[:, 0]
+    counts = torch.bincount(first, minlength=v).float()
+    support = p[0] > 0
+    assert counts[~support].sum() == 0
+    assert chisquare(counts[support], p[0][support] * a).pvalue > 1e-3
+    after = (kept >= 1)  # the first draft was kept: the second token follows p[1]
+    second = toks[after, 1]
+    c2 = torch.bincount(second, minlength=v).float()
+    assert c2[p[1] == 0].sum() == 0
+    assert chisquare(c2[p[1] > 0], p[1][p[1] > 0] * after.sum()).pvalue > 1e-3
+    greedy = accept(logits, drafts, torch.full((a,), k), qa, _rows(a, 0.0), steps)[1][:, 0]
+    assert (greedy == logits[0, 0].argmax()).all()
+
+
+def test_ngram_lookup_proposes_what_followed_the_latest_match():
+    idx = NgramIndex(3)
+    seq = [5, 1, 2, 3, 9, 1, 2, 3, 7, 8, 4, 1, 2]
+    assert idx.propose(seq, 3) == [3, 7, 8]  # "1 2" last ended before index 7
+    assert idx.propose(seq + [3], 2) == [7, 8]
+    assert NgramIndex(2).propose([4, 5, 6], 3) == []
+
+
+def test_sampled_speculation_with_stops_and_logprobs(random_model_dir):
+    eng = TorchEngine(random_model_dir, speculative={"draft": random_model_dir, "k": 4})
+    p = SP(n=3, temperature=1.0, max_tokens=50, seed=5, logprobs=True)
+    a = eng.generate([Req(PROMPTS[0], p)])[0]
+    b = eng.generate([Req(PROMPTS[0], p)])[0]
+    assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]  # seeded
+    text = a.completions[0].text
+    stop = text[6:8]
+    cut = eng.generate([Req(PROMPTS[0], SP(n=3, temperature=1.0, max_tokens=50, seed=5,
+                                           stop=[stop], logprobs=True))])[0].completions[0]
+    assert cut.text == text[:text.index(stop)] and cut.finish_reason == "stop"
+    assert len(cut.logprobs) == len(cut.token_ids)
+    assert all(len(c.token_ids) <= 50 for c in a.completions)
+
+
+@pytest.mark.parametrize("spec, fragment", [
+    ({"draft": "ngram", "k": 0}, "speculative k=0"),
+    ({"draft": "", "k": 2}, "speculative draft"),
+    ({"draft": "ngram", "depth": 2}, "unknown speculative option 'depth'"),
+    ("ngram", "not an object"),
+])
+def test_bad_speculative_options_are_named(spec, fragment):
+    with pytest.raises(TTScaleError, match=fragment):
+        parse_spec(spec)
