@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ttscale.errors import TTScaleError
-from ttscale.eval.bench_engine import append_to_doc, bench_engine, table
+from ttscale.bench.engine import append_to_doc, bench_engine, table
 
 
 def test_bench_engine_reports_and_appends(random_model_dir, tmp_path):
@@ -37,12 +37,12 @@ def test_bench_engine_cli_json(random_model_dir):
 
 
 def test_mixed_workload_has_one_prompt_per_task_and_level():
-    from ttscale.eval.bench_engine import workload_prompts
+    from ttscale.bench.engine import workload_prompts
     from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
 
     prompts = workload_prompts("mixed")
     assert len(prompts) == len(set(prompts)) == len(BUILTIN_TASKS) * len(LEVELS)
     assert prompts[0] == get_task("arith").problems("test", level=1, n=1)[0].prompt
     assert workload_prompts("single") == [get_task("arith").problems("test", level=3, n=1)[0].prompt]
-    with pytest.raises(TTScaleError, match="workload 'many'.*mixed, single"):
+    with pytest.raises(TTScaleError, match="workload 'many'.*mixed, single, spec, long"):
         workload_prompts("many")

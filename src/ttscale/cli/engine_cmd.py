@@ -1,4 +1,4 @@
-"""`ttscale bench engine`: the torch engine against transformers generate(); see eval.bench_engine."""
+"""`ttscale bench engine`: the torch engine against transformers generate(); see bench.engine."""
 from __future__ import annotations
 
 import json
@@ -12,23 +12,31 @@ from ttscale.errors import TTScaleError
 @bench_app.command("engine")
 def bench_engine_cmd(
     model: str = typer.Option(None, "--model", help="Shipped model name or path (default: the largest shipped)."),
-    n: str = typer.Option("1,16,64", "--n", help="Comma-separated sample counts."),
+    n: str = typer.Option(None, "--n", help="Comma-separated sample counts (default 1,16,64; spec: 1,16)."),
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens to generate per sample."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
-    repeats: int = typer.Option(1, "--repeats", help="Timed runs per n (the best counts)."),
+    repeats: int = typer.Option(3, "--repeats", help="Timed runs per n, engine and transformers alternating (the median counts)."),
     compile: bool = typer.Option(False, "--compile", help="Run the engine's forward via torch.compile."),
     threads: int = typer.Option(0, "--threads", help="torch threads for both sides (0: torch's default)."),
     tree_depth: int = typer.Option(6, "--tree-depth", help="Rounds of the tree-search workload."),
-    workload: str = typer.Option("mixed", "--workload", help="Throughput prompts: mixed (one per task and level) or single (one arith prompt)."),
-    note: str = typer.Option("", "--note", help="A remark recorded with the run in docs/benchmarks.md."),
-    no_doc: bool = typer.Option(False, "--no-doc", help="Do not append to docs/benchmarks.md."),
+    workload: str = typer.Option("mixed", "--workload", help="mixed (one prompt per task and level), single (one arith prompt), spec (speculative vs plain decoding on long arith chains) or long (n samples of a 512-token prompt, unbounded vs under kv_memory)."),
+    draft: str = typer.Option("ngram", "--draft", help="spec workload: the draft, ngram (prompt lookup) or a smaller family model."),
+    k: int = typer.Option(4, "--k", help="spec workload: tokens drafted per round."),
+    kv_fraction: float = typer.Option(0.1, "--kv-fraction", help="long workload: kv_memory as a fraction of the unbounded run's KV."),
+    out: str = typer.Option(".", "--out", help="Directory for the run's JSON and the benchmarks.md it appends to."),
+    note: str = typer.Option("", "--note", help="A remark recorded with the run in OUT/benchmarks.md."),
+    no_doc: bool = typer.Option(False, "--no-doc", help="Write nothing to OUT."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Tokens/s of the torch engine vs transformers at each n, prefix-cache savings on a tree
-    search, and peak memory; the run is appended to docs/benchmarks.md."""
-    from ttscale.eval.bench_engine import append_to_doc, bench_engine, table
+    search, and peak memory (or, with --workload spec, speculative decoding's speedup); the run
+    is saved as OUT/bench-engine-WORKLOAD.json and appended to OUT/benchmarks.md."""
+    from pathlib import Path
 
+    from ttscale.bench.engine import append_to_doc, bench_engine, bench_long, bench_spec, table
+
+    n = n or {"spec": "1,16", "long": "64"}.get(workload, "1,16,64")
     try:
         ns = [int(x) for x in n.split(",") if x.strip()]
     except ValueError:
@@ -43,7 +51,21 @@ def bench_engine_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    result = bench_engine(model, ns, max_tokens, device, dtype, repeats, compile, tree_depth, workload)
+    if repeats < 1:
+        raise TTScaleError(f"--repeats {repeats} is out of range; accepted: >= 1")
+    if workload == "spec":
+        result = bench_spec(model, draft, k, ns, max_tokens, device, dtype, repeats)
+    elif workload == "long":
+        if not 0 < kv_fraction <= 1:
+            raise TTScaleError(f"--kv-fraction {kv_fraction} is out of range; accepted: a number in (0, 1]")
+        result = bench_long(model, ns[0], max_tokens=max_tokens, kv_fraction=kv_fraction,
+                            device=device, dtype=dtype, repeats=repeats)
+    else:
+        result = bench_engine(model, ns, max_tokens, device, dtype, repeats, compile, tree_depth,
+                              workload)
     if not no_doc:
-        append_to_doc(result, note)
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"bench-engine-{workload}.json").write_text(json.dumps(result, indent=1) + "\n")
+        append_to_doc(result, note, folder / "benchmarks.md")
     print(json.dumps(result, indent=2) if as_json else table(result))
