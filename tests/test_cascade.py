@@ -150,6 +150,8 @@ def test_solve_runs_the_cascade_with_the_checker_and_calibration_refuses_test(ra
     res = json.loads(out.out)
     assert res["strategy"] == "cascade" and res["scorer"] == "checker" and res["num_problems"] == 2
     assert res["params"]["escalated"] in (True, False)
+    assert all(r["verifier_cpu_s"] > 0 and r["verifier_flops"] == 0 for r in res["problems"])
+    assert res["mean_verifier_cpu_s"] > 0  # the checker is costed at its CPU time, zero FLOPs
     code, out = _cli(monkeypatch, capsys, "calibrate-cascade", "--model", random_model_dir, "--split",
                      "test", "--out", str(tmp_path / "c.json"))
     assert code == 2 and "accepted splits: train, heldout" in out.err and "\n" not in out.err.strip()

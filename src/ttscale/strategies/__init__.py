@@ -138,6 +138,7 @@ def summarize(task: Task, problems: Sequence[Problem], solutions: Sequence[Solut
             "tokens": s.cost.tokens, "policy_flops": s.cost.policy_flops,
             "verifier_flops": s.cost.verifier_flops, "policy_tokens": s.cost.policy_tokens,
             "verifier_tokens": s.cost.verifier_tokens, "wall_s": s.cost.wall_s,
+            "verifier_cpu_s": s.cost.verifier_cpu_s,  # a model-free verifier (the checker)
             "num_candidates": len(s.candidates),
         })
     k = max(len(rows), 1)
@@ -146,6 +147,7 @@ def summarize(task: Task, problems: Sequence[Problem], solutions: Sequence[Solut
         "num_problems": len(rows),
         "mean_flops": sum(r["flops"] for r in rows) / k,
         "mean_tokens": sum(r["tokens"] for r in rows) / k,
+        "mean_verifier_cpu_s": sum(r["verifier_cpu_s"] for r in rows) / k,
         "problems": rows,
     }
 
