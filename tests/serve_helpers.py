@@ -102,9 +102,10 @@ class GatedGenerator:
     queueing, timeouts and disconnects do not depend on how fast the machine is."""
 
     def __init__(self, inner: Any) -> None:
-        import threading
+        from ttscale.serve.stepping import SteppingGenerator, has_scheduler
 
-        self.inner = inner
+        # an engine with a step scheduler has one driving thread, shared with other servers
+        self.inner = SteppingGenerator(inner) if has_scheduler(inner) else inner
         self.model_name, self.shape = inner.model_name, inner.shape
         self.context_length = inner.context_length
         self.gate = threading.Event()

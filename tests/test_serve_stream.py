@@ -65,3 +65,29 @@ def test_the_openai_client_reads_a_stream_with_comments(engine, random_model_dir
         timer.join()
     assert chunks[-1].model_extra["ttscale"]["num_candidates"] == 2
     assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+def test_a_single_sample_streams_while_it_is_generated(server, engine):
+    """The first text arrives while the engine is still generating (the step scheduler hands
+    tokens over as they are sampled), and the pieces add up to the whole answer."""
+    from ttscale.serve.stepping import has_scheduler
+
+    if not has_scheduler(engine):
+        pytest.skip("this engine has no step scheduler: streams are buffered")
+    state = server.server.config.app.state.ttscale
+    body = {"model": MODEL, "prompt": "Q: 3+4*2\n", "max_tokens": 200, "temperature": 0,
+            "stream": True}
+    pieces, running_at_first = [], None
+    with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith('data: {"id"'):
+                import json
+
+                text = json.loads(line[6:])["choices"][0]["text"]
+                if text and running_at_first is None:
+                    running_at_first = state.admission.running
+                pieces.append(text)
+    whole = httpx.post(server.url + "/v1/completions", json={**body, "stream": False},
+                       timeout=120).json()["choices"][0]["text"]
+    assert running_at_first == 1  # still working when the first piece came
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == whole

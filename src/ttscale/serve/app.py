@@ -30,10 +30,11 @@ from ttscale.serve.dispatch import AUTO, Choice, resolve, strategies
 from ttscale.serve.errors import APIError, bad_request, internal_error
 from ttscale.serve.limits import Admission, BodySizeLimit, Limits
 from ttscale.serve.metrics import Metrics
+from ttscale.serve.stepping import SteppingGenerator, has_scheduler
 from ttscale.serve.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest,
                                    TokenizeRequest, chat_body, completion_body, new_id, usage_body)
 from ttscale.serve.work import (Outcome, Planner, ScorerCache, effort_prompt, run_plain,
-                                run_strategy, strategy_params)
+                                run_strategy, run_streamed, strategy_params)
 from ttscale.types import SamplingParams
 
 log = logging.getLogger("ttscale.serve")
@@ -78,6 +79,8 @@ class _State:
         self.cfg = cfg
         self.limits = cfg.limits
         self.generator: Any = (cfg.generator if cfg.upstream
+                               else SteppingGenerator(cfg.generator)
+                               if has_scheduler(cfg.generator)
                                else BatchingGenerator(cfg.generator, cfg.max_batch_sequences))
         self.admission = Admission(cfg.limits)
         self.metrics = Metrics()
@@ -97,7 +100,7 @@ def create_app(cfg: ServeConfig) -> FastAPI:
         yield
         state.draining = True  # uvicorn has stopped accepting and let requests in flight finish
         state.pool.shutdown(wait=False, cancel_futures=True)
-        if isinstance(state.generator, BatchingGenerator):
+        if isinstance(state.generator, (BatchingGenerator, SteppingGenerator)):
             state.generator.close()
 
     app = FastAPI(title="ttscale", version="0.1.0", lifespan=lifespan,
@@ -383,6 +386,7 @@ class _Job:
     answered: bool = False  # its whole answer (or error) was handed to the client
     cancelled: bool = False  # counted in the metrics as cancelled
     gen: JobGenerator | None = None  # its view of the generator, once started (for progress)
+    pieces: asyncio.Queue | None = None  # streamed as generated: its text, piece by piece
 
 
 def _admit(state: _State, job: _Job) -> None:
@@ -403,6 +407,18 @@ def _job(state: _State, choice: Choice, prompts: list, params: SamplingParams, r
             def run(g: JobGenerator) -> Outcome:
                 return run_plain(g, prompts, params, True,
                                  chat_call=lambda p: g.generate_chat([chat_messages], p))
+        elif req.stream and len(prompts) == 1 and params.n == 1 and not params.logprobs \
+                and isinstance(state.generator, SteppingGenerator):
+            pieces: asyncio.Queue[str] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+
+            def run(g: JobGenerator) -> Outcome:
+                return run_streamed(g, prompts[0], params,
+                                    lambda piece: loop.call_soon_threadsafe(pieces.put_nowait,
+                                                                            piece))
+            job = _Job(run, pieces=pieces)
+            _admit(state, job)
+            return job
         else:
             def run(g: JobGenerator) -> Outcome:
                 return run_plain(g, prompts, params, cfg.upstream)
@@ -584,12 +600,17 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
                 yield _sse(chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                                    "logprobs": None, "finish_reason": None} for i in range(count)]))
             work = asyncio.ensure_future(_await(state, job, request))
+            streamed = job.pieces is not None
             try:
-                while True:  # comments keep proxies and clients from timing out meanwhile
-                    done, _ = await asyncio.wait({work}, timeout=state.cfg.keepalive_s)
-                    if done:
-                        break
-                    yield _keepalive(job)
+                async for piece in _as_made(work, job.pieces, state.cfg.keepalive_s):
+                    if piece is None:  # comments keep proxies and clients from timing out
+                        yield _keepalive(job)
+                    elif chat:
+                        yield _sse(chunk([{"index": 0, "delta": {"content": piece},
+                                           "logprobs": None, "finish_reason": None}]))
+                    else:
+                        yield _sse(chunk([{"index": 0, "text": piece, "logprobs": None,
+                                           "finish_reason": None}]))
             finally:
                 if not work.done():
                     work.cancel()
@@ -599,7 +620,7 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
             _record(state, out)
             last = len(out.choices) - 1
             for i, a in enumerate(out.choices):
-                for piece, lp in _stream_pieces(a, logprobs, chat, state):
+                for piece, lp in [] if streamed else _stream_pieces(a, logprobs, chat, state):
                     if chat:
                         c = {"index": i, "delta": {"content": piece}, "logprobs": lp,
                              "finish_reason": None}
@@ -658,6 +679,31 @@ def _abandon(state: _State, job: _Job) -> None:
     if job.admitted and not job.started:
         job.admitted = False
         state.admission.leave()
+
+
+async def _as_made(work: asyncio.Future, pieces: asyncio.Queue | None, keepalive_s: float
+                   ) -> AsyncIterator[str | None]:
+    """Pieces of text as the work makes them, None when `keepalive_s` passed without any, until
+    the work is done (its last pieces included)."""
+    while True:
+        waiters: set[asyncio.Future] = {work}
+        getter = asyncio.ensure_future(pieces.get()) if pieces is not None else None
+        if getter is not None:
+            waiters.add(getter)
+        try:
+            done, _ = await asyncio.wait(waiters, timeout=keepalive_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if getter is not None and not getter.done():
+                getter.cancel()
+        if getter is not None and getter in done:
+            yield getter.result()
+            continue
+        if work in done:
+            while pieces is not None and not pieces.empty():
+                yield pieces.get_nowait()
+            return
+        yield None
 
 
 def _keepalive(job: _Job) -> str:

@@ -8,7 +8,7 @@ its time is up, its queued generation is dropped and its strategy stops at the n
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -50,6 +50,8 @@ class BatchingGenerator:
     `max_sequences` bounds the sequences (sum of n) of one merged batch; a single call larger
     than that still runs, alone.
     """
+
+    takes_token = True  # generate(requests, token): cancellable
 
     def __init__(self, inner: Generator, max_sequences: int = 256) -> None:
         self.inner = inner
@@ -166,13 +168,22 @@ class JobGenerator:
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self.token.cancelled:
             raise Cancelled()
-        if isinstance(self.inner, BatchingGenerator):
-            results = self.inner.generate(requests, self.token)
+        if getattr(self.inner, "takes_token", False):  # the shared engine (batched or stepped)
+            results = self.inner.generate(requests, self.token)  # type: ignore[call-arg]
         elif hasattr(self.inner, "generate_future"):  # an upstream: its calls in flight are cancelled
             results = self._wait(self.inner.generate_future(requests))
         else:
             results = self.inner.generate(requests)
         return self._count(results)
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
+        """A single sample's text as it is generated, then its result (a stepped engine)."""
+        if self.token.cancelled:
+            raise Cancelled()
+        for item in self.inner.stream(request, self.token):  # type: ignore[union-attr]
+            if isinstance(item, GenerationResult):
+                self._count([item])
+            yield item
 
     def generate_chat(self, conversations: Sequence[list[dict[str, str]]],
                       params: SamplingParams) -> list[GenerationResult]:

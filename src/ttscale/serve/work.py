@@ -86,6 +86,27 @@ def run_plain(generator: Generator, prompts: Sequence[str | list[int]],
     return out
 
 
+def run_streamed(generator: Any, prompt: str | list[int], params: SamplingParams,
+                 emit: Callable[[str], None]) -> Outcome:
+    """One sample of one prompt, its text handed to `emit` piece by piece as it is generated."""
+    t0 = time.perf_counter()
+    result = None
+    for item in generator.stream(GenerationRequest(prompt, params)):
+        if isinstance(item, str):
+            emit(item)
+        else:
+            result = item
+    assert result is not None
+    if result.error is not None:
+        raise generation_error(result.error, False)
+    out = Outcome([Answer(c.text, c.finish_reason, c) for c in result.completions],
+                  prompt_tokens=result.usage.prompt_tokens, cached_tokens=result.usage.cached_tokens,
+                  completion_tokens=result.usage.completion_tokens, flops=result.usage.flops,
+                  num_candidates=len(result.completions))
+    out.wall_s = time.perf_counter() - t0
+    return out
+
+
 class ScorerCache:
     """Scorers by (name, task); model-backed ones are loaded once and used under a lock."""
 
