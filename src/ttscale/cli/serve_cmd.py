@@ -80,6 +80,10 @@ def serve_cmd(
 @bench_app.command("serve")
 def bench_serve_cmd(
     clients: int = typer.Option(64, "--clients", help="Concurrent clients."),
+    workload: str = typer.Option("load", "--workload", help="load: greedy, majority-8, beam "
+                                 "search and 5% malformed requests; stream: short streamed "
+                                 "greedy requests, one client alone then --clients at once "
+                                 "(time to first token, tokens/s)."),
     seconds: float = typer.Option(60.0, "--seconds", help="How long they send requests."),
     model: str = typer.Option(None, "--model", help="Shipped model name or directory "
                               "(default: the largest shipped model)."),
@@ -95,11 +99,21 @@ def bench_serve_cmd(
 ) -> None:
     """K concurrent clients for T seconds against a loopback server (greedy, majority-8, beam
     search, 5% malformed): p50/p99 per kind, statuses, leaks; appended to docs/benchmarks.md."""
-    from ttscale.eval.bench_serve import append_to_doc, bench_serve, table
+    from ttscale.errors import unknown
+    from ttscale.eval.bench_serve import (append_to_doc, bench_serve, bench_stream, stream_table,
+                                          table)
 
-    result = bench_serve(clients=clients, seconds=seconds, model=model,
-                         max_concurrency=max_concurrency, max_queue=max_queue,
-                         max_tokens=max_tokens, disconnects=disconnects)
+    if workload == "stream":
+        result = bench_stream(clients=clients, seconds=seconds, model=model,
+                              max_tokens=max_tokens)
+        text = stream_table(result)
+    elif workload == "load":
+        result = bench_serve(clients=clients, seconds=seconds, model=model,
+                             max_concurrency=max_concurrency, max_queue=max_queue,
+                             max_tokens=max_tokens, disconnects=disconnects)
+        text = table(result)
+    else:
+        raise unknown("workload", workload, ["load", "stream"])
     if not no_doc:
         append_to_doc(result, note)
-    print(json.dumps(result, indent=2) if as_json else table(result))
+    print(json.dumps(result, indent=2) if as_json else text)

@@ -313,6 +313,98 @@ def bench_serve(clients: int = 64, seconds: float = 60.0, model: str | None = No
     }
 
 
+async def _streamer(url: str, model: str, prompts: list[str], k: int, max_tokens: int,
+                    stop_at: float, log: list[dict[str, Any]]) -> None:
+    """One client sending streamed greedy completions one after another until `stop_at`."""
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        i = k
+        while time.perf_counter() < stop_at:
+            body = {"model": model, "prompt": prompts[i % len(prompts)], "max_tokens": max_tokens,
+                    "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            i += 7
+            t0 = time.perf_counter()
+            rec: dict[str, Any] = {"ttft_s": None, "tokens": 0}
+            async with http.stream("POST", "/v1/completions", json=body) as r:
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if rec["ttft_s"] is None and _has_text(event):
+                        rec["ttft_s"] = time.perf_counter() - t0
+                    if event.get("usage"):
+                        rec["tokens"] = event["usage"]["completion_tokens"]
+            rec["status"] = r.status_code
+            rec["latency_s"] = time.perf_counter() - t0
+            log.append(rec)
+
+
+def _stream_phase(url: str, model: str, prompts: list[str], clients: int, seconds: float,
+                  max_tokens: int) -> dict[str, Any]:
+    log: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+
+    async def run() -> None:
+        await asyncio.gather(*(_streamer(url, model, prompts, k, max_tokens, t0 + seconds, log)
+                               for k in range(clients)))
+
+    asyncio.run(run())
+    wall = time.perf_counter() - t0
+    ok = [r for r in log if r["status"] == 200]
+    return {"clients": clients, "requests": len(log), "ok": len(ok), "wall_s": round(wall, 2),
+            "ttft_p50_s": _percentile([r["ttft_s"] for r in ok if r["ttft_s"] is not None], 0.5),
+            "latency_p50_s": _percentile([r["latency_s"] for r in ok], 0.5),
+            "completion_tokens_per_s": round(sum(r["tokens"] for r in ok) / wall, 1)}
+
+
+def bench_stream(clients: int = 16, seconds: float = 30.0, model: str | None = None,
+                 max_tokens: int = 32) -> dict[str, Any]:
+    """Short streamed greedy requests: one client alone for `seconds`, then `clients` at once
+    for `seconds`; median time to first token and completion tokens/s of each, and ratios."""
+    if not 1 <= clients <= 1024:
+        raise TTScaleError(f"clients={clients} is out of range; accepted: 1..1024")
+    import torch
+
+    from ttscale.serve import Limits, create_app
+    from ttscale.serve.build import ServeOptions, build_config
+    from ttscale.serve.runner import ServerThread
+    from ttscale.tasks import get_task
+
+    cfg = build_config(ServeOptions(model=model, limits=Limits(
+        max_concurrency=max(clients, 16), max_tokens=max(64, max_tokens))))
+    prompts = [p.prompt for name in ("arith", "countdown")
+               for p in get_task(name).problems("test", level=2, n=32, seed=0)]
+    with ServerThread(create_app(cfg)) as server:
+        name = cfg.model_name
+        _stream_phase(server.url, name, prompts, 1, min(5.0, seconds), max_tokens)  # warm-up
+        lone = _stream_phase(server.url, name, prompts, 1, seconds, max_tokens)
+        many = _stream_phase(server.url, name, prompts, clients, seconds, max_tokens)
+    ratio = lambda a, b: round(a / b, 2) if a and b else None  # noqa: E731
+    return {
+        "command": f"ttscale bench serve --workload stream --clients {clients} --seconds "
+                   f"{seconds:g}" + (f" --model {model}" if model else ""),
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads "
+                   f"{torch.get_num_threads()}",
+        "python": platform.python_version(), "torch": torch.__version__,
+        "model": cfg.model_name, "max_tokens": max_tokens, "lone": lone, "many": many,
+        "ttft_ratio": ratio(many["ttft_p50_s"], lone["ttft_p50_s"]),
+        "throughput_ratio": ratio(many["completion_tokens_per_s"],
+                                  lone["completion_tokens_per_s"]),
+    }
+
+
+def stream_table(r: dict[str, Any]) -> str:
+    rows = [f"model {r['model']}: streamed greedy completions of up to {r['max_tokens']} tokens",
+            f"{'clients':>8} {'requests':>9} {'TTFT p50 s':>11} {'latency p50 s':>14} "
+            f"{'completion tok/s':>17}"]
+    for v in (r["lone"], r["many"]):
+        fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+        rows.append(f"{v['clients']:>8} {v['requests']:>9} {fmt(v['ttft_p50_s']):>11} "
+                    f"{fmt(v['latency_p50_s']):>14} {v['completion_tokens_per_s']:>17}")
+    rows.append(f"TTFT {r['ttft_ratio']}x a lone client's; throughput {r['throughput_ratio']}x")
+    return "\n".join(rows)
+
+
 def table(r: dict[str, Any]) -> str:
     """The figures as a small text table."""
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
@@ -341,12 +433,17 @@ def append_to_doc(r: dict[str, Any], note: str = "", path: str | Path | None = N
     path = Path(path) if path else Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     head = "" if path.exists() else "# Benchmarks\n\nEach run is appended by the command that made it.\n"
+    what = ("streamed greedy completions, one client alone, then the given number at once "
+            "(continuous batching: each request joins the running batch at the next step)."
+            if "lone" in r else
+            "greedy (half streamed), majority-8 and beam search (n=4, width 2, oracle) in equal "
+            "parts plus 5% malformed requests; then, with --disconnects N, N streaming clients "
+            "gone at each stage.")
+    text = stream_table(r) if "lone" in r else table(r)
     block = (f"\n## serve: `{r['command']}` ({r['date']})\n\n"
              f"Machine: {r['machine']}. Python {r['python']}, torch {r['torch']}. Loopback "
-             "only; greedy (half streamed), majority-8 and beam search (n=4, width 2, oracle) in "
-             "equal parts plus 5% malformed requests; then, with --disconnects N, N streaming "
-             "clients gone at each stage."
-             f"{(' ' + note) if note else ''}\n\n```\n" + table(r) + "\n```\n\n<details><summary>"
+             f"only; {what}"
+             f"{(' ' + note) if note else ''}\n\n```\n" + text + "\n```\n\n<details><summary>"
              "JSON</summary>\n\n```json\n" + json.dumps(r, indent=1) + "\n```\n</details>\n")
     with path.open("a") as f:
         f.write(head + block)
