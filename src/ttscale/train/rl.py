@@ -312,12 +312,12 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
                             desc=f"grpo {out.name}")
 
         def on_log(self, args, state, control, logs=None, **kw):
-            if not logs or "reward" not in logs:
-                return
+            if not logs or ("reward" not in logs and "loss" not in logs):
+                return  # the end-of-training summary; every step's record has a loss
             rec = step_record(state.global_step, logs, elapsed_before + time.time() - self.t0)
             with open(log_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            if self.bar is not None:
+            if self.bar is not None and rec["reward_mean"] is not None:  # None: reused samples
                 self.bar.n = state.global_step
                 self.bar.set_postfix(reward=f"{rec['reward_mean']:.3f}", acc=f"{rec['accuracy']:.2f}",
                                      len=f"{rec['mean_length']:.0f}", zero_std=f"{rec['frac_zero_std']:.2f}")
@@ -365,7 +365,8 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
         "kind": "policy", "method": "grpo", "parent": Path(model_dir).name, "parent_path": str(model_dir),
         "config": asdict(cfg), "steps": trainer.state.global_step, "wall_s": round(wall, 1),
         "params": sum(p.numel() for p in trainer.model.parameters()),
-        "completion_tokens": int(sum(r["mean_length"] * cfg.generation_batch_size for r in history)),
+        "completion_tokens": int(sum(r["mean_length"] * cfg.generation_batch_size for r in history
+                                     if r.get("mean_length") is not None)),
         "first_steps": _mean_of(history[:10]), "last_steps": _mean_of(history[-10:]),
         "trl": TRL_VERSION, "torch": torch.__version__, "device": cfg.device,
     }
