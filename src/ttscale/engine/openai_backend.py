@@ -189,6 +189,12 @@ class OpenAIGenerator:
         return await asyncio.wrap_future(fut)
 
     @property
+    def concurrent_problems(self) -> int:
+        """Problems a caller may solve at once through this generator (thread-safe): two per
+        endpoint, so that every server has work queued, within `max_concurrency`."""
+        return max(1, min(self.max_concurrency, 2 * len(self.endpoints)))
+
+    @property
     def context_length(self) -> int:
         """The server's `max_model_len` from /v1/models when it reports one, else 32768."""
         if self._context_length is None:

@@ -119,12 +119,32 @@ def solve(problem: Problem, task: Task, generator: Generator, strategy: str = "g
 def solve_many(problems: Sequence[Problem], task: Task, generator: Generator,
                strategy: str = "greedy", params: ParamsLike = None,
                scorer: Scorer | None = None, effort: str = "low") -> list[Solution]:
-    """`solve` for each problem in turn (parameters are checked once, before any work)."""
+    """`solve` for each problem (parameters are checked once, before any work); over remote
+    servers several problems are in flight at once (`concurrent_problems` of the generator),
+    so that repeated endpoints share the work. Results are in order and the same either way."""
     fn, _ = _lookup(strategy)
     p = params_at_effort(strategy, params, effort)
     problems = [apply_effort(problem, effort) for problem in problems]
     generator = with_task_stops(generator, task)
-    return [fn(problem, task, generator, scorer, p) for problem in problems]
+    workers = min(_concurrent_problems(generator, scorer), len(problems))
+    if workers <= 1:
+        return [fn(problem, task, generator, scorer, p) for problem in problems]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="ttscale-solve") as pool:
+        return list(pool.map(lambda problem: fn(problem, task, generator, scorer, p), problems))
+
+
+def _concurrent_problems(generator: Generator, scorer: Scorer | None) -> int:
+    """How many problems may run at once: the generator's `concurrent_problems` (a remote,
+    thread-safe backend; 1 for local engines), and 1 with a scorer that runs a local model."""
+    workers = int(getattr(generator, "concurrent_problems", 1) or 1)
+    if scorer is not None and (hasattr(scorer, "model") or
+                               int(getattr(getattr(scorer, "generator", None),
+                                           "concurrent_problems", 1) or 1) <= 1
+                               and hasattr(scorer, "generator")):
+        return 1
+    return workers
 
 
 def summarize(task: Task, problems: Sequence[Problem], solutions: Sequence[Solution]

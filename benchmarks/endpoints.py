@@ -1,0 +1,87 @@
+"""Several endpoints at once: throughput of the same `ttscale solve` workload over one server and
+over several (repeated --base-url, least-loaded first), and whether the answers agree.
+
+By default it starts its own servers: `ttscale serve --model MODEL` processes with one torch
+thread each (OMP_NUM_THREADS=1) on ports 8101, 8102, ...; or pass running servers (e.g. the
+llama.cpp ones of scripts/llamacpp_server.sh) with --base-url, repeated, and --model, the name
+they serve, plus --shape-from for FLOPs.
+
+    python benchmarks/endpoints.py [--model ttscale-small] [--servers 2] [--num-problems 12]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from ttscale.eval.solve import run_solve
+
+
+def wait_ready(url: str, timeout: float = 300.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise RuntimeError(f"{url} did not become ready in {timeout:.0f} s")
+
+
+def timed_solve(urls: list[str], args: argparse.Namespace) -> tuple[float, dict]:
+    t0 = time.perf_counter()
+    out = run_solve(args.model, task=args.task, level=args.level, num_problems=args.num_problems,
+                    strategy="majority", params={"n": args.n, "max_tokens": args.max_tokens},
+                    backend="openai", generator_options={
+                        "base_url": urls, "shape_from": args.shape_from or args.model},
+                    shots=args.shots)
+    return time.perf_counter() - t0, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="ttscale-small")
+    ap.add_argument("--base-url", action="append", default=[])
+    ap.add_argument("--shape-from", default=None)
+    ap.add_argument("--servers", type=int, default=2)
+    ap.add_argument("--task", default="arith")
+    ap.add_argument("--level", type=int, default=3)
+    ap.add_argument("--shots", type=int, default=0)
+    ap.add_argument("--num-problems", type=int, default=12)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    args = ap.parse_args()
+    procs = []
+    urls = list(args.base_url)
+    if not urls:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        for k in range(args.servers):
+            port = 8101 + k
+            procs.append(subprocess.Popen([sys.executable, "-c", "from ttscale.cli import main; "
+                                           "main()", "serve", "--model", args.model, "--port",
+                                           str(port)], env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            urls.append(f"http://127.0.0.1:{port}")
+    try:
+        for u in urls:
+            wait_ready(u)
+        timed_solve(urls[:1], args)  # warm-up: caches, lazy starts
+        one_s, one = timed_solve(urls[:1], args)
+        all_s, many = timed_solve(urls, args)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait()
+    same = [r["answer"] for r in one["problems"]] == [r["answer"] for r in many["problems"]]
+    print(f"{args.num_problems} problems, majority n={args.n}, {args.model}: one server "
+          f"{one_s:.1f} s, {len(urls)} servers {all_s:.1f} s -> {one_s / all_s:.2f}x; "
+          f"accuracy {one['accuracy']:.3f} vs {many['accuracy']:.3f}; same answers: {same}")
+
+
+if __name__ == "__main__":
+    main()
