@@ -46,3 +46,17 @@ def test_mixed_workload_has_one_prompt_per_task_and_level():
     assert workload_prompts("single") == [get_task("arith").problems("test", level=3, n=1)[0].prompt]
     with pytest.raises(TTScaleError, match="workload 'many'.*mixed, single, spec, long"):
         workload_prompts("many")
+
+
+def test_spec_and_long_workloads_report_their_figures(random_model_dir):
+    from ttscale.bench.engine import bench_long, bench_spec
+
+    s = bench_spec(random_model_dir, draft="ngram", k=3, ns=(2,), max_tokens=6, repeats=1)
+    assert set(s["spec_speedup"]) == {"greedy/2", "sampled/2"} and s["identical"] is True
+    assert all(v > 0 for v in s["spec_speedup"].values())
+    assert all(0 <= v <= 1 for v in s["acceptance_rate"].values())
+    assert "speedup" in table(s)
+    r = bench_long(random_model_dir, n=4, prompt_tokens=60, max_tokens=5, kv_fraction=0.1)
+    assert r["identical"] is True and r["prompt_tokens"] >= 60
+    assert 0 < r["kv_bytes_peak"] <= r["kv_memory"] and r["kv_bytes_unbounded"] > 0
+    assert "kv_memory" in table(r)

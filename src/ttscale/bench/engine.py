@@ -334,14 +334,14 @@ def bench_spec(model: str | None = None, draft: str = "ngram", k: int = 4, ns=SP
 
 
 def long_prompt(tokenize, tokens: int = 512) -> str:
-    """Solved arith problems (train split) followed by one test problem, about `tokens` long."""
+    """Solved arith problems (train split) followed by one test problem: `tokens` or a few more."""
     from ttscale.tasks import get_task
 
     task = get_task("arith")
     test = task.problems("test", level=4, n=1)[0].prompt
     shots, i = "", 0
     solved = task.problems("train", level=4, n=200)
-    while len(tokenize(shots + solved[i].prompt + solved[i].solution + test)) < tokens:
+    while len(tokenize(shots + test)) < tokens:
         shots += solved[i].prompt + solved[i].solution
         i += 1
     return shots + test
