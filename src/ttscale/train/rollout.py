@@ -120,9 +120,9 @@ class EngineRollout:
         step = trainer.state.global_step
         if self._engine is not None and step == self._step:
             return
-        from ttscale.engine.torch_engine import TorchEngine
-
         from safetensors.torch import save_file
+
+        from ttscale.engine.torch_engine import TorchEngine
 
         model = trainer.accelerator.unwrap_model(trainer.model)
         model.config.save_pretrained(self.workdir)
