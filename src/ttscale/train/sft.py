@@ -19,7 +19,7 @@ from tqdm import tqdm
 from transformers import GenerationConfig, LlamaForCausalLM
 
 from ttscale.errors import unknown
-from ttscale.models.family import SIZES
+from ttscale.models.family import CONTEXT, SIZES
 from ttscale.models.tokenizer import build_tokenizer
 from ttscale.tasks import BUILTIN_TASKS, LEVELS
 from ttscale.train.data import IGNORE, packed_batches
@@ -57,7 +57,11 @@ def _lr_factor(progress: float, step: int, cfg: SFTConfig) -> float:
 
 def _init_model(cfg: SFTConfig) -> LlamaForCausalLM:
     if cfg.init_from:
-        return LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from, dtype=torch.float32)
+        # RoPE has no learned positions: a parent built for shorter chains continues at the
+        # family's context (long-mode chains reach about 600 tokens).
+        model.config.max_position_embeddings = max(model.config.max_position_embeddings, CONTEXT)
+        return model
     if cfg.size not in SIZES:
         raise unknown("model size", cfg.size, SIZES)
     torch.manual_seed(cfg.seed)
