@@ -350,13 +350,18 @@ def long_prompt(tokenize, tokens: int = 512) -> str:
 def bench_long(model: str | None = None, n: int = 64, prompt_tokens: int = 512,
                max_tokens: int = 128, kv_fraction: float = 0.1, device: str = "cpu",
                dtype: str = "float32", repeats: int = 1) -> dict:
-    """n samples of one long prompt, unbounded and under `kv_memory` = kv_fraction of the
-    unbounded run's decoding KV (workload "long"): peak KV bytes, tokens/s, identical outputs."""
+    """n samples of one long prompt (prompt_tokens, or what the model's context leaves), unbounded
+    and under `kv_memory` = kv_fraction of the unbounded run's decoding KV (workload "long"):
+    peak KV bytes, tokens/s, identical outputs."""
     from ttscale.models.registry import resolve_model
 
     dev = parse_device(device)
     path, label = default_model() if model is None else (resolve_model(model), model)
     free = TorchEngine(path, device=device, dtype=dtype, prefix_cache_bytes=0)
+    prompt_tokens = min(prompt_tokens, free.context_length - max_tokens - 80)  # a shot may overshoot
+    if prompt_tokens < 16:
+        raise TTScaleError(f"max_tokens={max_tokens} leaves no room for a long prompt in the model's "
+                           f"context ({free.context_length}); accepted: at most {free.context_length - 96}")
     prompt = long_prompt(free.tokenize, prompt_tokens)
     req = GenerationRequest(prompt, SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0))
     least = (free.context_length + 1) * free.kv_token_bytes
@@ -372,6 +377,8 @@ def bench_long(model: str | None = None, n: int = 64, prompt_tokens: int = 512,
         t = time.perf_counter()
         got = tight.generate([req])[0]
         times["bounded"].append(time.perf_counter() - t)
+        if ref.error or got.error:
+            raise TTScaleError(f"engine failed: {ref.error or got.error}")
     tokens = ref.usage.completion_tokens
     result = {"model": label, "params": free.shape.n_params, "device": str(dev), "dtype": dtype,
               "workload": "long", "n": n, "prompt_tokens": ref.usage.prompt_tokens,
