@@ -33,7 +33,7 @@ def measure(gen, task, problems, n: int, temperature: float, effort: str, seed: 
             for p in problems]
     reqs += [GenerationRequest(p.prompt, SamplingParams(n=n, temperature=temperature, seed=seed + i,
                                                         max_tokens=limit))
-             for i, p in enumerate(problems)]
+             for i, p in enumerate(problems) if n > 0]
     t0 = time.time()
     res = with_task_stops(gen, task).generate(reqs)
     wall = time.time() - t0
@@ -47,8 +47,8 @@ def measure(gen, task, problems, n: int, temperature: float, effort: str, seed: 
         wrong = Counter(task.answer_key(a) for a in answers if not task.check(p, a))
         if wrong:
             conc.append(max(wrong.values()))
-    return {"effort": effort, "greedy_acc": sum(greedy) / k, "maj_acc": sum(maj) / k,
-            "pass_at_n": sum(cover) / k,
+    return {"effort": effort, "greedy_acc": sum(greedy) / k,
+            "maj_acc": sum(maj) / k if n > 0 else None, "pass_at_n": sum(cover) / k if n > 0 else None,
             "mean_tokens": sum(len(r.completions[0].token_ids) for r in res[:k]) / k,
             "largest_wrong_group": sum(conc) / max(len(conc), 1),
             "flops_greedy_per_problem": sum(r.usage.flops for r in res[:k]) / k,
@@ -59,7 +59,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", required=True)
     ap.add_argument("--num-problems", type=int, default=200)
-    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--n", type=int, default=16, help="samples per problem (0: greedy only)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--settings", default="arith:2,arith:3,arith:4,countdown:3,countdown:4")
     ap.add_argument("--efforts", default="low,high")
