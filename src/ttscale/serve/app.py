@@ -616,6 +616,8 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
                     work.cancel()
                     with contextlib.suppress(BaseException):
                         await work
+                elif not work.cancelled():
+                    work.exception()  # read here too: the client may be gone before below
             out = work.result()
             _record(state, out)
             last = len(out.choices) - 1

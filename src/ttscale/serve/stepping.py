@@ -9,6 +9,7 @@ leaving it when done. A cancelled request (client gone, time up) leaves at the n
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from ttscale.serve.batching import Cancelled, CancelToken
 from ttscale.types import GenerationRequest, GenerationResult
 
 POLL_S = 0.05
+PIECE_GAP_S = 0.02  # a stream wakes at most this often: many streams must not starve the driver
 
 
 def has_scheduler(engine: Any) -> bool:
@@ -103,6 +105,7 @@ class SteppingGenerator:
                 if token is not None and token.cancelled:
                     raise Cancelled()
                 h.wait_update(POLL_S)
+                time.sleep(PIECE_GAP_S)  # let a few tokens gather
                 for _, new in h.poll():
                     ids += new
                 text = self.inner.detokenize(ids)
