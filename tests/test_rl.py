@@ -98,16 +98,16 @@ def test_flat_groups_are_replaced_and_their_share_is_logged(random_model_dir, tm
 
 
 def test_resampling_leaves_fewer_flat_groups_in_the_batch(tmp_path):
-    # ttscale-small solves some level-2/3 arith samples and not others: replacing flat groups
-    # (correctness is the only reward) leaves a batch with far fewer groups without signal.
-    cfg = small(levels=[2, 3], steps=3, resample_flat=3, max_completion_length=64, learning_rate=1e-6,
-                rewards=RewardConfig(correct=1.0, format=0.0), num_train_problems=200)
+    # ttscale-small solves about 8% of countdown level 5 (most groups of 8 all wrong) and 40% of
+    # level 3 (most groups mixed): replacing flat groups leaves far fewer without signal.
+    cfg = small(task="countdown", levels=[3, 5], steps=3, resample_flat=3, max_completion_length=64,
+                learning_rate=1e-6, rewards=RewardConfig(correct=1.0, format=0.0))
     out = tmp_path / "small-resample"
     train_rl(cfg, "ttscale-small", out, progress=False)
     log = read_log(out)
     sampled = sum(r["frac_flat_sampled"] for r in log) / len(log)
     kept = sum(r["frac_zero_std"] for r in log) / len(log)
-    assert sampled > 0.2 and kept < sampled - 0.15, (sampled, kept)
+    assert sampled >= 0.15 and kept <= sampled - 0.15, (sampled, kept)
 
 
 def test_with_effort_left_to_the_policy_it_learns_the_mode_that_pays(random_model_dir, tmp_path):
