@@ -3,9 +3,7 @@ per setting, selected many times, chosen by the planner like the strategy and N.
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
-from ttscale.cli import app
 from ttscale.errors import TTScaleError
 from ttscale.eval.store import load_results, load_samples
 from ttscale.eval.sweep import RunSpec, SweepConfig, run_sweep
