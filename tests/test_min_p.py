@@ -52,3 +52,14 @@ def test_min_p_is_sent_to_openai_compatible_servers_only_when_on():
     on = gen._body("hi", SamplingParams(min_p=0.1), 2, 0, chat=False)
     off = gen._body("hi", SamplingParams(), 2, 0, chat=False)
     assert on["min_p"] == 0.1 and "min_p" not in off
+
+
+def test_torch_engine_applies_min_p(engine):
+    """min_p=1 keeps only the most likely token: hot sampling then equals greedy decoding."""
+    from ttscale.types import GenerationRequest
+
+    prompt = "Q: 12+7*3\n"
+    greedy = engine.generate([GenerationRequest(prompt, SamplingParams(temperature=0.0, max_tokens=24))])
+    hot = engine.generate([GenerationRequest(prompt, SamplingParams(n=4, temperature=2.0, min_p=1.0,
+                                                                    max_tokens=24, seed=1))])
+    assert {c.text for c in hot[0].completions} == {greedy[0].completions[0].text}

@@ -146,9 +146,7 @@ class _Batch:
         self.rp = self._params()
 
     def _params(self) -> RowParams:
-        ps = [r.req.params for r in self.rows]
-        return RowParams([p.temperature for p in ps], [p.top_p for p in ps], [p.top_k for p in ps],
-                         self.keys, self.device)
+        return RowParams.of([r.req.params for r in self.rows], self.keys, self.device)
 
     def add(self, rows: list[_Row], first: torch.Tensor) -> None:
         dev = self.device
