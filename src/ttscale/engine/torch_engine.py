@@ -389,9 +389,7 @@ class TorchEngine:
             req = chunks[c][0]
             self.prefix.insert(req.ids, cache.read(a0 + rank, 0, len(req.ids)))
         row_logits = logits[torch.tensor(source_of, device=self.device)]
-        ps = [r.req.params for r in new_rows]
-        rp = RowParams([p.temperature for p in ps], [p.top_p for p in ps], [p.top_k for p in ps],
-                       [r.key for r in new_rows], self.device)
+        rp = RowParams.of([r.req.params for r in new_rows], [r.key for r in new_rows], self.device)
         first = sample(row_logits, rp, torch.zeros(len(new_rows), dtype=torch.long, device=self.device))
         batch.add(new_rows, first)
         self._admitting = []
