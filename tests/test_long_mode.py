@@ -115,3 +115,14 @@ def test_countdown_traces_never_retry_a_move_from_the_same_state():
         firsts = [lines[0]] + [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == root]
         moves = [line.split("=")[0] for line in firsts]
         assert len(moves) == len(set(moves)), lines
+
+
+def test_chat_template_keeps_the_long_mode_prefix():
+    from ttscale.models.tokenizer import build_tokenizer
+
+    tok = build_tokenizer()
+    render = lambda text: tok.apply_chat_template([{"role": "user", "content": text}],  # noqa: E731
+                                                  tokenize=False)
+    assert render("Think: 3+4*2") == "Think: 3+4*2\n"
+    assert render("3+4*2") == "Q: 3+4*2\n"
+    assert render("Q: 3+4*2") == "Q: 3+4*2\n"
