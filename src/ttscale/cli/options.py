@@ -24,6 +24,8 @@ N_LAYER = typer.Option(None, "--n-layer", help="Served model's layers (openai)."
 D_MODEL = typer.Option(None, "--d-model", help="Served model's hidden size (openai).")
 SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
                      "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
+EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long, "
+                      "step-checkable mode of built-in tasks (default max tokens raised to fit).")
 SHOTS_FROM = typer.Option(None, "--shots-from", help="Train file of worked examples for "
                           "--shots (default for X_test.jsonl: X_train.jsonl beside it); never "
                           "the test file.")

@@ -43,8 +43,7 @@ def solve_cmd(
     d_model: Optional[int] = options.D_MODEL,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
-    effort: str = typer.Option("low", "--effort", help="low: short chains; high: the long, "
-                               "step-checkable mode (default max tokens raised to fit)."),
+    effort: str = options.EFFORT,
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Also write every "
                                                "candidate as a store for `ttscale select`."),
     trees_out: Optional[Path] = typer.Option(None, "--trees-out", help="Save each search "

@@ -18,22 +18,22 @@ from ttscale.errors import TTScaleError
 DEFAULT_OUT = "runs/sweep-default"
 
 
-def _ints(text: str | None, name: str) -> list[int] | None:
+def _parse_list(text: str | None, name: str, kind: type, what: str) -> list | None:
+    """A comma-separated option as a list of `kind`, or a one-line error naming it."""
     if text is None:
         return None
     try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
+        return [kind(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise TTScaleError(f"--{name} {text!r} is not a comma-separated list of integers") from None
+        raise TTScaleError(f"--{name} {text!r} is not a comma-separated list of {what}") from None
+
+
+def _ints(text: str | None, name: str) -> list[int] | None:
+    return _parse_list(text, name, int, "integers")
 
 
 def _floats(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise TTScaleError(f"--{name} {text!r} is not a comma-separated list of numbers") from None
+    return _parse_list(text, name, float, "numbers")
 
 
 @app.command("sweep")

@@ -44,7 +44,29 @@ class _Pending:
     started: bool = False
 
 
-class BatchingGenerator:
+class ServingWrapper:
+    """What the serving generators share: the wrapped generator's identity, tokenizer and any
+    other attribute (e.g. vocab_size, for scorers that ask) read through to it."""
+
+    def __init__(self, inner: Generator) -> None:
+        self.inner = inner
+        self.model_name = inner.model_name
+        self.shape = inner.shape
+        self.context_length = inner.context_length
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.inner.tokenize(text)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.inner.detokenize(ids)
+
+    def __getattr__(self, name: str) -> object:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
+class BatchingGenerator(ServingWrapper):
     """Runs every call on one worker thread, merging calls that wait into one batch.
 
     `max_sequences` bounds the sequences (sum of n) of one merged batch; a single call larger
@@ -54,10 +76,7 @@ class BatchingGenerator:
     takes_token = True  # generate(requests, token): cancellable
 
     def __init__(self, inner: Generator, max_sequences: int = 256) -> None:
-        self.inner = inner
-        self.model_name = inner.model_name
-        self.shape = inner.shape
-        self.context_length = inner.context_length
+        super().__init__(inner)
         self.max_sequences = max_sequences
         self.batches = 0  # engine batches run
         self.requests_run = 0  # requests that reached the engine
@@ -86,17 +105,6 @@ class BatchingGenerator:
                         raise Cancelled()
         assert p.results is not None
         return p.results
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.inner.tokenize(text)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.inner.detokenize(ids)
-
-    def __getattr__(self, name: str) -> object:  # e.g. vocab_size, for scorers that ask
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def close(self) -> None:
         with self._cond:

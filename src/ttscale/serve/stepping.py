@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ttscale.engine.base import Generator
-from ttscale.serve.batching import Cancelled, CancelToken
+from ttscale.serve.batching import Cancelled, CancelToken, ServingWrapper
 from ttscale.types import GenerationRequest, GenerationResult
 
 POLL_S = 0.05
@@ -58,7 +58,7 @@ class _Driver:
         self.thread.join(timeout=10)
 
 
-class SteppingGenerator:
+class SteppingGenerator(ServingWrapper):
     """The engine behind its driving thread; `generate` from any thread, cancellable."""
 
     takes_token = True
@@ -66,10 +66,7 @@ class SteppingGenerator:
     def __init__(self, inner: Generator) -> None:
         if not has_scheduler(inner):
             raise TypeError(f"{type(inner).__name__} has no step scheduler (submit, run_loop)")
-        self.inner = inner
-        self.model_name = inner.model_name
-        self.shape = inner.shape
-        self.context_length = inner.context_length
+        super().__init__(inner)
         self.requests_run = 0  # requests submitted to the engine
         self._driver: _Driver | None = _Driver.attach(inner)
 
@@ -128,17 +125,6 @@ class SteppingGenerator:
     def _submit(self, request: GenerationRequest) -> Any:
         self.requests_run += 1
         return self.inner.submit(request)  # type: ignore[attr-defined]
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.inner.tokenize(text)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.inner.detokenize(ids)
-
-    def __getattr__(self, name: str) -> object:  # e.g. vocab_size, for scorers that ask
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
     def close(self) -> None:
         if self._driver is not None:
