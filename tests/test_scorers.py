@@ -201,3 +201,45 @@ def test_checker_refuses_tasks_whose_answer_needs_a_reference(random_model_dir, 
         main()
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "accepted tasks: countdown" in err and "\n" not in err
+
+
+def test_likelihood_is_the_geometric_mean_token_probability():
+    from ttscale.rewards.likelihood import LikelihoodScorer
+
+    p = ARITH.problems(level=1, n=1)[0]
+    sure = Completion("A: 7\n", [1, 2, 3], "stop", logprobs=[math.log(0.9)] * 3)
+    slip = Completion("A: 8\n", [1, 2, 3], "stop", logprobs=[math.log(0.9), math.log(0.01), math.log(0.9)])
+    empty = Completion("", [], "length", logprobs=[])
+    values = [s.value for s in LikelihoodScorer().score(p, ["A: 7\n", "A: 8\n", ""], [sure, slip, empty]).scores]
+    assert values[0] == pytest.approx(0.9)
+    assert values[1] == pytest.approx((0.9 * 0.01 * 0.9) ** (1 / 3))
+    assert values[2] == 0.0  # an empty solution is never the most likely one
+    with pytest.raises(TTScaleError, match="needs the policy's logprobs"):
+        LikelihoodScorer().score(p, ["A: 7\n"], [Completion("A: 7\n", [1], "stop")])
+    with pytest.raises(TTScaleError, match="pass them with their logprobs"):
+        LikelihoodScorer().score(p, ["A: 7\n"])
+
+
+def test_likelihood_is_the_models_own_probability_of_its_sample(engine, random_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ttscale.strategies import solve
+
+    p = ARITH.problems(level=1, n=1)[0]
+    scorer = get_scorer("likelihood")
+    sol = solve(p, ARITH, engine, "best_of_n", {"n": 4, "max_tokens": 6, "seed": 1}, scorer)
+    assert sol.cost.verifier_flops == 0  # the logprobs come with the samples
+    assert sol.text == max(sol.candidates, key=lambda c: c.score).text
+    # the score is the model's likelihood of the sampled tokens, recomputed here by transformers
+    res = engine.generate([GenerationRequest(p.prompt, SamplingParams(n=3, max_tokens=6, seed=2,
+                                                                      temperature=0.7, logprobs=True))])[0]
+    values = [s.value for s in scorer.score(p, [c.text for c in res.completions], res.completions).scores]
+    model = AutoModelForCausalLM.from_pretrained(random_model_dir).eval()
+    prompt = engine.tokenize(p.prompt)
+    for c, v in zip(res.completions, values):
+        full = torch.tensor([prompt + c.token_ids])
+        with torch.no_grad():
+            lp = torch.log_softmax(model(full).logits[0, :-1].float(), -1)
+        picked = lp[torch.arange(full.shape[1] - 1), full[0, 1:]][len(prompt) - 1:]
+        assert v == pytest.approx(math.exp(picked.mean().item()), rel=1e-3)  # untempered, T=0.7

@@ -7,6 +7,7 @@ import pytest
 
 from ttscale.eval.verifier_quality import (ProblemSamples, load_samples, save_samples,
                                            verifier_quality)
+from ttscale.errors import TTScaleError
 from ttscale.rewards import get_scorer
 from ttscale.rewards.base import ScoreBatch, Scored
 from ttscale.rewards.quality import pooled_auroc, step_groups, within_problem_auroc
@@ -71,6 +72,17 @@ def test_samples_round_trip(tmp_path):
     again = load_samples(tmp_path / "s.jsonl")
     assert [(d.problem, d.samples, d.greedy) for d in again] == [(d.problem, d.samples, d.greedy) for d in data]
     assert pooled_auroc([0.1, 0.9], [False, True]).auroc == 1.0
+
+
+def test_stored_logprobs_let_the_likelihood_scorer_judge_stored_samples(tmp_path):
+    p = ARITH.problems(level=1, n=1)[0]
+    right, wrong = p.solution, "A: -1\n"
+    d = ProblemSamples(p, right, [right, wrong], 1.0, 2.0, [-0.1] * 3, [[-0.1] * 3, [-2.0] * 3])
+    save_samples(tmp_path / "s.jsonl", [d])
+    r = verifier_quality(ARITH, load_samples(tmp_path / "s.jsonl"), get_scorer("likelihood"))
+    assert r["within_problem_auroc"]["auroc"] == 1.0 and r["best_of_n_acc"] == 1.0
+    with pytest.raises(TTScaleError, match="stored samples have none"):  # files from before logprobs
+        verifier_quality(ARITH, [ProblemSamples(p, right, [right, wrong], 1.0, 2.0)], get_scorer("likelihood"))
 
 
 def test_the_cascade_from_stored_samples_keeps_accepted_answers_and_escalates_flagged_ones():

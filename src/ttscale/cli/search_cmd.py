@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from ttscale.cli import options
 from ttscale.cli.app import app, train_app
 
 
@@ -77,7 +78,7 @@ def train_prm_cmd(
 
 @app.command("verifier-quality")
 def verifier_quality_cmd(
-    scorer: list[str] = typer.Option(["prm"], "--scorer", help="prm, orm, oracle or checker, "
+    scorer: list[str] = typer.Option(["prm"], "--scorer", help="prm, orm, likelihood, oracle or checker, "
                                      "optionally with an aggregate (prm:min); repeatable, all "
                                      "judged on the same samples."),
     model: str = typer.Option("ttscale-small", "--model", help="The policy that samples."),
@@ -86,11 +87,12 @@ def verifier_quality_cmd(
     num_problems: int = typer.Option(200, "--num-problems"),
     n: int = typer.Option(16, "--n", help="Samples per problem."),
     temperature: float = typer.Option(1.0, "--temperature"),
-    max_tokens: int = typer.Option(128, "--max-tokens"),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="Tokens per sample; default "
+                                             "128, or 768 with --effort high."),
     scorer_model: Optional[str] = typer.Option(None, "--scorer-model", help="PRM/ORM directory "
                                                "or name (default: the shipped one)."),
     split: str = typer.Option("test", "--split"),
-    effort: str = typer.Option("low", "--effort", help="low or high."),
+    effort: str = options.EFFORT,
     samples_in: Optional[Path] = typer.Option(None, "--samples-in", help="Judge samples saved "
                                               "earlier instead of drawing new ones."),
     samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="Save the samples."),
@@ -98,7 +100,9 @@ def verifier_quality_cmd(
 ) -> None:
     """Judge verifiers where it matters: within-problem AUROC, best-of-n against greedy."""
     from ttscale.eval.verifier_quality import measure_verifiers
+    from ttscale.tasks.effort import max_tokens_for
 
+    max_tokens = max_tokens or max_tokens_for(effort, 128)
     rows = measure_verifiers(model, scorer, task, level, num_problems, n, temperature, max_tokens,
                              scorer_model, split, effort=effort, samples_in=samples_in,
                              samples_out=samples_out)

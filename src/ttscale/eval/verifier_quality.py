@@ -22,7 +22,7 @@ from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.rewards.quality import first_wrong, pooled_auroc, step_groups, within_problem_auroc
 from ttscale.tasks.base import Task
-from ttscale.types import GenerationRequest, Problem, SamplingParams
+from ttscale.types import Completion, GenerationRequest, Problem, SamplingParams
 
 
 @dataclass
@@ -34,6 +34,28 @@ class ProblemSamples:
     samples: list[str]
     greedy_flops: float
     samples_flops: float
+    greedy_logprobs: list[float] | None = None  # the policy's logprob of each token
+    samples_logprobs: list[list[float]] | None = None  # (for scorers that read them: likelihood)
+
+    def completions(self, first: int = 0, k: int | None = None, greedy: bool = True) -> list[Completion] | None:
+        """The greedy chain (if `greedy`) and samples first..first+k as Completions with logprobs,
+        or None when they were not stored."""
+        if self.greedy_logprobs is None or self.samples_logprobs is None:
+            return None
+        end = len(self.samples) if k is None else first + k
+        texts = ([self.greedy] if greedy else []) + self.samples[first:end]
+        lps = ([self.greedy_logprobs] if greedy else []) + self.samples_logprobs[first:end]
+        return [Completion(t, [0] * len(lp), "stop", logprobs=lp) for t, lp in zip(texts, lps)]
+
+
+def score_stored(scorer: Scorer, d: ProblemSamples, texts: list[str], comps: list[Completion] | None):
+    """`scorer` on stored texts, with their completions when the scorer reads logprobs."""
+    if getattr(scorer, "needs_logprobs", False):
+        if comps is None:
+            raise TTScaleError(f"scorer {scorer.name!r} reads the policy's logprobs, and these stored "
+                               "samples have none; accepted: samples drawn again (they store logprobs)")
+        return scorer.score(d.problem, texts, comps)
+    return scorer.score(d.problem, texts)
 
 
 def draw_samples(generator: Generator, problems: Sequence[Problem], n: int = 16,
@@ -41,9 +63,11 @@ def draw_samples(generator: Generator, problems: Sequence[Problem], n: int = 16,
     """A greedy answer and `n` samples per problem, in one generator call."""
     reqs = []
     for i, p in enumerate(problems):
-        reqs.append(GenerationRequest(p.prompt, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens)))
+        reqs.append(GenerationRequest(p.prompt, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens,
+                                                               logprobs=True)))
         reqs.append(GenerationRequest(p.prompt, SamplingParams(n=n, temperature=temperature,
-                                                               max_tokens=max_tokens, seed=seed * 100_003 + i)))
+                                                               max_tokens=max_tokens, seed=seed * 100_003 + i,
+                                                               logprobs=True)))
     res = generator.generate(reqs)
     out = []
     for i, p in enumerate(problems):
@@ -51,7 +75,8 @@ def draw_samples(generator: Generator, problems: Sequence[Problem], n: int = 16,
         if g.error or s.error:
             raise RuntimeError(f"generation failed for {p.id}: {g.error or s.error}")
         out.append(ProblemSamples(p, g.completions[0].text, [c.text for c in s.completions],
-                                  g.usage.flops, s.usage.flops))
+                                  g.usage.flops, s.usage.flops, g.completions[0].logprobs,
+                                  [c.logprobs for c in s.completions]))
     return out
 
 
@@ -93,7 +118,7 @@ def verifier_quality(task: Task, data: Sequence[ProblemSamples], scorer: Scorer,
     oracle = task.has_step_oracle
     for d in data:
         p = d.problem
-        batch = scorer.score(p, [d.greedy, *d.samples])
+        batch = score_stored(scorer, d, [d.greedy, *d.samples], d.completions())
         verifier_flops += batch.usage.flops
         scores = [s.value for s in batch.scores[1:]]
         answers = [task.extract_answer(t) for t in d.samples]
@@ -137,7 +162,9 @@ def save_samples(path: str | Path, data: Sequence[ProblemSamples]) -> None:
     with Path(path).open("w", encoding="utf-8") as f:
         for d in data:
             f.write(json.dumps({"problem": asdict(d.problem), "greedy": d.greedy, "samples": d.samples,
-                                "greedy_flops": d.greedy_flops, "samples_flops": d.samples_flops}) + "\n")
+                                "greedy_flops": d.greedy_flops, "samples_flops": d.samples_flops,
+                                "greedy_logprobs": d.greedy_logprobs,
+                                "samples_logprobs": d.samples_logprobs}) + "\n")
 
 
 def load_samples(path: str | Path) -> list[ProblemSamples]:
@@ -149,7 +176,8 @@ def load_samples(path: str | Path) -> list[ProblemSamples]:
     for line in Path(path).read_text().splitlines():
         r = json.loads(line)
         out.append(ProblemSamples(Problem(**r["problem"]), r["greedy"], r["samples"],
-                                  r["greedy_flops"], r["samples_flops"]))
+                                  r["greedy_flops"], r["samples_flops"], r.get("greedy_logprobs"),
+                                  r.get("samples_logprobs")))
     return out
 
 
@@ -176,7 +204,7 @@ def measure_verifiers(model: str, scorers: Sequence[str], task: str, level: int,
     check_effort(effort)
     for spec in scorers:
         name, how = parse_scorer_spec(spec)
-        if name not in SCORERS or name in ("self-certainty", "judge"):
+        if name not in SCORERS or name in ("self-certainty", "judge"):  # they need top-k logprobs, a model
             raise unknown("scorer for verifier-quality", name, [s for s in SCORERS
                                                               if s not in ("self-certainty", "judge")])
         check_aggregate(how)
@@ -228,8 +256,9 @@ def cascade_rows(task: Task, data: Sequence[ProblemSamples], scorer: Scorer, n: 
     for d in data:
         p = d.problem
         k = min(n, len(d.samples))
-        g = scorer.score(p, [d.greedy])
-        rest = scorer.score(p, d.samples[:k]) if escalate != "majority" else None
+        g = score_stored(scorer, d, [d.greedy], d.completions(0, 0))
+        rest = score_stored(scorer, d, d.samples[:k], d.completions(0, k, greedy=False)) \
+            if escalate != "majority" else None
         cands = [Candidate(d.greedy, task.extract_answer(d.greedy), g.scores[0].value)]
         cands += [Candidate(t, task.extract_answer(t), rest.scores[i].value if rest else None)
                   for i, t in enumerate(d.samples[:k])]

@@ -24,7 +24,7 @@ from ttscale.engine.base import Generator
 from ttscale.rewards.base import ScoreBatch, Scorer
 from ttscale.types import Completion, GenerationRequest, GenerationResult, Problem
 
-ZERO_COST_SCORERS = ("oracle", "self-certainty")
+ZERO_COST_SCORERS = ("oracle", "likelihood", "self-certainty")
 
 
 @dataclass(frozen=True)

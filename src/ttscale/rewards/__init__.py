@@ -1,5 +1,5 @@
-"""Scorers: the task oracle, learned PRM/ORM, self-certainty, an LLM judge and the answer
-checker, by name."""
+"""Scorers: the task oracle, learned PRM/ORM, the policy's likelihood, self-certainty, an LLM
+judge and the answer checker, by name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,7 @@ from ttscale.rewards.aggregate import AGGREGATES, aggregate, check_aggregate
 from ttscale.rewards.base import ScoreBatch, Scored, Scorer
 from ttscale.tasks.base import Task
 
-SCORERS = ("oracle", "prm", "orm", "self-certainty", "judge", "checker")
+SCORERS = ("oracle", "prm", "orm", "likelihood", "self-certainty", "judge", "checker")
 
 
 def _default_reward_model(kind: str) -> str:
@@ -43,7 +43,8 @@ def get_scorer(name: str, task: Task | None = None, generator: Generator | None 
     """A scorer by name.
 
     `oracle` needs the task; `prm` / `orm` load a learned reward model (`model`: a directory,
-    default `models/ttscale-prm`); `self-certainty` reads the policy's logprobs (the generator,
+    default `models/ttscale-prm`); `likelihood` ranks the policy's own samples by the probability
+    it gave their tokens (logprobs, no extra FLOPs); `self-certainty` reads the policy's logprobs (the generator,
     when given, tells the vocabulary size); `judge` asks `model` (loaded as a generator) or else
     `generator` for a verdict; `checker` verifies the final answer from the problem alone
     (tasks with `answer_checkable`, e.g. countdown). `aggregate` turns step scores into a
@@ -65,6 +66,10 @@ def get_scorer(name: str, task: Task | None = None, generator: Generator | None 
         from ttscale.rewards.prm import LearnedPRM
 
         return LearnedPRM(path, aggregate=aggregate, kind=name)
+    if name == "likelihood":
+        from ttscale.rewards.likelihood import LikelihoodScorer
+
+        return LikelihoodScorer()
     if name == "self-certainty":
         from ttscale.rewards.self_certainty import SelfCertaintyScorer
 

@@ -174,7 +174,7 @@ def run_strategy(generator: Generator, prompt: str, choice: Choice, params: Any,
     if choice.scorer == "oracle" and task.name not in ("countdown", "arith"):
         raise bad_request("the scorer 'oracle' only works on problems of the built-in tasks "
                           "(countdown 'Q: 3 5 2 -> 16', arith 'Q: 3+4*2'); this prompt is not one "
-                          "of them: use prm, orm, self-certainty or judge", param="ttscale.scorer",
+                          "of them: use prm, orm, likelihood, self-certainty or judge", param="ttscale.scorer",
                           code="oracle_needs_builtin_task")
     scorer = None
     if choice.scorer is not None:

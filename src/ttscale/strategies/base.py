@@ -95,5 +95,5 @@ def require_scorer(scorer: Scorer | None, strategy: str) -> Scorer:
     """The scorer a strategy cannot run without, or a one-line error saying so."""
     if scorer is None:
         raise TTScaleError(f"strategy {strategy!r} needs a scorer; accepted: oracle, prm, orm, "
-                           "self-certainty, judge, checker")
+                           "likelihood, self-certainty, judge, checker")
     return scorer

@@ -35,7 +35,7 @@ from ttscale.types import Problem
 
 ESCALATIONS = ("majority", "best_of_n", "weighted_majority", "high")
 DEFAULT_THRESHOLD = 0.5  # for scores that are probabilities of being right (prm, orm, oracle, checker)
-ZERO_FLOP_SCORERS = ("oracle", "checker", "self-certainty")
+ZERO_FLOP_SCORERS = ("oracle", "checker", "likelihood", "self-certainty")
 
 
 @dataclass
@@ -86,7 +86,7 @@ def verifier_bound(scorer: Scorer) -> float:
     shape, max_len = getattr(scorer, "shape", None), getattr(scorer, "max_len", None)
     if shape is None or max_len is None:
         raise TTScaleError(f"the cascade cannot bound the cost of scorer {scorer.name!r} under "
-                           "max_flops; accepted: oracle, checker, self-certainty, prm, orm")
+                           "max_flops; accepted: oracle, checker, likelihood, self-certainty, prm, orm")
     return shape.span_flops(0, max_len)  # a learned verifier reads at most max_len tokens
 
 
