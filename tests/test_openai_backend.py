@@ -6,6 +6,7 @@ import json
 import math
 import socket
 import threading
+import time
 
 import pytest
 from serve_helpers import MODEL, QuirkyProxy
@@ -31,8 +32,20 @@ def quirky(proxy):
     """The proxy, reset to a well-behaved upstream for each test."""
     proxy.fail_first, proxy.fail_status, proxy.reject_status = 0, 503, None
     proxy.ignore_n = proxy.drop_logprobs = False
+    proxy.hang_s = 0.0
     proxy.calls, proxy.bodies = 0, []
     return proxy
+
+
+@pytest.fixture(scope="module")
+def stuck(server):
+    """A real server that takes a minute to answer, as a stuck upstream does (short graceful
+    shutdown: the calls it still holds do not delay the module's end)."""
+    p = QuirkyProxy(server.url)
+    p.hang_s = 60.0
+    with ServerThread(p.app, graceful_s=0.5) as s:
+        p.url = s.url
+        yield p
 
 
 def remote(url, engine, **kw):
@@ -340,3 +353,70 @@ def test_eval_over_a_server_matches_the_local_engine_with_flops_unknown(server, 
     assert remote_row["flops"] is None and local_row["flops"] > 0
     for key in ("greedy_acc", "maj_acc", "pass_at_n", "mean_tokens"):
         assert remote_row[key] == local_row[key], key
+
+
+def _main(monkeypatch, capsys, *args):
+    """`ttscale ARGS` as the console script runs it: (exit status, stderr)."""
+    from ttscale.cli import main
+
+    monkeypatch.setattr("sys.argv", ["ttscale", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err.strip()
+
+
+def _command(name, tmp_path):
+    """The smallest run of `name` over one problem of the served model."""
+    one = ["--task", "arith", "--level", "1", "--num-problems", "1", "--max-tokens", "8"]
+    return {"solve": ["solve", "--model", MODEL, *one],
+            "eval": ["eval", "--model", MODEL, "--n", "0", *one],
+            "sweep": ["sweep", "--model", MODEL, "--baseline-model", MODEL, "--task", "arith",
+                      "--levels", "1", "--num-problems", "1", "--n-max", "2", "--ns", "1,2",
+                      "--max-tokens", "8", "--out", str(tmp_path / "sweep"), "--no-report"],
+            }[name]
+
+
+@pytest.mark.parametrize("command", ["solve", "eval", "sweep"])
+def test_a_stuck_server_fails_the_command_at_timeout_unretried(command, stuck, monkeypatch,
+                                                               capsys, random_model_dir, tmp_path):
+    before = len(stuck.bodies)
+    t0 = time.monotonic()
+    code, err = _main(monkeypatch, capsys, *_command(command, tmp_path), "--backend", "openai",
+                      "--base-url", stuck.url, "--shape-from", random_model_dir,
+                      "--timeout", "1", "--max-retries", "3")
+    took = time.monotonic() - t0
+    err = err.splitlines()[-1]  # the error line, after eval's progress bar
+    assert code == 2 and err.startswith("error: "), err
+    assert "did not answer within the timeout of 1 s" in err and "--timeout" in err, err
+    assert took < 20  # the server would have answered after 60 s
+    sent = [json.dumps(b, sort_keys=True) for b in stuck.bodies[before:]]
+    assert sent and len(sent) == len(set(sent))  # each request sent once: none was retried
+
+
+def test_max_retries_reaches_the_backend(quirky, monkeypatch, capsys, random_model_dir, tmp_path):
+    quirky.fail_first = 1
+    code, err = _main(monkeypatch, capsys, *_command("solve", tmp_path), "--backend", "openai",
+                      "--base-url", quirky.url, "--max-retries", "0")
+    assert code == 2 and "after 1 attempts" in err and "503" in err, err
+    quirky.fail_first = 1
+    code, err = _main(monkeypatch, capsys, *_command("solve", tmp_path), "--backend", "openai",
+                      "--base-url", quirky.url, "--max-retries", "1")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["solve", "eval", "sweep"])
+@pytest.mark.parametrize("args, named", [
+    (["--backend", "openai", "--base-url", "http://127.0.0.1:9", "--timeout", "0"], "--timeout 0.0"),
+    (["--backend", "openai", "--base-url", "http://127.0.0.1:9", "--timeout", "-2"], "--timeout -2.0"),
+    (["--backend", "openai", "--base-url", "http://127.0.0.1:9", "--max-retries", "-1"],
+     "--max-retries -1"),
+    (["--timeout", "5"], "--timeout applies only to --backend openai"),
+    (["--max-retries", "2"], "--max-retries applies only to --backend openai")])
+def test_bad_timeout_or_retries_is_one_line_exit_2(command, args, named, monkeypatch, capsys,
+                                                   tmp_path):
+    code, err = _main(monkeypatch, capsys, *_command(command, tmp_path), *args)
+    assert code == 2 and "\n" not in err and err.startswith("error: ") and named in err, err
+    assert "accepted" in err or "only to" in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import httpx
 import openai
 import pytest
 from serve_helpers import MODEL, QuirkyProxy, chat_template_of, engine_server, load_engine
@@ -86,6 +87,30 @@ def test_upstream_failure_is_502_with_the_reason(upstream, random_model_dir):
             client_of(p).completions.create(model=MODEL, prompt="Q: 1+1\n", max_tokens=4)
     assert e.value.status_code == 502
     assert "503" in e.value.message and "overloaded" in e.value.message
+
+
+def test_upstream_max_retries_bounds_the_attempts(upstream, random_model_dir):
+    quirky = QuirkyProxy(upstream.url)
+    with ServerThread(quirky.app) as q:
+        for retries, status in ((0, 502), (1, 200)):
+            quirky.fail_first, quirky.calls = 1, 0
+            with front([q.url], random_model_dir, upstream_model=MODEL,
+                       upstream_max_retries=retries) as p:
+                r = httpx.post(p.url + "/v1/completions", timeout=60,
+                               json={"model": MODEL, "prompt": "Q: 1+1\n", "max_tokens": 4})
+            assert r.status_code == status and quirky.calls == retries + 1, r.text
+
+
+@pytest.mark.parametrize("kw, named", [
+    ({"upstream": ["http://127.0.0.1:9"], "upstream_max_retries": -1}, "--upstream-max-retries=-1"),
+    ({"upstream": ["http://127.0.0.1:9"], "upstream_timeout": 0}, "--upstream-timeout=0"),
+    ({"upstream_max_retries": 2}, "--upstream-max-retries need --upstream"),
+    ({"upstream_timeout": 5.0}, "--upstream-timeout need --upstream")])
+def test_bad_upstream_timeout_or_retries_name_the_flag(kw, named, random_model_dir):
+    from ttscale.errors import TTScaleError
+
+    with pytest.raises(TTScaleError, match=named):
+        build_config(ServeOptions(upstream_model=MODEL, upstream_shape=random_model_dir, **kw))
 
 
 def test_unreachable_upstream_is_502_not_a_hang(random_model_dir):

@@ -29,6 +29,8 @@ def eval_cmd(
     n_params: Optional[int] = options.N_PARAMS,
     n_layer: Optional[int] = options.N_LAYER,
     d_model: Optional[int] = options.D_MODEL,
+    timeout: Optional[float] = options.TIMEOUT,
+    max_retries: Optional[int] = options.MAX_RETRIES,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=f"Tokens per answer; default {MAX_TOKENS}, or {LONG_MAX_TOKENS} with --effort high."),
@@ -43,7 +45,8 @@ def eval_cmd(
                          progress=not as_json, shots=shots, shots_from=shots_from,
                          max_tokens=max_tokens, effort=effort,
                          generator_options=options.generator_options(
-                             backend, base_url, shape_from, n_params, n_layer, d_model))
+                             backend, base_url, shape_from, n_params, n_layer, d_model,
+                             timeout, max_retries))
     if as_json:
         out = [{k: None if v != v else v for k, v in r.to_dict().items()}  # NaN: unknown
                for r in rows]

@@ -31,6 +31,10 @@ def serve_cmd(
     upstream_timeout: float = typer.Option(None, "--upstream-timeout", help="Seconds one "
                                            "upstream call may take (default: --request-"
                                            "timeout); a timed-out call is not retried."),
+    upstream_max_retries: int = typer.Option(None, "--upstream-max-retries", help="Retries of "
+                                             "a failed upstream call (default 4), with "
+                                             "exponential backoff: on 429, 5xx, a dropped "
+                                             "connection or a connect timeout; 0: none."),
     api_key_file: list[str] = typer.Option([], "--api-key-file", help="File of accepted API "
                                            "keys, one per line (chmod 600); repeatable. Or set "
                                            "$TTSCALE_API_KEY (one key) or $TTSCALE_API_KEYS "
@@ -72,6 +76,7 @@ def serve_cmd(
                        upstream_d_model=upstream_d_model, upstream_shape=upstream_shape,
                        upstream_chat=upstream_chat, upstream_api_key=upstream_api_key,
                        upstream_timeout=upstream_timeout,
+                       upstream_max_retries=upstream_max_retries,
                        api_keys=list(api_key), api_key_files=list(api_key_file), host=host,
                        port=port, plan=plan, device=device,
                        dtype=dtype, limits=limits, access_log=access_log))

@@ -41,6 +41,8 @@ def solve_cmd(
     n_params: Optional[int] = options.N_PARAMS,
     n_layer: Optional[int] = options.N_LAYER,
     d_model: Optional[int] = options.D_MODEL,
+    timeout: Optional[float] = options.TIMEOUT,
+    max_retries: Optional[int] = options.MAX_RETRIES,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     effort: str = options.EFFORT,
@@ -58,11 +60,13 @@ def solve_cmd(
                                                    "configurations expected within it."),
 ) -> None:
     """Run one test-time strategy over problems: accuracy and exact compute per problem."""
+    gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
+                                            d_model, timeout, max_retries)
     if plan is not None or budget is not None or latency_budget is not None:
         from ttscale.cli.sweep_cmd import solve_with_plan_cmd
 
         solve_with_plan_cmd(model, plan, budget, task, level, num_problems, split, problem_seed,
-                            scorer, scorer_model, backend, base_url or None, seed, as_json,
+                            scorer, scorer_model, backend, gen_options, seed, as_json,
                             latency_budget)
         return
     from ttscale.eval.solve import parse_param_pairs, run_solve
@@ -74,8 +78,6 @@ def solve_cmd(
         if value is not None:
             params[key] = value
     params.update(parse_param_pairs(param))
-    gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
-                                            d_model)
     out = run_solve(model, task=task, level=level, num_problems=num_problems, strategy=strategy,
                     params=params, scorer=scorer, scorer_model=scorer_model,
                     aggregate=aggregate, split=split, problem_seed=problem_seed,

@@ -73,6 +73,8 @@ def sweep_cmd(
     n_params: Optional[int] = options.N_PARAMS,
     n_layer: Optional[int] = options.N_LAYER,
     d_model: Optional[int] = options.D_MODEL,
+    timeout: Optional[float] = options.TIMEOUT,
+    max_retries: Optional[int] = options.MAX_RETRIES,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Results directory."),
@@ -119,7 +121,7 @@ def sweep_cmd(
     cfg.backend = backend
     cfg.shots, cfg.shots_from = shots, shots_from
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
-                                            d_model)
+                                            d_model, timeout, max_retries)
     generators = None
     if backend == "openai":
         generators = {m: make_generator(m, "openai", **gen_options)
@@ -261,10 +263,10 @@ def report_cmd(
 def solve_with_plan_cmd(model: str, plan: Optional[Path], budget: Optional[float], task: str,
                         level: Optional[int], num_problems: int, split: str, problem_seed: int,
                         scorer: Optional[str], scorer_model: Optional[str], backend: str,
-                        base_url: Optional[str], seed: Optional[int], as_json: bool,
+                        generator_options: dict[str, Any], seed: Optional[int], as_json: bool,
                         latency_budget: Optional[float] = None) -> None:
     """`ttscale solve --plan FILE --budget FLOPS [--latency-budget S]` (called from the solve
-    command)."""
+    command; `generator_options` from `options.generator_options`)."""
     from ttscale.eval.planned import run_planned
 
     if plan is None or budget is None:
@@ -274,7 +276,7 @@ def solve_with_plan_cmd(model: str, plan: Optional[Path], budget: Optional[float
     out = run_planned(model, str(plan), budget, task=task, level=level,
                       num_problems=num_problems, split=split, problem_seed=problem_seed,
                       scorer=scorer, scorer_model=scorer_model, backend=backend,
-                      generator_options={"base_url": base_url} if base_url else None,
+                      generator_options=generator_options,
                       seed=seed or 0, latency_budget=latency_budget)
     if as_json:
         print(json.dumps(out, indent=2))

@@ -2,8 +2,10 @@
 Ollama, `ttscale serve`) behind the Generator protocol.
 
 Requests run asynchronously on a private event loop thread with bounded concurrency, spread
-over several base URLs (least-loaded first), retried with exponential backoff on 429, 5xx and
-dropped connections. An error of one request lands in its own result; the batch never raises.
+over several base URLs (least-loaded first), retried with exponential backoff on 429, 5xx,
+dropped connections and connect timeouts. A request that ran out of `timeout` (the read timeout,
+one answer's wait) is not retried: the same generation would be as slow again, and `max_retries`
+attempts of it would fail only after max_retries + 1 timeouts. An error of one request lands in its own result; the batch never raises.
 FLOPs are counted from the model shape the user gives (`shape_from`: a HF config or a GGUF
 file's header, or n_params/n_layer/d_model), since a remote model cannot be inspected; with
 none given they are unknown (NaN). A server that ignores `n` gets n separate requests.
@@ -27,6 +29,7 @@ from ttscale.types import Completion, GenerationRequest, GenerationResult, Sampl
 T = TypeVar("T")
 RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 DEFAULT_CONTEXT = 32_768  # when the server does not report `max_model_len`
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection (or `timeout`, if shorter); retried
 MAX_TOP_LOGPROBS = 20
 
 
@@ -118,7 +121,8 @@ class OpenAIGenerator:
                 def run() -> None:
                     asyncio.set_event_loop(loop)
                     self._client = httpx.AsyncClient(
-                        timeout=httpx.Timeout(self.timeout),
+                        timeout=httpx.Timeout(self.timeout,
+                                              connect=min(self.timeout, CONNECT_TIMEOUT)),
                         limits=httpx.Limits(max_connections=self.max_concurrency * 2,
                                             max_keepalive_connections=self.max_concurrency))
                     self._sem = asyncio.Semaphore(self.max_concurrency)
@@ -259,10 +263,12 @@ class OpenAIGenerator:
         assert self._client is not None
         try:
             r = await self._client.post(url, json=body, headers=self._headers)
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as e:  # no connection yet: retried
+            raise UpstreamError(f"could not connect to {url} in time ({type(e).__name__})")
         except httpx.TimeoutException as e:  # a slow answer would be as slow again: no retry
-            raise UpstreamError(f"{url} timed out after {self.timeout}s ({type(e).__name__}); "
-                                "a longer timeout is the timeout option (--upstream-timeout)",
-                                retryable=isinstance(e, (httpx.ConnectTimeout, httpx.PoolTimeout)))
+            raise UpstreamError(f"{url} did not answer within the timeout of {self.timeout:g} s "
+                                f"({type(e).__name__}; not retried); raise it with --timeout "
+                                "(ttscale serve: --upstream-timeout)", retryable=False)
         except httpx.TransportError as e:
             raise UpstreamError(f"could not reach {url}: {type(e).__name__}: {e}")
         if r.status_code >= 400:
@@ -299,6 +305,8 @@ class OpenAIGenerator:
         if last.retryable:
             raise UpstreamError(f"upstream failed after {self.max_retries + 1} attempts: {last}",
                                 last.status)
+        if last.status is None:  # no answer (a read timeout): say so, not "rejected"
+            raise last
         raise UpstreamError(f"upstream rejected the request: {last}", last.status, retryable=False)
 
     async def _generate_all(self, requests: list[GenerationRequest],

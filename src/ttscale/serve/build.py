@@ -33,6 +33,7 @@ class ServeOptions:
     upstream_chat: bool = False  # strategies sample through the upstream's chat endpoint
     upstream_api_key: str | None = None
     upstream_timeout: float | None = None  # seconds per upstream call (default: request timeout)
+    upstream_max_retries: int | None = None  # retries of a failed upstream call (default: 4)
     api_keys: list[str] = field(default_factory=list)  # prefer api_key_files or $TTSCALE_API_KEY
     api_key_files: list[str] = field(default_factory=list)  # one key per line
     host: str = "127.0.0.1"
@@ -95,7 +96,9 @@ def _upstream_generator(o: ServeOptions) -> Any:
     return OpenAIGenerator(o.upstream, name, params, layers, d, api_key=o.upstream_api_key,
                            chat=o.upstream_chat,
                            max_concurrency=max(16, o.limits.max_concurrency * 4),
-                           timeout=o.upstream_timeout or o.limits.request_timeout_s)
+                           timeout=o.upstream_timeout or o.limits.request_timeout_s,
+                           **({} if o.upstream_max_retries is None
+                              else {"max_retries": o.upstream_max_retries}))
 
 
 def build_config(o: ServeOptions) -> ServeConfig:
@@ -109,6 +112,15 @@ def build_config(o: ServeOptions) -> ServeConfig:
     if o.upstream_timeout is not None and not o.upstream_timeout > 0:
         raise TTScaleError(f"--upstream-timeout={o.upstream_timeout} is out of range; accepted: "
                            "seconds > 0")
+    if o.upstream_max_retries is not None and o.upstream_max_retries < 0:
+        raise TTScaleError(f"--upstream-max-retries={o.upstream_max_retries} is out of range; "
+                           "accepted: an integer >= 0 (0: no retries)")
+    if not o.upstream:
+        given = [f for f, v in (("--upstream-timeout", o.upstream_timeout),
+                                ("--upstream-max-retries", o.upstream_max_retries)) if v is not None]
+        if given:
+            raise TTScaleError(f"{', '.join(given)} need --upstream URL (the embedded engine "
+                               "makes no upstream calls)")
     if o.upstream:
         if o.model:
             raise TTScaleError("pass either --model (embedded engine) or --upstream URL, not both")
