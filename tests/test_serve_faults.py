@@ -11,7 +11,7 @@ import pytest
 from serve_helpers import (MODEL, DyingUpstream, GatedGenerator, QuirkyProxy, chat_template_of,
                            engine_server, metric)
 
-from ttscale.eval.bench_serve import disconnect
+from ttscale.bench.serve import disconnect
 from ttscale.serve import Limits, create_app
 from ttscale.serve.build import ServeOptions, build_config
 from ttscale.serve.runner import ServerThread

@@ -1,5 +1,5 @@
 """`ttscale serve` (see ttscale.serve.build.serve) and `ttscale bench serve` (see
-ttscale.eval.bench_serve)."""
+ttscale.bench.serve)."""
 from __future__ import annotations
 
 import json
@@ -98,15 +98,21 @@ def bench_serve_cmd(
     disconnects: int = typer.Option(0, "--disconnects", help="Then this many streaming clients "
                                     "that go away at each stage (sent, role chunk, first token, "
                                     "queued); reports anything left queued or running."),
-    note: str = typer.Option("", "--note", help="A remark recorded with the run."),
-    no_doc: bool = typer.Option(False, "--no-doc", help="Do not append to docs/benchmarks.md."),
+    out: str = typer.Option(".", "--out", help="Directory for the run's JSON and the "
+                            "benchmarks.md it appends to."),
+    note: str = typer.Option("", "--note", help="A remark recorded with the run in "
+                             "OUT/benchmarks.md."),
+    no_doc: bool = typer.Option(False, "--no-doc", help="Write nothing to OUT."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """K concurrent clients for T seconds against a loopback server (greedy, majority-8, beam
-    search, 5% malformed): p50/p99 per kind, statuses, leaks; appended to docs/benchmarks.md."""
+    search, 5% malformed): p50/p99 per kind, statuses, leaks; the run is saved as
+    OUT/bench-serve-WORKLOAD.json and appended to OUT/benchmarks.md."""
+    from pathlib import Path
+
+    from ttscale.bench.serve import (append_to_doc, bench_serve, bench_stream, stream_table,
+                                     table)
     from ttscale.errors import unknown
-    from ttscale.eval.bench_serve import (append_to_doc, bench_serve, bench_stream, stream_table,
-                                          table)
 
     if workload == "stream":
         result = bench_stream(clients=clients, seconds=seconds, model=model,
@@ -120,5 +126,8 @@ def bench_serve_cmd(
     else:
         raise unknown("workload", workload, ["load", "stream"])
     if not no_doc:
-        append_to_doc(result, note)
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"bench-serve-{workload}.json").write_text(json.dumps(result, indent=1) + "\n")
+        append_to_doc(result, note, folder / "benchmarks.md")
     print(json.dumps(result, indent=2) if as_json else text)

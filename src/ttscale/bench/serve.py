@@ -428,9 +428,10 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def append_to_doc(r: dict[str, Any], note: str = "", path: str | Path | None = None) -> Path:
-    """Append the run to docs/benchmarks.md as a `## serve` entry."""
-    path = Path(path) if path else Path(__file__).resolve().parents[3] / "docs" / "benchmarks.md"
+def append_to_doc(r: dict[str, Any], note: str = "", path: str | Path = "benchmarks.md") -> Path:
+    """Append the run to a markdown file as a `## serve` entry (created with a title if
+    missing); relative paths are relative to the working directory, never the package."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     head = "" if path.exists() else "# Benchmarks\n\nEach run is appended by the command that made it.\n"
     what = ("streamed greedy completions, one client alone, then the given number at once "
