@@ -44,3 +44,24 @@ def test_a_model_without_rows_is_an_error():
 
     with pytest.raises(ValueError, match="xl"):
         check_calibration(_rows(GOOD), MODELS + ["xl"])
+
+
+def test_a_card_run_at_high_effort_adds_its_rows_beside_the_short_mode_ones(tmp_path):
+    import json
+
+    from ttscale.eval.card import write_card
+    from ttscale.eval.evaluate import EvalResult
+
+    def row(level, effort, acc):
+        return EvalResult("m", "arith", level, 200, 16, acc, acc, acc, 30.0, 1.0, effort)
+
+    write_card(tmp_path, [row(1, "low", 0.5), row(2, "low", 0.3)], "ttscale eval --model m")
+    write_card(tmp_path, [row(2, "high", 0.8)], "ttscale eval --model m --effort high")
+    write_card(tmp_path, [row(1, "low", 0.6)], "ttscale eval --model m")  # a re-run replaces its cell
+    rows = json.loads((tmp_path / "eval.json").read_text())
+    assert [(r["level"], r["effort"], r["greedy_acc"]) for r in rows] == [(1, "low", 0.6), (2, "low", 0.3),
+                                                                           (2, "high", 0.8)]
+    assert "| high |" in (tmp_path / "README.md").read_text()
+    # the checks read the short mode only: the long-mode row does not count as level 2's figure
+    findings = check_calibration(rows, ["m"], top_level1=0.55)
+    assert {(f.criterion, f.level, f.ok) for f in findings} >= {("level1", 1, True), ("falls", 2, True)}

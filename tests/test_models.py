@@ -41,7 +41,7 @@ def test_card_greedy_accuracy_reproduced_with_transformers(model):
     assert (Path(model.path) / "README.md").read_text().count("| ") > 10
     checked = 0
     for row in card:
-        if row["level"] not in (1, 3):
+        if row["level"] not in (1, 3) or row.get("effort", "low") != "low":  # long rows: 768 tokens
             continue
         task = get_task(row["task"])
         problems = task.problems(split="test", level=row["level"], n=row["num_problems"], seed=0)

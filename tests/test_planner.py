@@ -135,3 +135,24 @@ def test_online_planner_never_exceeds_its_budget(random_model_dir):
         assert sum(a.flops for a in run.answers) == pytest.approx(run.spent)
         assert len(run.answers) == len(problems)
     assert run.mode == "probe" and any(a.config != "probe" for a in run.answers)
+
+
+def test_online_planner_scores_the_probes_samples_with_a_logprob_scorer(random_model_dir):
+    """A plan that answers by best-of-N over the probe's samples plus more, scored by the
+    policy's likelihood: the probe keeps the logprobs the scorer reads (no error, no re-draw)."""
+    from ttscale.engine import load_generator
+    from ttscale.planner.solve import solve_with_plan
+    from ttscale.rewards import get_scorer
+    from ttscale.tasks import get_task
+
+    gen = load_generator(random_model_dir)
+    task = get_task("countdown")
+    problems = task.problems("test", 2, 3, seed=0)
+    strategies = {"best_of_n(n=8)": {"strategy": "best_of_n", "params": {"n": 8}, "source": "samples"}}
+    plan = Plan("random", 4, 8e6, [0.5],
+                [[Option("best_of_n(n=8)", 8e6, 0.4)], [Option("best_of_n(n=8)", 8e6, 0.4)]],
+                [Option("none", 0, 0)], strategies, {"temperature": 1.0, "max_tokens": 24},
+                {"bin_sizes": [2, 2]})
+    run = solve_with_plan(problems, task, gen, plan, 1e9, get_scorer("likelihood"))
+    assert run.mode == "probe"
+    assert [a.config for a in run.answers] == ["best_of_n(n=8)"] * 3

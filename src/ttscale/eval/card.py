@@ -10,12 +10,24 @@ CARD_TOLERANCE = 0.10  # a re-run on the same fixed sample must land within this
 CARD_PROBLEMS = 200  # problems per (task, level) in the shipped cards (countdown level 1 has 226 test problems)
 
 
+def merged_rows(model_dir: Path, rows: list[EvalResult]) -> list[EvalResult]:
+    """`rows`, after the card's earlier rows of other (task, level, effort) cells: a card run at
+    `--effort high` adds the long-mode rows beside the short-mode ones instead of replacing them."""
+    path = model_dir / "eval.json"
+    old = [EvalResult(**r) for r in json.loads(path.read_text())] if path.exists() else []
+    cells = {(r.task, r.level, r.effort) for r in rows}
+    kept = [r for r in old if (r.task, r.level, r.effort) not in cells and r.model in {x.model for x in rows}]
+    return sorted(kept + rows, key=lambda r: (r.effort != "low", r.task, r.level or 0))
+
+
 def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str) -> Path:
     """Write `model_dir/README.md` from `training.json` and the evaluation rows.
 
-    The rows are also stored in `eval.json` so tests can compare a re-run with the card.
+    The rows are also stored in `eval.json` so tests can compare a re-run with the card; rows of
+    other cells (another effort) already there are kept.
     """
     model_dir = Path(model_dir)
+    rows = merged_rows(model_dir, rows)
     meta_path = model_dir / "training.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     cfg = meta.get("config", {})
@@ -25,7 +37,8 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str)
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [ttscale]", "---",
         f"# {model_dir.name}", "",
         f"A small Llama-architecture decoder of the ttscale embedded family "
-        f"({meta.get('params', '?'):,} parameters), character-level tokenizer.", "",
+        f"({meta['params']:,} parameters), character-level tokenizer." if "params" in meta else
+        "A small Llama-architecture decoder of the ttscale embedded family, character-level tokenizer.", "",
         "## Training", "",
         f"- parent: {parent or 'none (trained from scratch with SFT)'}",
         f"- command: `{command}`",
@@ -38,7 +51,9 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str)
         f"- final training loss (EMA): {meta.get('final_loss_ema') or float('nan'):.4f}", "",
         "## Accuracy", "",
         f"Test split, fixed problems (seed 0). Greedy decoding; maj@n and pass@n from n samples at "
-        f"temperature 1.0. Reproduce with `{eval_command}`; a re-run lands within "
+        f"temperature 1.0. Effort `low` asks the short chains, `high` the long, step-checkable mode "
+        f"(`--effort high`). Reproduce with `{eval_command}` (with `--effort high` for those rows); "
+        f"a re-run lands within "
         f"{CARD_TOLERANCE:.0%} of these figures (sampling order may differ across backends).", "",
         format_table(rows), "",
     ]

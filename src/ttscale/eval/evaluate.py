@@ -75,8 +75,9 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
 
 def format_table(rows: list[EvalResult]) -> str:
     """A Markdown table of evaluation rows."""
-    head = "| model | task | level | problems | greedy | maj@n | pass@n | n |\n|---|---|---|---|---|---|---|---|"
+    head = ("| model | task | level | effort | problems | greedy | maj@n | pass@n | n | tokens |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head] + [
-        f"| {r.model} | {r.task} | {r.level} | {r.num_problems} | {r.greedy_acc:.1%} | "
-        f"{r.maj_acc:.1%} | {r.pass_at_n:.1%} | {r.n} |" for r in rows]
+        f"| {r.model} | {r.task} | {r.level} | {r.effort} | {r.num_problems} | {r.greedy_acc:.1%} | "
+        f"{r.maj_acc:.1%} | {r.pass_at_n:.1%} | {r.n} | {r.mean_tokens:.0f} |" for r in rows]
     return "\n".join(lines)

@@ -55,6 +55,7 @@ class SampleSet:
     prefill_flops: float = 0.0
     wall_s: float = 0.0  # measured: the one request that drew all n samples (at batch n)
     score_wall_s: float = 0.0  # measured: scoring them
+    completions: list[Any] = field(default_factory=list, repr=False)  # as drawn (logprobs for scoring later)
 
     @property
     def n(self) -> int:
@@ -214,7 +215,8 @@ def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
         sample_flops=sample_flops, verifier_flops=vflops, verifier_tokens=vtok,
         prompt_tokens=u.prompt_tokens, cached_tokens=u.cached_tokens,
         prefill_flops=max(u.flops - sum(sample_flops), 0.0),
-        wall_s=gen_s, score_wall_s=time.perf_counter() - t1 if scorer is not None else 0.0)
+        wall_s=gen_s, score_wall_s=time.perf_counter() - t1 if scorer is not None else 0.0,
+        completions=list(comps))
 
 
 def _completion_lengths(comps: Sequence[Any], total: int) -> list[int]:

@@ -14,7 +14,7 @@ solved without a probe on the plan's difficulty-blind frontier.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ttscale.engine.base import Generator
@@ -81,7 +81,7 @@ def _merge(a: SampleSet, b: SampleSet) -> SampleSet:
                      a.completion_tokens + b.completion_tokens, a.sample_flops + b.sample_flops,
                      a.verifier_flops + b.verifier_flops, a.verifier_tokens + b.verifier_tokens,
                      a.prompt_tokens, a.cached_tokens, a.prefill_flops + b.prefill_flops,
-                     a.wall_s + b.wall_s)
+                     a.wall_s + b.wall_s, completions=a.completions + b.completions)
 
 
 def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
@@ -105,7 +105,7 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
 
     ss = have
     if sc is not None and ss is not None and not ss.has_scores:  # score the probe's samples
-        batch = sc.score(problem, ss.texts, None)  # `scorer` is already the guard's
+        batch = sc.score(problem, ss.texts, ss.completions or None)  # `scorer` is already the guard's
         ss.scores = [float(s.value) for s in batch.scores]
     while ss is None or ss.n < n:
         if rule == "esc":
@@ -143,13 +143,16 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
     probes: list[SampleSet | None] = [None] * n
     diffs: list[float | None] = [None] * n
     costs = [0.0] * n
-    if probed:  # the probe reads no scores, so it pays for none (as in planner.plan.build_table)
+    # the probe reads no scores, so it pays for none (as in planner.plan.build_table); it keeps
+    # the logprobs a scorer may read later, which come free with the samples
+    lp = bool(getattr(scorer, "needs_logprobs", False))
+    if probed:
         for i in sorted(range(n), key=lambda i: rank[i]):
             p = problems[i]
             before = guard.spent
             try:
                 probes[i] = draw_samples(guard, _asked(p, plan, {}), task, k,
-                                         _sampling(plan, k, seed * 7919 + i))
+                                         replace(_sampling(plan, k, seed * 7919 + i), logprobs=lp))
                 diffs[i] = difficulty(probes[i].keys)
             except BudgetExhausted:
                 pass
