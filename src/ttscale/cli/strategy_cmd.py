@@ -28,7 +28,7 @@ def solve_cmd(
     seed: Optional[int] = typer.Option(None, "--seed", help="Sampling seed."),
     param: list[str] = typer.Option([], "--param", help="Any strategy parameter as key=value "
                                     "(repeatable), e.g. --param window=4."),
-    scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, "
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, likelihood, "
                                          "self-certainty, judge or checker (ignored by strategies "
                                          "that use no scorer)."),
     scorer_model: Optional[str] = typer.Option(None, "--scorer-model", help="PRM/ORM "
@@ -43,6 +43,7 @@ def solve_cmd(
     d_model: Optional[int] = options.D_MODEL,
     timeout: Optional[float] = options.TIMEOUT,
     max_retries: Optional[int] = options.MAX_RETRIES,
+    kv_memory: Optional[str] = options.KV_MEMORY,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     effort: str = options.EFFORT,
@@ -61,7 +62,7 @@ def solve_cmd(
 ) -> None:
     """Run one test-time strategy over problems: accuracy and exact compute per problem."""
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
-                                            d_model, timeout, max_retries)
+                                            d_model, timeout, max_retries, kv_memory)
     if plan is not None or budget is not None or latency_budget is not None:
         from ttscale.cli.sweep_cmd import solve_with_plan_cmd
 

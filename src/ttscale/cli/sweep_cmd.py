@@ -55,8 +55,8 @@ def sweep_cmd(
                                         "adaptive_consistency."),
     strategies: Optional[str] = typer.Option(None, "--strategies", help="Strategies run for "
                                              "real, e.g. 'greedy; beam_search:n=4,width=2'."),
-    scorer: Optional[str] = typer.Option(None, "--scorer", help="oracle, prm, orm, "
-                                         "self-certainty (scores samples; 'none' for none)."),
+    scorer: Optional[str] = typer.Option(None, "--scorer", help="likelihood (default), "
+                                         "prm, orm, self-certainty or oracle (scores samples; 'none' for none)."),
     replicates: Optional[int] = typer.Option(None, "--replicates", help="Sample orders per rule."),
     temperature: Optional[str] = typer.Option(None, "--temperature", help="Sampling "
                                               "temperature(s), e.g. 0.6 or 0.6,1.0 (a grid "
@@ -75,6 +75,7 @@ def sweep_cmd(
     d_model: Optional[int] = options.D_MODEL,
     timeout: Optional[float] = options.TIMEOUT,
     max_retries: Optional[int] = options.MAX_RETRIES,
+    kv_memory: Optional[str] = options.KV_MEMORY,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Results directory."),
@@ -121,10 +122,10 @@ def sweep_cmd(
     cfg.backend = backend
     cfg.shots, cfg.shots_from = shots, shots_from
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
-                                            d_model, timeout, max_retries)
+                                            d_model, timeout, max_retries, kv_memory)
     generators = None
-    if backend == "openai":
-        generators = {m: make_generator(m, "openai", **gen_options)
+    if gen_options:  # a server's options, or a local engine's (--kv-memory)
+        generators = {m: make_generator(m, backend, **gen_options)
                       for m in cfg.models + cfg.baseline_models}
     res = run_sweep(cfg, out, resume=resume, progress=True, generators=generators)
     analysis = analyze(out)

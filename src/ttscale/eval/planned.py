@@ -33,7 +33,7 @@ def run_planned(model: str, plan_file: str, budget: float, task: str = "arith",
     gen = make_generator(model, backend, **(generator_options or {}))
     needs = any(v["strategy"] not in ("majority", "esc", "adaptive_consistency", "greedy")
                 for v in plan.strategies.values())
-    sc = get_scorer(scorer or "self-certainty", task=t, generator=gen, model=scorer_model) \
+    sc = get_scorer(scorer or "likelihood", task=t, generator=gen, model=scorer_model) \
         if needs or scorer else None
     run = solve_with_plan(problems, t, gen, plan, budget, sc, seed)
     return {"plan": str(plan_file), "model": model, "task": task,

@@ -84,7 +84,7 @@ class SweepConfig:
     efforts: list[str] = field(default_factory=lambda: ["low"])
     top_p: float = 1.0
     max_tokens: int = 96
-    scorer: str | None = "self-certainty"  # scores samples for best-of-N and weighted voting
+    scorer: str | None = "likelihood"  # scores samples for best-of-N and weighted voting
     runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
     esc_window: int = 4
     ac_threshold: float = 0.95
@@ -518,4 +518,4 @@ def default_config() -> SweepConfig:
         models=[small], baseline_models=[large] if large != small else [],
         tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=12, split="test",
         n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=96,
-        scorer="self-certainty", runs=runs, baseline_runs=[RunSpec("greedy")])
+        scorer="likelihood", runs=runs, baseline_runs=[RunSpec("greedy")])
