@@ -1,10 +1,11 @@
 """Options shared by the commands that load a model or a task: the backend, the OpenAI-compatible
-servers (their URLs, the served model's shape, the request timeout and retries), few-shot
-prompts. One definition each, so that `eval`, `solve` and `sweep` spell and document them alike
+servers (their URLs, the served model's shape, the request timeout and retries), the torch
+engine's KV memory, few-shot prompts. One definition each, so that `eval`, `solve` and `sweep` spell and document them alike
 (`serve` names its upstream's the same way with an `--upstream-` prefix)."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Optional
 
 import typer
@@ -30,6 +31,10 @@ TIMEOUT = typer.Option(None, "--timeout", help="Seconds one request to the serve
 MAX_RETRIES = typer.Option(None, "--max-retries", help="Retries of a failed request (openai; "
                            "default 4), with exponential backoff: on 429, 5xx, a dropped "
                            "connection or a connect timeout (10 s); 0: none.")
+KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's decoding KV "
+                         "cache may take, e.g. 512M or 2G (K, M, G, T: powers of 1024): rows "
+                         "that do not fit wait for running ones to end, outputs are unchanged "
+                         "(torch; default: as much as a batch needs).")
 SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
                      "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
 EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long, "
@@ -37,6 +42,24 @@ EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long
 SHOTS_FROM = typer.Option(None, "--shots-from", help="Train file of worked examples for "
                           "--shots (default for X_test.jsonl: X_train.jsonl beside it); never "
                           "the test file.")
+
+
+SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+SIZE_FORMS = "bytes as an integer, or a number with K, M, G or T (powers of 1024), e.g. 512M, 2G"
+
+
+def parse_size(flag: str, text: Optional[str]) -> Optional[int]:
+    """A memory size such as `536870912`, `512M`, `1.5G` or `2GiB` in bytes (None: not given)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(?:([kmgt])i?b?|b)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise TTScaleError(f"{flag} {text!r} is not a size; accepted: {SIZE_FORMS}")
+    size = int(float(m.group(1)) * SIZE_UNITS[(m.group(2) or "").upper()])
+    if size < 1:
+        raise TTScaleError(f"{flag} {text!r} is out of range; accepted: at least 1 byte "
+                           f"({SIZE_FORMS})")
+    return size
 
 
 def check_timeout(flag: str, seconds: Optional[float]) -> None:
@@ -55,11 +78,16 @@ def check_retries(flag: str, retries: Optional[int]) -> None:
 def generator_options(backend: str, base_url: list[str], shape_from: Optional[str],
                       n_params: Optional[int], n_layer: Optional[int],
                       d_model: Optional[int], timeout: Optional[float] = None,
-                      max_retries: Optional[int] = None) -> dict[str, Any]:
+                      max_retries: Optional[int] = None,
+                      kv_memory: Optional[str] = None) -> dict[str, Any]:
     """The `generator_options` of the Python API from the shared options; server options are
-    refused for local backends."""
+    refused for local backends, engine options for the others."""
     check_timeout("--timeout", timeout)
     check_retries("--max-retries", max_retries)
+    kv = parse_size("--kv-memory", kv_memory)
+    if kv is not None and backend != "torch":
+        raise TTScaleError(f"--kv-memory applies only to --backend torch (the own engine's KV "
+                           f"cache), not {backend!r}")
     urls = [u.strip() for part in base_url for u in part.split(",") if u.strip()]
     shape = {k: v for k, v in (("shape_from", shape_from), ("n_params", n_params),
                                ("n_layer", n_layer), ("d_model", d_model)) if v is not None}
@@ -72,7 +100,7 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
             verb = "applies" if len(given) == 1 else "apply"
             raise TTScaleError(f"{', '.join(given)} {verb} only to --backend openai, not "
                                f"{backend!r}")
-        return {}
+        return {} if kv is None else {"kv_memory": kv}
     if not urls:
         raise TTScaleError("--backend openai needs --base-url (the server's URL; repeat it for "
                            "several servers)")

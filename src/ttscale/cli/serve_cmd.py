@@ -6,6 +6,7 @@ import json
 
 import typer
 
+from ttscale.cli import options
 from ttscale.cli.app import app, bench_app
 from ttscale.serve.limits import Limits
 
@@ -48,6 +49,7 @@ def serve_cmd(
                              "strategy 'auto'."),
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
+    kv_memory: str = options.KV_MEMORY,
     max_n: int = typer.Option(Limits.max_n, "--max-n", help="Most choices (n) per request."),
     max_samples: int = typer.Option(Limits.max_samples, "--max-samples",
                                     help="Most samples one strategy run may draw."),
@@ -78,8 +80,9 @@ def serve_cmd(
                        upstream_timeout=upstream_timeout,
                        upstream_max_retries=upstream_max_retries,
                        api_keys=list(api_key), api_key_files=list(api_key_file), host=host,
-                       port=port, plan=plan, device=device,
-                       dtype=dtype, limits=limits, access_log=access_log))
+                       port=port, plan=plan, device=device, dtype=dtype,
+                       kv_memory=options.parse_size("--kv-memory", kv_memory), limits=limits,
+                       access_log=access_log))
 
 
 @bench_app.command("serve")

@@ -41,6 +41,7 @@ class ServeOptions:
     plan: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    kv_memory: int | None = None  # bytes for the embedded engine's decoding KV cache
     limits: Limits = field(default_factory=Limits)
     access_log: bool = False
 
@@ -124,13 +125,17 @@ def build_config(o: ServeOptions) -> ServeConfig:
     if o.upstream:
         if o.model:
             raise TTScaleError("pass either --model (embedded engine) or --upstream URL, not both")
+        if o.kv_memory is not None:
+            raise TTScaleError("--kv-memory applies only to the embedded engine (--model), not "
+                               "to --upstream URL: the upstream manages its own KV cache")
         gen = _upstream_generator(o)
         return ServeConfig(gen, gen.model_name, o.limits, keys, upstream=True, planner=planner)
     from ttscale.engine import load_generator
     from ttscale.models.registry import resolve_model
 
     path = resolve_model(o.model) if o.model else default_model()
-    gen = load_generator(path, backend="torch", device=o.device, dtype=o.dtype)
+    gen = load_generator(path, backend="torch", device=o.device, dtype=o.dtype,
+                         kv_memory=o.kv_memory)
     return ServeConfig(gen, gen.model_name, o.limits, keys, chat_template=_chat_template(path),
                        planner=planner)
 
