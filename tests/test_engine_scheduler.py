@@ -57,6 +57,30 @@ def test_polled_tokens_add_up_to_the_completions(engine):
         assert len(streamed[j]) == len(c.token_ids) or ended_on_eos
 
 
+def test_polled_logprobs_are_the_completions(engine):
+    """poll_tokens hands out each token with the logprob and alternatives its Completion ends
+    up with (EOS, dropped from the Completion, may come last)."""
+    h = engine.submit(Req("Q: 3*4+5\n", SP(n=2, temperature=1.0, max_tokens=30, seed=9,
+                                            logprobs=True, top_logprobs=2)))
+    got = {j: ([], [], []) for j in range(2)}
+    polls = 0
+    while True:
+        working = engine.step()
+        for t in h.poll_tokens():
+            polls += 1
+            assert len(t.ids) == len(t.logprobs) == len(t.top_logprobs)
+            for acc, new in zip(got[t.j], (t.ids, t.logprobs, t.top_logprobs)):
+                acc += new
+        if not working:
+            break
+    assert polls > 2  # handed out as sampled, not at the end
+    for j, c in enumerate(h.result.completions):
+        ids, lps, tops = got[j]
+        k = len(c.token_ids)
+        assert (ids[:k], lps[:k], tops[:k]) == (c.token_ids, c.logprobs, c.top_logprobs)
+        assert len(ids) - k in (0, 1) and all(len(t) == 2 for t in tops)
+
+
 def test_submit_from_other_threads_while_a_driver_runs(engine):
     reqs = [Req(f"Q: {i}+{i}*2\n", SP(temperature=0, max_tokens=20)) for i in range(4)]
     expected = [_tokens(r) for r in engine.generate(reqs)]

@@ -1,7 +1,9 @@
-"""Streaming: logprobs in streamed chunks, keep-alive comments while a strategy works, the
-`ttscale` summary on the final chunk; read by the official openai client and as raw SSE."""
+"""Streaming: a single sample's chunks, with their tokens' logprobs, as the engine samples
+them; keep-alive comments while a strategy works, the `ttscale` summary on the final chunk;
+read by the official openai client and as raw SSE."""
 from __future__ import annotations
 
+import json
 import threading
 
 import httpx
@@ -9,26 +11,133 @@ import openai
 import pytest
 from serve_helpers import MODEL, GatedGenerator, chat_template_of, engine_server
 
+from ttscale.serve import Limits
+
 COUNTDOWN = "Q: 3 5 2 -> 16\n"
 
 
-def test_streamed_logprobs_match_the_whole_answer(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
-    kw = dict(model=MODEL, messages=[{"role": "user", "content": "3+4*2"}], max_tokens=8,
+class PacedEngine:
+    """The real engine (no prefix cache: a request computes the same floats every time) behind
+    a driver that steps it `free_steps` times, then waits until the test says `go`: a stream's
+    first chunk reaches the client while the rest of its tokens are still to come, however fast
+    the machine is."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.go = threading.Event()
+        self.go.set()
+        self.free_steps = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def hold(self, free_steps: int) -> None:
+        self.free_steps = free_steps
+        self.go.clear()
+
+    def run_loop(self, stop, idle_wait=0.05):
+        while not stop.is_set():
+            if not self.go.is_set() and self.free_steps <= 0:
+                self.go.wait(idle_wait)
+            elif self.inner.has_work():
+                self.inner.step()
+                self.free_steps -= 1
+            else:
+                self.inner.wait_for_work(idle_wait)
+
+
+@pytest.fixture(scope="module")
+def paced(random_model_dir):
+    from ttscale.engine import load_generator
+
+    return PacedEngine(load_generator(random_model_dir, backend="torch", model_name=MODEL,
+                                      prefix_cache_bytes=0))
+
+
+@pytest.fixture(scope="module")
+def paced_server(paced, random_model_dir):
+    # a stream that never sends its first chunk fails in 30 s instead of hanging (the engine
+    # waits for the client to get it)
+    with engine_server(paced, chat_template=chat_template_of(random_model_dir),
+                       limits=Limits(request_timeout_s=30)) as s:
+        yield s
+
+
+def _first_held(stream, paced):
+    """The stream's chunks that carry logprobs; the engine goes on once the first arrived
+    (its one free step samples two tokens: the first is sent once the second shows it was not
+    the last)."""
+    got = []
+    try:
+        for c in stream:
+            if c.choices and c.choices[0].logprobs:
+                got.append(c.choices[0])
+                paced.go.set()
+    finally:
+        paced.go.set()
+    return got
+
+
+def test_streamed_chat_logprobs_arrive_with_their_tokens(paced_server, paced):
+    client = openai.OpenAI(base_url=paced_server.url + "/v1", api_key="unused", max_retries=0)
+    kw = dict(model=MODEL, messages=[{"role": "user", "content": "3+4*2"}], max_tokens=12,
               temperature=0, logprobs=True, top_logprobs=2)
-    whole = client.chat.completions.create(**kw)
-    chunks = [c for c in client.chat.completions.create(stream=True, **kw) if c.choices]
-    content = [e for c in chunks if c.choices[0].logprobs for e in c.choices[0].logprobs.content]
-    assert [e.token for e in content] == [e.token for e in whole.choices[0].logprobs.content]
-    assert [e.logprob for e in content] == pytest.approx(  # the prefix cache: float noise
-        [e.logprob for e in whole.choices[0].logprobs.content], abs=1e-4)
-    assert all(len(e.top_logprobs) == 2 for e in content)
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
-        whole.choices[0].message.content
-    texts = client.completions.create(model=MODEL, prompt="Q: 1+2\n", max_tokens=6, logprobs=1,
-                                      temperature=0, stream=True)
-    pieces = [c.choices[0] for c in texts if c.choices and c.choices[0].logprobs]
-    assert all(len(p.logprobs.tokens) == 1 and p.logprobs.tokens[0] == p.text for p in pieces)
+    paced.hold(1)
+    chunks = _first_held(client.chat.completions.create(stream=True, **kw), paced)
+    whole = client.chat.completions.create(**kw).choices[0]
+    assert len(chunks) > 1  # the first came while the engine waited for the test
+    first = chunks[0]
+    assert first.delta.content == "".join(e.token for e in first.logprobs.content)
+    streamed = [e.model_dump() for c in chunks for e in c.logprobs.content]
+    assert streamed == [e.model_dump() for e in whole.logprobs.content]  # every value, exactly
+    assert len(first.logprobs.content) < len(streamed)
+    assert all(len(e["top_logprobs"]) == 2 for e in streamed)
+    assert "".join(c.delta.content for c in chunks) == whole.message.content
+
+
+def test_streamed_completion_logprobs_arrive_with_their_tokens(paced_server, paced):
+    client = openai.OpenAI(base_url=paced_server.url + "/v1", api_key="unused", max_retries=0)
+    kw = dict(model=MODEL, prompt="Q: 1+2\n", max_tokens=12, temperature=0, logprobs=2)
+    paced.hold(1)
+    chunks = _first_held(client.completions.create(stream=True, **kw), paced)
+    whole = client.completions.create(**kw).choices[0]
+    assert len(chunks) > 1
+    first = chunks[0].logprobs
+    assert chunks[0].text == "".join(first.tokens) and first.text_offset[0] == 0
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for c in chunks for x in getattr(c.logprobs, key)] == \
+            getattr(whole.logprobs, key), key
+    assert len(first.tokens) < len(whole.logprobs.tokens)
+    assert "".join(c.text for c in chunks) == whole.text
+
+
+@pytest.mark.parametrize("seed,stop,free_steps", [(1, ["NLY"], 4), (2, None, 1)])
+def test_streamed_logprobs_end_where_the_answer_ends(paced_server, paced, seed, stop,
+                                                     free_steps):
+    """A stop string cuts the text and the tokens after it; EOS is no token of the answer:
+    the streamed logprobs end where the whole answer's do. (Seed 1 writes '!)wkBWYv NLYH~&',
+    one character a token; the engine waits after 4 steps, 5 tokens, until the client got a
+    first chunk: text that may begin 'NLY' is held back. Seed 2 ends on EOS after 10.)"""
+    body = {"model": MODEL, "prompt": "Q: 1+2\n", "max_tokens": 40, "temperature": 1.0,
+            "seed": seed, "stop": stop, "logprobs": 1}
+    whole = httpx.post(paced_server.url + "/v1/completions", json=body, timeout=60).json()
+    lp = whole["choices"][0]["logprobs"]
+    chunks = []
+    paced.hold(free_steps)
+    try:
+        with httpx.stream("POST", paced_server.url + "/v1/completions",
+                          json={**body, "stream": True}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith('data: {"id"'):
+                    chunks += json.loads(line[6:])["choices"]
+                    paced.go.set()
+    finally:
+        paced.go.set()
+    assert whole["choices"][0]["finish_reason"] == "stop" and 2 < len(lp["tokens"]) < 40
+    assert len([c for c in chunks if c["logprobs"]]) > 1
+    assert "".join(c["text"] for c in chunks) == whole["choices"][0]["text"]
+    for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [x for c in chunks if c["logprobs"] for x in c["logprobs"][key]] == lp[key], key
 
 
 def test_a_strategy_stream_keeps_alive_then_answers(engine, random_model_dir):
@@ -81,8 +190,6 @@ def test_a_single_sample_streams_while_it_is_generated(server, engine):
     with httpx.stream("POST", server.url + "/v1/completions", json=body, timeout=120) as r:
         for line in r.iter_lines():
             if line.startswith('data: {"id"'):
-                import json
-
                 text = json.loads(line[6:])["choices"][0]["text"]
                 if text and running_at_first is None:
                     running_at_first = state.admission.running

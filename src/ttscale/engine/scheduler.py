@@ -18,12 +18,25 @@ from ttscale.engine.sampling import RowParams
 from ttscale.types import Completion, GenerationRequest, GenerationResult, SamplingParams, Usage
 
 
+@dataclass
+class Sampled:
+    """Tokens of sample `j` sampled since a handle's previous poll; `logprobs` (of each token)
+    and `top_logprobs` (token text -> logprob, per position) when the request asked for them."""
+
+    j: int
+    ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[str, float]] | None = None
+
+
 class RequestHandle:
     """A submitted request: its tokens as they are sampled and, once every sample ends, its result.
 
     `poll()` returns the tokens sampled since the previous poll as (sample index, token ids)
     pairs: raw tokens, EOS included; the final `Completion`s are authoritative (their text ends
-    before a stop string, and EOS is dropped). One consumer per handle polls.
+    before a stop string, and EOS is dropped). `poll_tokens()` is the same with each token's
+    logprob and top alternatives when the request asked for them (the values its Completion
+    will carry). One consumer per handle polls, with one of the two.
     """
 
     def __init__(self, request: GenerationRequest):
@@ -60,19 +73,38 @@ class RequestHandle:
         self._updated.clear()
         return got or self.done
 
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The prompt's token ids (empty for a request refused at submit)."""
+        return self._req.ids if self._req is not None else []
+
     def poll(self) -> list[tuple[int, list[int]]]:
         """Tokens sampled since the last poll, per sample: [(j, [token ids])]."""
+        return [(t.j, t.ids) for t in self.poll_tokens()]
+
+    def poll_tokens(self) -> list[Sampled]:
+        """Tokens sampled since the last poll, per sample, with their logprobs when asked."""
         req = self._req
         if req is None:
             return []
-        streams = req.streams
+        p = req.params
+        want_lp, want_top = bool(p.logprobs or p.top_logprobs), p.top_logprobs > 0
+        streams, lps, tops = req.streams, req.lp_streams, req.top_streams
         if len(self._sent) < len(streams):
             self._sent += [0] * (len(streams) - len(self._sent))
         out = []
         for j, s in enumerate(streams):
+            # the driving thread appends a token, then its logprob, then its alternatives:
+            # only tokens with all three recorded are handed out
             k = len(s)
-            if k > self._sent[j]:
-                out.append((j, s[self._sent[j]:k]))
+            if want_lp:
+                k = min(k, len(lps[j]))
+            if want_top:
+                k = min(k, len(tops[j]))
+            a = self._sent[j]
+            if k > a:
+                out.append(Sampled(j, s[a:k], lps[j][a:k] if want_lp else None,
+                                   tops[j][a:k] if want_top else None))
                 self._sent[j] = k
         return out
 
@@ -101,6 +133,8 @@ class _Request:
     alone: bool = False  # run without other requests (after a batch failed)
     completions: list[Completion | None] = field(default_factory=list)
     streams: list[list[int]] = field(default_factory=list)  # tokens of each sample so far
+    lp_streams: list[list[float]] = field(default_factory=list)  # and their logprobs (if asked)
+    top_streams: list[list[dict[str, float]]] = field(default_factory=list)  # alternatives
     usage: Usage = field(default_factory=Usage)
     remaining: int = 0
 
@@ -110,6 +144,8 @@ class _Request:
         self.next_j, self.remaining, self.usage = 0, n, Usage()
         self.completions = [None] * n
         self.streams = [[] for _ in range(n)]
+        self.lp_streams = [[] for _ in range(n)]
+        self.top_streams = [[] for _ in range(n)]
 
     @property
     def span(self) -> int:

@@ -372,14 +372,16 @@ class TorchEngine:
             if j0 == 0:
                 req.usage.prompt_tokens, req.usage.cached_tokens = len(req.ids), h
             req.usage.flops += self.shape.span_flops(h, len(req.ids) - h)
-            new_rows.append(_Row(req, j0, req.keys[j0], req.streams[j0]))
+            new_rows.append(_Row(req, j0, req.keys[j0], req.streams[j0], req.lp_streams[j0],
+                                 req.top_streams[j0]))
             source_of.append(rank)
         for rank, c in enumerate(order):
             req, j0, take = chunks[c]
             for j in range(j0 + 1, j0 + take):
                 src.append(a0 + rank)
                 dst.append(a0 + len(new_rows))
-                new_rows.append(_Row(req, j, req.keys[j], req.streams[j]))
+                new_rows.append(_Row(req, j, req.keys[j], req.streams[j], req.lp_streams[j],
+                                     req.top_streams[j]))
                 source_of.append(rank)
         if self.draft is not None:  # the draft computes whole prompts (no prefix cache)
             self._prefill([(chunks[c][0].ids, 0) for c in order], a0, self.draft_cache,

@@ -30,7 +30,7 @@ from ttscale.serve.dispatch import AUTO, Choice, resolve, strategies
 from ttscale.serve.errors import APIError, bad_request, internal_error
 from ttscale.serve.limits import Admission, BodySizeLimit, Limits
 from ttscale.serve.metrics import Metrics
-from ttscale.serve.stepping import SteppingGenerator, has_scheduler
+from ttscale.serve.stepping import Piece, SteppingGenerator, has_scheduler
 from ttscale.serve.schemas import (ChatRequest, CompletionRequest, DetokenizeRequest,
                                    TokenizeRequest, chat_body, completion_body, new_id, usage_body)
 from ttscale.serve.work import (Outcome, Planner, ScorerCache, effort_prompt, run_plain,
@@ -386,7 +386,7 @@ class _Job:
     answered: bool = False  # its whole answer (or error) was handed to the client
     cancelled: bool = False  # counted in the metrics as cancelled
     gen: JobGenerator | None = None  # its view of the generator, once started (for progress)
-    pieces: asyncio.Queue | None = None  # streamed as generated: its text, piece by piece
+    pieces: asyncio.Queue | None = None  # streamed as generated: its Pieces (text, tokens, logprobs)
 
 
 def _admit(state: _State, job: _Job) -> None:
@@ -407,9 +407,9 @@ def _job(state: _State, choice: Choice, prompts: list, params: SamplingParams, r
             def run(g: JobGenerator) -> Outcome:
                 return run_plain(g, prompts, params, True,
                                  chat_call=lambda p: g.generate_chat([chat_messages], p))
-        elif req.stream and len(prompts) == 1 and params.n == 1 and not params.logprobs \
+        elif req.stream and len(prompts) == 1 and params.n == 1 \
                 and isinstance(state.generator, SteppingGenerator):
-            pieces: asyncio.Queue[str] = asyncio.Queue()
+            pieces: asyncio.Queue[Piece] = asyncio.Queue()
             loop = asyncio.get_running_loop()
 
             def run(g: JobGenerator) -> Outcome:
@@ -555,11 +555,13 @@ def _token_texts(c: Any, state: _State) -> list[str]:
     return [gen.detokenize([t]) for t in c.token_ids]
 
 
-def _completion_logprobs(c: Any, state: _State) -> dict[str, Any] | None:
+def _completion_logprobs(c: Any, state: _State, offset: int = 0) -> dict[str, Any] | None:
+    """Completions' logprobs of `c` (a Completion, or a streamed Piece of one: its
+    `text_offset`s then start at `offset`, where the piece's tokens begin)."""
     if c is None or c.logprobs is None:
         return None
     tokens = _token_texts(c, state)
-    offsets, pos = [], 0
+    offsets, pos = [], offset
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
@@ -568,6 +570,7 @@ def _completion_logprobs(c: Any, state: _State) -> dict[str, Any] | None:
 
 
 def _chat_logprobs(c: Any, state: _State) -> dict[str, Any] | None:
+    """Chat's logprobs of `c` (a Completion, or a streamed Piece of one)."""
     if c is None or c.logprobs is None:
         return None
     tokens = _token_texts(c, state)
@@ -601,15 +604,25 @@ def _stream(state: _State, job: _Job, request: Request, rid: str, model: str, ch
                                    "logprobs": None, "finish_reason": None} for i in range(count)]))
             work = asyncio.ensure_future(_await(state, job, request))
             streamed = job.pieces is not None
+            offset = 0  # text_offset of the next streamed token (completions)
             try:
                 async for piece in _as_made(work, job.pieces, state.cfg.keepalive_s):
                     if piece is None:  # comments keep proxies and clients from timing out
                         yield _keepalive(job)
-                    elif chat:
-                        yield _sse(chunk([{"index": 0, "delta": {"content": piece},
-                                           "logprobs": None, "finish_reason": None}]))
+                        continue
+                    lp = None
+                    if logprobs and piece.logprobs:  # the piece's own tokens
+                        lp = _chat_logprobs(piece, state) if chat \
+                            else _completion_logprobs(piece, state, offset)
+                        if not chat:
+                            offset = lp["text_offset"][-1] + len(lp["tokens"][-1])
+                    if not piece.text and lp is None:
+                        continue
+                    if chat:
+                        yield _sse(chunk([{"index": 0, "delta": {"content": piece.text},
+                                           "logprobs": lp, "finish_reason": None}]))
                     else:
-                        yield _sse(chunk([{"index": 0, "text": piece, "logprobs": None,
+                        yield _sse(chunk([{"index": 0, "text": piece.text, "logprobs": lp,
                                            "finish_reason": None}]))
             finally:
                 if not work.done():
@@ -684,8 +697,8 @@ def _abandon(state: _State, job: _Job) -> None:
 
 
 async def _as_made(work: asyncio.Future, pieces: asyncio.Queue | None, keepalive_s: float
-                   ) -> AsyncIterator[str | None]:
-    """Pieces of text as the work makes them, None when `keepalive_s` passed without any, until
+                   ) -> AsyncIterator[Piece | None]:
+    """Pieces as the work makes them, None when `keepalive_s` passed without any, until
     the work is done (its last pieces included)."""
     while True:
         waiters: set[asyncio.Future] = {work}
@@ -719,8 +732,9 @@ def _keepalive(job: _Job) -> str:
 
 def _stream_pieces(a: Any, logprobs: bool, chat: bool, state: _State
                    ) -> list[tuple[str, dict[str, Any] | None]]:
-    """An answer's text in streamed pieces: one per token with its logprobs when asked (and
-    known), else line-sized pieces."""
+    """An answer computed whole (not streamed as generated: several samples or prompts, a
+    strategy, an engine without a step scheduler, an upstream) in streamed pieces: one per
+    token with its logprobs when asked (and known), else line-sized pieces."""
     c = a.completion
     if not logprobs or c is None or c.logprobs is None:
         return [(p, None) for p in _pieces(a.text)]

@@ -12,9 +12,13 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ttscale.engine.base import Generator
 from ttscale.types import GenerationRequest, GenerationResult, SamplingParams, Usage
+
+if TYPE_CHECKING:
+    from ttscale.serve.stepping import Piece
 
 
 class Cancelled(Exception):
@@ -184,8 +188,9 @@ class JobGenerator:
             results = self.inner.generate(requests)
         return self._count(results)
 
-    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
-        """A single sample's text as it is generated, then its result (a stepped engine)."""
+    def stream(self, request: GenerationRequest) -> Iterator[Piece | GenerationResult]:
+        """A single sample's pieces as it is generated, then its result (a stepped engine:
+        see `SteppingGenerator.stream`)."""
         if self.token.cancelled:
             raise Cancelled()
         for item in self.inner.stream(request, self.token):  # type: ignore[union-attr]

@@ -4,21 +4,36 @@ An engine with a step scheduler (`submit(request) -> handle`, `run_loop(stop)`; 
 `ttscale.engine.scheduler`) is driven by one thread; every request of every HTTP request and
 strategy round is submitted on its own and joins the running batch at the next decode step,
 leaving it when done. A cancelled request (client gone, time up) leaves at the next step too.
-`stream` yields a single sample's text as its tokens are sampled.
+`stream` yields a single sample's text as its tokens are sampled, in whole tokens with their
+logprobs when the request asks for them.
 """
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ttscale.engine.base import Generator
+from ttscale.engine.sampling import normalize_stop
+from ttscale.engine.stops import decode_after
 from ttscale.serve.batching import Cancelled, CancelToken, ServingWrapper
 from ttscale.types import GenerationRequest, GenerationResult
 
 POLL_S = 0.05
 PIECE_GAP_S = 0.02  # a stream wakes at most this often: many streams must not starve the driver
+
+
+@dataclass
+class Piece:
+    """A streamed piece of one sample: its text and the tokens that make it, with their
+    logprobs and top alternatives (token text -> logprob) when the request asked for them."""
+
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[str, float]] | None = None
 
 
 def has_scheduler(engine: Any) -> bool:
@@ -87,40 +102,77 @@ class SteppingGenerator(ServingWrapper):
         return [h.result for h in handles]
 
     def stream(self, request: GenerationRequest, token: CancelToken | None = None
-               ) -> Iterator[str | GenerationResult]:
-        """One single-sample request: its text in pieces as tokens are sampled, then its
-        GenerationResult. Text that could begin a stop string is held back until it is known
-        not to; the pieces always add up to a prefix of the final text."""
-        if request.params.n != 1:
+               ) -> Iterator[Piece | GenerationResult]:
+        """One single-sample request: its text in Pieces as tokens are sampled, then its
+        GenerationResult. A Piece is whole tokens with their text, logprobs and top
+        alternatives (when asked), so the pieces add up to the final Completion: its text, and
+        its token ids with their logprobs. A token is handed out once the next one was sampled
+        (so an EOS is never sent) and once its text cannot be part of a stop string."""
+        p = request.params
+        if p.n != 1:
             raise ValueError("stream takes a single-sample request (n=1)")
         h = self._submit(request)
-        hold = max((len(s) for s in request.params.stop or ()), default=1) - 1
+        stops = normalize_stop(p.stop)
+        hold = max(0, max(len(s) for s in stops) - 1) if stops else None
+        want_lp, want_top = bool(p.logprobs or p.top_logprobs), p.top_logprobs > 0
         ids: list[int] = []
-        sent = ""
+        lps: list[float] = []
+        tops: list[dict[str, float]] = []
+        sent, text = 0, ""  # tokens handed out, and their text
         try:
             while not h.done:
                 if token is not None and token.cancelled:
                     raise Cancelled()
                 h.wait_update(POLL_S)
                 time.sleep(PIECE_GAP_S)  # let a few tokens gather
-                for _, new in h.poll():
-                    ids += new
-                text = self.inner.detokenize(ids)
-                if text.endswith("\ufffd"):  # a character split across tokens
-                    continue
-                ready = text[: max(len(sent), len(text) - hold)]
-                if len(ready) > len(sent) and ready.startswith(sent):
-                    yield ready[len(sent):]
-                    sent = ready
+                for t in h.poll_tokens():
+                    ids += t.ids
+                    lps += t.logprobs or []
+                    tops += t.top_logprobs or []
+                end, new_text = self._ready(h.prompt_ids, ids, sent, text, hold)
+                if end > sent:
+                    yield Piece(new_text[len(text):], ids[sent:end],
+                                lps[sent:end] if want_lp else None,
+                                tops[sent:end] if want_top else None)
+                    sent, text = end, new_text
         except BaseException:
             h.cancel()
             raise
         result = h.result
         if result.error is None and result.completions:
-            final = result.completions[0].text
-            if final.startswith(sent) and len(final) > len(sent):
-                yield final[len(sent):]
+            c = result.completions[0]
+            if c.text.startswith(text) and c.token_ids[:sent] == ids[:sent] \
+                    and (len(c.text) > len(text) or len(c.token_ids) > sent):
+                yield Piece(c.text[len(text):], c.token_ids[sent:],
+                            c.logprobs[sent:] if c.logprobs is not None else None,
+                            c.top_logprobs[sent:] if c.top_logprobs is not None else None)
         yield result
+
+    def _ready(self, context: list[int], ids: list[int], sent: int, text: str, hold: int | None
+               ) -> tuple[int, str]:
+        """How many of `ids` can be handed out (at least `sent`, whose text is `text`) and the
+        text they make; `hold`: the longest stop string's length - 1, None without stops.
+
+        All but the newest token were checked for stop strings by the engine, so a stop string
+        can only begin in their last `hold` characters: tokens whose text ends before that (and
+        not inside a character split across tokens) are final."""
+        end = len(ids) - 1
+        if end <= sent:
+            return sent, text
+        checked = decode_after(self.inner.detokenize, context, ids[:end])
+        limit = len(checked) - (hold or 0)
+        while end > sent:
+            t = checked if end == len(ids) - 1 else decode_after(self.inner.detokenize, context,
+                                                                ids[:end])
+            # with stop strings, strictly before the limit: a token is kept only if the text
+            # before it ends before the stop string begins
+            fits = len(t) < limit if hold is not None else True
+            if fits and not t.endswith("\ufffd") and t.startswith(text):
+                return end, t
+            if len(t) < len(text):
+                break
+            end -= 1
+        return sent, text
 
     def _submit(self, request: GenerationRequest) -> Any:
         self.requests_run += 1

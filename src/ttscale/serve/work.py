@@ -20,8 +20,10 @@ from ttscale.serve.dispatch import AUTO, Choice, build_params, strategies, strat
 from ttscale.serve.errors import APIError, bad_request
 from ttscale.serve.limits import Limits
 from ttscale.serve.problems import problem_from_prompt
+from ttscale.serve.stepping import Piece
 from ttscale.tasks.effort import apply_effort
-from ttscale.types import Completion, GenerationRequest, Problem, SamplingParams, Usage
+from ttscale.types import (Completion, GenerationRequest, GenerationResult, Problem,
+                           SamplingParams, Usage)
 
 
 @dataclass
@@ -87,15 +89,16 @@ def run_plain(generator: Generator, prompts: Sequence[str | list[int]],
 
 
 def run_streamed(generator: Any, prompt: str | list[int], params: SamplingParams,
-                 emit: Callable[[str], None]) -> Outcome:
-    """One sample of one prompt, its text handed to `emit` piece by piece as it is generated."""
+                 emit: Callable[[Piece], None]) -> Outcome:
+    """One sample of one prompt, handed to `emit` piece by piece as it is generated (text and
+    tokens, with their logprobs when `params` asks for them)."""
     t0 = time.perf_counter()
     result = None
     for item in generator.stream(GenerationRequest(prompt, params)):
-        if isinstance(item, str):
-            emit(item)
-        else:
+        if isinstance(item, GenerationResult):
             result = item
+        else:
+            emit(item)
     assert result is not None
     if result.error is not None:
         raise generation_error(result.error, False)
