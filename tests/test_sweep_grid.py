@@ -72,3 +72,19 @@ def test_grid_values_are_checked_before_any_work():
         SweepConfig(models=["m"], min_ps=[0.0, 2]).validate()
     with pytest.raises(TTScaleError, match="effort"):
         SweepConfig(models=["m"], efforts=["low", "max"]).validate()
+
+
+def test_long_mode_settings_sample_with_room_for_long_chains():
+    """At effort "high" the sample store, the strategies run for real and the planner's online
+    draws all get the long-mode token limit; the short mode keeps the sweep's own."""
+    from ttscale.planner.plan import Plan
+    from ttscale.planner.solve import _sampling
+    from ttscale.tasks.effort import LONG_MAX_TOKENS
+
+    cfg = SweepConfig(models=["m"], efforts=["low", "high"], max_tokens=96)
+    low, high = [cfg.setting_sampling(s) for s in cfg.settings()]
+    assert low["max_tokens"] == 96 and "effort" not in low
+    assert high["max_tokens"] == LONG_MAX_TOKENS and high["effort"] == "high"
+    plan = Plan("m", 4, 1.0, [], [], [], {}, cfg.sampling, {})
+    assert _sampling(plan, 4, 0).max_tokens == 96
+    assert _sampling(plan, 4, 0, {"effort": "high"}).max_tokens == LONG_MAX_TOKENS

@@ -155,12 +155,16 @@ class SweepConfig:
         return out
 
     def setting_sampling(self, setting: dict[str, Any]) -> dict[str, Any]:
-        """The sampling dict of one setting (the base's with the setting's values)."""
+        """The sampling dict of one setting (the base's with the setting's values); at effort
+        "high" the token limit is raised to fit long-mode chains (tasks/effort.py)."""
+        from ttscale.tasks.effort import max_tokens_for
+
         out = {**self.sampling, **setting}
         if not out.get("min_p"):
             out.pop("min_p", None)
         if out.get("effort", "low") == "low":
             out.pop("effort", None)
+        out["max_tokens"] = max_tokens_for(out.get("effort", "low"), self.max_tokens)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -373,7 +377,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                         gen = gen or generator_for(model)
                         scorer = _scorer(scorers, cfg.scorer, task, gen, get_scorer)
                         sp = SamplingParams(n=cfg.n_max, temperature=sampling["temperature"],
-                                            top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=seed,
+                                            top_p=cfg.top_p, max_tokens=sampling["max_tokens"], seed=seed,
                                             min_p=float(sampling.get("min_p", 0.0)))
                         _fresh(gen)
                         asked_p = asked[(p.id, sampling.get("effort", "low"))]
@@ -405,13 +409,15 @@ def _run_record(spec: RunSpec, effort: str, cfg: SweepConfig, base: dict[str, An
     """A function that runs `spec` for real on `problem` (asked at `effort`) and returns its
     record, or None when the record is already stored."""
     from ttscale.strategies import solve
+    from ttscale.tasks.effort import max_tokens_for
 
     shown = {**spec.params, **({"effort": effort} if effort != cfg.efforts[0] else {})}
-    params = run_params(spec.strategy, spec.params, cfg.max_tokens, seed)
+    limit = max_tokens_for(effort, cfg.max_tokens)  # long-mode chains need room
+    params = run_params(spec.strategy, spec.params, limit, seed)
     uses_scorer = spec.strategy not in ("greedy", "majority", "esc", "adaptive_consistency",
                                         "budget_forcing")
     scorer_name = (spec.scorer or cfg.scorer) if uses_scorer else None
-    sampling = {"max_tokens": cfg.max_tokens, **({"effort": effort} if effort != "low" else {})}
+    sampling = {"max_tokens": limit, **({"effort": effort} if effort != "low" else {})}
     key = record_key(**_identity(base), strategy=spec.strategy, params=shown, seed=0,
                      sampling=sampling, scorer=scorer_name)
     if key in results:

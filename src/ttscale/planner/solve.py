@@ -61,9 +61,12 @@ class PlannedRun:
 
 def _sampling(plan: Plan, n: int, seed: int, setting: dict[str, Any] | None = None) -> SamplingParams:
     """The plan's base sampling (what the probe draws with), with a setting's values over it."""
+    from ttscale.tasks.effort import max_tokens_for
+
     s = {**plan.sampling, **(setting or {})}
+    limit = max_tokens_for(str(s.get("effort", "low")), int(s.get("max_tokens", 128)))
     return SamplingParams(n=n, temperature=float(s.get("temperature", 1.0)),
-                          top_p=float(s.get("top_p", 1.0)), max_tokens=int(s.get("max_tokens", 128)),
+                          top_p=float(s.get("top_p", 1.0)), max_tokens=limit,
                           seed=seed, min_p=float(s.get("min_p", 0.0)))
 
 
