@@ -12,18 +12,21 @@ from ttscale.errors import TTScaleError
 @bench_app.command("engine")
 def bench_engine_cmd(
     model: str = typer.Option(None, "--model", help="Shipped model name or path (default: the largest shipped)."),
-    n: str = typer.Option(None, "--n", help="Comma-separated sample counts (default 1,16,64; spec: 1,16)."),
-    max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens to generate per sample."),
+    n: str = typer.Option(None, "--n", help="Comma-separated sample counts (default 1,16,64; spec: 1,16; long: 64; sparse: 16, its long-context part)."),
+    max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens to generate per sample (sparse: in its long-context part; chains get 768)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or bfloat16."),
     repeats: int = typer.Option(3, "--repeats", help="Timed runs per n, engine and transformers alternating (the median counts)."),
     compile: bool = typer.Option(False, "--compile", help="Run the engine's forward via torch.compile."),
     threads: int = typer.Option(0, "--threads", help="torch threads for both sides (0: torch's default)."),
     tree_depth: int = typer.Option(6, "--tree-depth", help="Rounds of the tree-search workload."),
-    workload: str = typer.Option("mixed", "--workload", help="mixed (one prompt per task and level), single (one arith prompt), spec (speculative vs plain decoding on long arith chains) or long (n samples of a 512-token prompt, unbounded vs under kv_memory)."),
+    workload: str = typer.Option("mixed", "--workload", help="mixed (one prompt per task and level), single (one arith prompt), spec (speculative vs plain decoding on long arith chains), long (n samples of a 512-token prompt, unbounded vs under kv_memory) or sparse (block-sparse decode attention vs dense on greedy long-mode arith chains, and on a long prompt)."),
     draft: str = typer.Option("ngram", "--draft", help="spec workload: the draft, ngram (prompt lookup) or a smaller family model."),
     k: int = typer.Option(4, "--k", help="spec workload: tokens drafted per round."),
     kv_fraction: float = typer.Option(0.1, "--kv-fraction", help="long workload: kv_memory as a fraction of the unbounded run's KV."),
+    problems: int = typer.Option(50, "--problems", help="sparse workload: arith test problems (long mode, greedy)."),
+    level: int = typer.Option(4, "--level", help="sparse workload: arith level of the problems."),
+    sparse: str = typer.Option(None, "--sparse", help="sparse workload: settings separated by ';', each block=B,sink=S,window=W,topk=K (default: block 16 sink 1 window 2 topk 2/4/8; block 8 sink 2 window 2 topk 2/4)."),
     out: str = typer.Option(".", "--out", help="Directory for the run's JSON and the benchmarks.md it appends to."),
     note: str = typer.Option("", "--note", help="A remark recorded with the run in OUT/benchmarks.md."),
     no_doc: bool = typer.Option(False, "--no-doc", help="Write nothing to OUT."),
@@ -34,9 +37,10 @@ def bench_engine_cmd(
     is saved as OUT/bench-engine-WORKLOAD.json and appended to OUT/benchmarks.md."""
     from pathlib import Path
 
-    from ttscale.bench.engine import append_to_doc, bench_engine, bench_long, bench_spec, table
+    from ttscale.bench.engine import (SPARSE_SETTINGS, append_to_doc, bench_engine, bench_long,
+                                      bench_sparse, bench_spec, table)
 
-    n = n or {"spec": "1,16", "long": "64"}.get(workload, "1,16,64")
+    n = n or {"spec": "1,16", "long": "64", "sparse": "16"}.get(workload, "1,16,64")
     try:
         ns = [int(x) for x in n.split(",") if x.strip()]
     except ValueError:
@@ -53,7 +57,17 @@ def bench_engine_cmd(
         torch.set_num_threads(threads)
     if repeats < 1:
         raise TTScaleError(f"--repeats {repeats} is out of range; accepted: >= 1")
-    if workload == "spec":
+    if workload == "sparse":
+        from ttscale.tasks import LEVELS
+
+        if level not in LEVELS:
+            raise TTScaleError(f"--level {level} is out of range; accepted: {', '.join(map(str, LEVELS))}")
+        if problems < 1:
+            raise TTScaleError(f"--problems {problems} is out of range; accepted: >= 1")
+        settings = [x.strip() for x in sparse.split(";") if x.strip()] if sparse else SPARSE_SETTINGS
+        result = bench_sparse(model, problems, level, settings, ns[0], max_tokens, device=device,
+                              dtype=dtype, repeats=repeats)
+    elif workload == "spec":
         result = bench_spec(model, draft, k, ns, max_tokens, device, dtype, repeats)
     elif workload == "long":
         if not 0 < kv_fraction <= 1:

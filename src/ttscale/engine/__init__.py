@@ -16,7 +16,8 @@ def load_generator(model: str, backend: str = "torch", device: str = "cpu",
     """A Generator for a shipped policy name, a causal LM directory or a `.gguf` file.
 
     backend: "torch" (the project's own engine; kw: max_batch_size, max_seq_len,
-    prefix_cache_bytes, prefill_tokens, compile, speculative, kv_memory), "hf" (transformers
+    prefix_cache_bytes, prefill_tokens, compile, speculative, kv_memory,
+    sparse_attention), "hf" (transformers
     generate()) or "openai"
     (model: base URL(s) of OpenAI-compatible servers; kw: model_name, n_params, n_layer,
     d_model or shape_from, api_key, chat, max_concurrency, timeout, max_retries).

@@ -187,8 +187,10 @@ class Gemma3(nn.Module):
         return (causal & near).unsqueeze(1)
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, row0: int,
-                kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits of new tokens; arguments as in `model.Transformer.forward`."""
+                kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None,
+                sparse=None) -> torch.Tensor:
+        """Logits of new tokens; arguments as in `model.Transformer.forward` (`sparse` applies
+        to the global layers; the local ones keep their window)."""
         cfg = self.cfg
         b, m = tokens.shape
         hd, h, kvh, eps, ff = cfg.head_dim, cfg.n_head, cfg.n_kv_head, cfg.norm_eps, cfg.d_ff
@@ -206,9 +208,12 @@ class Gemma3(nn.Module):
             qk = qk * cos + _rotate_half(qk) * sin
             k_cache[rows, :, pos] = qk[:, h:].transpose(1, 2)
             v_cache[rows, :, pos] = qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd)
-            y = F.scaled_dot_product_attention(
-                qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
-                attn_mask=masks[kind], scale=cfg.query_scale, enable_gqa=kvh != h)
+            if sparse is not None and kind == "full_attention":
+                y = sparse.attend(i, qk[:, :h], k_cache[:b], v_cache[:b], cfg.query_scale)
+            else:
+                y = F.scaled_dot_product_attention(
+                    qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
+                    attn_mask=masks[kind], scale=cfg.query_scale, enable_gqa=kvh != h)
             x = x + _norm(F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo), n2, eps)
             gate, up = F.linear(_norm(x, n3, eps), wgu).split(ff, dim=-1)
             x = x + _norm(F.linear(F.gelu(gate, approximate="tanh") * up, wd), n4, eps)

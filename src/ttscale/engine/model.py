@@ -119,7 +119,8 @@ class Transformer(nn.Module):
             for blk in self.layers]
 
     def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, row0: int,
-                kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None) -> torch.Tensor:
+                kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None,
+                sparse=None) -> torch.Tensor:
         """Logits of new tokens.
 
         tokens, pos: [B, M] token ids and their positions, for cache rows row0 .. row0+B-1
@@ -127,6 +128,8 @@ class Transformer(nn.Module):
         mask: [B, 1, M, kv_len] bool, True where a query may attend to a cache position; None
         when every query may see all kv_len positions.
         last: [B] index in 0..M-1 of the token whose logits are wanted (default: every token).
+        sparse: a decode step's block-sparse attention (`engine.sparse.SparseStep`, M = 1,
+        row0 = 0), or None for dense attention.
         """
         cfg = self.cfg
         b, m = tokens.shape
@@ -142,9 +145,12 @@ class Transformer(nn.Module):
             qk = qk * cos + _rotate_half(qk) * sin
             k_cache[rows, :, pos] = qk[:, h:].transpose(1, 2)
             v_cache[rows, :, pos] = qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd)
-            y = F.scaled_dot_product_attention(
-                qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
-                attn_mask=mask, enable_gqa=kvh != h)
+            if sparse is None:
+                y = F.scaled_dot_product_attention(
+                    qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
+                    attn_mask=mask, enable_gqa=kvh != h)
+            else:
+                y = sparse.attend(i, qk[:, :h], k_cache[:b], v_cache[:b])
             x = x + F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo)
             gate, up = F.linear(_rms(x, n2, eps), wgu, bgu).split(ff, dim=-1)
             x = x + F.linear(F.silu(gate) * up, wd, bd)

@@ -26,6 +26,8 @@ from ttscale.engine.loader import load_model
 from ttscale.engine.prefix_cache import PrefixCache
 from ttscale.engine.sampling import RowParams, check_params, normalize_stop, sample, sample_key
 from ttscale.engine.scheduler import RequestHandle, _Batch, _Request, _Row
+from ttscale.engine.sparse import (BlockSummaries, SparseAttention, SparseCounters, parse_sparse,
+                                   plan_step)
 from ttscale.engine.speculative import (NGRAM, SALT_DRAFT, NgramIndex, SpecConfig, accept, draw,
                                         parse_spec, target_probs)
 from ttscale.engine.stops import finish_text, tail_window
@@ -57,14 +59,19 @@ class TorchEngine:
     compile: run the forward through torch.compile.
     speculative: {"draft": "ngram" or a smaller model sharing the tokenizer, "k": tokens drafted
     per round} (see `engine.speculative`); None decodes one token per step.
-    kv_memory: bytes the decoding KV cache (the draft's included) may take; None: as needed.
+    kv_memory: bytes the decoding KV cache (the draft's and the block summaries of sparse
+    attention included) may take; None: as needed.
+    sparse_attention: "block=16,sink=1,window=4,topk=4" (or a dict / `SparseAttention`): each
+    decode step attends to the sink blocks, the window blocks and the topk blocks of largest
+    Quest bound only (see `engine.sparse`); None: dense. Not with `speculative`.
     """
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", dtype: str = "float32", *,
                  max_batch_size: int = 256, max_seq_len: int | None = None,
                  prefix_cache_bytes: int = 256 * 2**20, prefill_tokens: int = 4096,
                  compile: bool = False, model_name: str | None = None,
-                 speculative: dict | SpecConfig | None = None, kv_memory: int | None = None):
+                 speculative: dict | SpecConfig | None = None, kv_memory: int | None = None,
+                 sparse_attention: str | dict | SparseAttention | None = None):
         if max_batch_size < 1:
             raise TTScaleError(f"max_batch_size={max_batch_size} is out of range; accepted: >= 1")
         if prefix_cache_bytes < 0:
@@ -76,6 +83,16 @@ class TorchEngine:
         self.model_name = model_name or Path(model_dir).name
         self.context_length = min(self.cfg.max_position, max_seq_len or self.cfg.max_position)
         self.spec = parse_spec(speculative)
+        self.sparse = parse_sparse(sparse_attention)
+        if self.sparse and self.spec:
+            raise TTScaleError("sparse_attention and speculative cannot be combined (a verifying "
+                               "forward has several tokens per row); accepted: one of them")
+        if self.sparse and self.cfg.sliding_window:
+            raise TTScaleError(f"sparse_attention on a model with a sliding window "
+                               f"({self.cfg.sliding_window}) is not supported; accepted: a model "
+                               "with full attention (Llama, Qwen2, Gemma 3)")
+        self._summ: BlockSummaries | None = None  # the sparse path's block summaries
+        self.sparse_counters = SparseCounters()  # what decode steps read (`stats`)
         self.model.setup_rope(self.context_length + 1)
         self.spec_drafted = self.spec_accepted = 0  # draft tokens proposed and kept
         self.draft, self.draft_cache = None, None
@@ -84,6 +101,8 @@ class TorchEngine:
         self.kv_token_bytes = self._token_bytes(self.cfg, self.model)
         if self.draft is not None:
             self.kv_token_bytes += self._token_bytes(self.draft.config, self.draft.model)
+        if self.sparse:  # a min and a max key per block: 1/block of the keys and values
+            self.kv_token_bytes += -(-self.kv_token_bytes // self.sparse.block)
         self.kv_memory = kv_memory
         if kv_memory is not None:
             need = (self.context_length + 1) * self.kv_token_bytes
@@ -275,6 +294,7 @@ class TorchEngine:
         c = self.cache
         if c is None or c.rows < rows or c.length < length:
             rows, length = max(rows, c.rows if c else 0), max(length, c.length if c else 0)
+            self._summ = None  # the block summaries of sparse attention follow the new cache
             cfg = self.cfg
             new = KVCache(cfg.n_layer, rows, cfg.n_kv_head, length, cfg.head_dim,
                           self.model.embed.weight.dtype, self.device)
@@ -394,6 +414,8 @@ class TorchEngine:
         rp = RowParams.of([r.req.params for r in new_rows], [r.key for r in new_rows], self.device)
         first = sample(row_logits, rp, torch.zeros(len(new_rows), dtype=torch.long, device=self.device))
         batch.add(new_rows, first)
+        if self._summ is not None:
+            self._summ.reset(a0, a0 + len(new_rows))
         self._admitting = []
         self._accept(a0, first, row_logits)
         self.peak_kv_bytes = max(self.peak_kv_bytes, cache.nbytes + self.prefix.nbytes)
@@ -436,16 +458,30 @@ class TorchEngine:
         window = self.cfg.sliding_window
         uniform = min(lengths) == kv_len and not (window and kv_len > window)
         mask = None if uniform else self._mask(pos, kv_len)  # equal lengths see everything
-        logits = self._forward(batch.next_tok[:, None], pos, cache, 0, kv_len, mask)[:, 0]
+        sparse = self._sparse_step(lengths) if self.sparse else None
+        kw = {} if sparse is None else {"sparse": sparse}
+        logits = self._forward(batch.next_tok[:, None], pos, cache, 0, kv_len, mask, **kw)[:, 0]
         tok = sample(logits, batch.rp, batch.steps)
         batch.pos += 1
         batch.steps += 1
         batch.next_tok = tok
         self._accept(0, tok, logits)
 
+    def _sparse_step(self, lengths: list[int]):
+        """The step's block selection (None: every row is short, the step is dense)."""
+        if self._summ is None or self._summ.cache is not self.cache:  # a new cache: start afresh
+            self._summ = None
+            self._summ = BlockSummaries(self.cache, self.sparse.block)
+            decode = self.cache.nbytes + self._summ.nbytes
+            self.peak_decode_kv_bytes = max(self.peak_decode_kv_bytes, decode)
+            self.peak_kv_bytes = max(self.peak_kv_bytes, decode + self.prefix.nbytes)
+        return plan_step(self.sparse, self._summ, lengths, self.sparse_counters)
+
     def _move_rows(self, src: list[int], dst: list[int], length: int) -> None:
         """Copy the KV of rows `src` onto rows `dst` (the draft's too)."""
         self.cache.copy_rows(src, dst, length)
+        if self._summ is not None:
+            self._summ.move(src, dst)
         if self.draft_cache is not None:
             self.draft_cache.copy_rows(src, dst, length)
 
@@ -647,10 +683,13 @@ class TorchEngine:
             self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
         return self._pieces[token]
 
-    def stats(self) -> dict[str, int]:
-        """Memory of the KV cache and the prefix cache, in bytes, and prefix-cache occupancy."""
+    def stats(self) -> dict[str, int | float]:
+        """Memory of the KV cache and the prefix cache, in bytes, and prefix-cache occupancy;
+        under sparse_attention also what decode steps read (`sparse.SparseCounters`)."""
         return {"kv_cache_bytes": self.cache.nbytes if self.cache else 0,
                 "prefix_cache_bytes": self.prefix.nbytes, "prefix_cache_tokens": len(self.prefix),
                 "prefix_cache_capacity_tokens": self.prefix.capacity,
-                "peak_kv_bytes": self.peak_kv_bytes}
+                "peak_kv_bytes": self.peak_kv_bytes,
+                **({"sparse_" + k: v for k, v in self.sparse_counters.as_dict().items()}
+                   if self.sparse else {})}
 

@@ -1,0 +1,344 @@
+"""Block-sparse decode attention (engine/sparse.py): the option, Quest's bound and selection
+against brute force, the gathered attention against dense, the block summaries kept in step
+with the engine's rows, and the engine equal to dense where the budget covers every block."""
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from ttscale.engine import TorchEngine
+from ttscale.engine.kv_cache import KVCache
+from ttscale.engine.sparse import (BlockSummaries, SparseAttention, SparseCounters, gather_attend,
+                                   parse_sparse, plan_step, quest_bound, read_positions,
+                                   select_blocks)
+from ttscale.errors import TTScaleError
+from ttscale.types import GenerationRequest as Req, SamplingParams as SP
+
+SHORT = ["Q: 12+7*3\n", "Q: 8-2+9+6\n=6+9+6\n", "x"]
+LONG = "Q: " + "+".join(str(i % 97) for i in range(40)) + "\n"  # about 130 tokens
+
+
+# --- the option ------------------------------------------------------------------------------
+def test_option_parses_strings_dicts_and_dataclasses():
+    want = SparseAttention(block=16, sink=1, window=4, topk=4)
+    assert parse_sparse("sink=1, window=4,topk=4,block=16") == want
+    assert parse_sparse({"block": 16, "sink": 1, "window": 4, "topk": 4}) == want
+    assert parse_sparse(want) is want and str(want) == "block=16,sink=1,window=4,topk=4"
+    assert parse_sparse("topk=2") == SparseAttention(topk=2)  # the others keep their defaults
+    assert parse_sparse(None) is None and parse_sparse("off") is None
+    assert want.budget == 9
+
+
+@pytest.mark.parametrize("value, named", [
+    ("block=0", "block=0"), ("window=0", "window=0"), ("topk=-1", "topk=-1"), ("sink=-2", "sink=-2"),
+    ("block=x", "block='x'"), ("blocks=16", "'blocks'"), ("block16", "'block16'"),
+    ({"topk": 2.5}, "topk=2.5"), ({"topk": True}, "topk=True"), (16, "16"),
+    (SparseAttention(block=0), "block=0"),
+])
+def test_bad_option_values_are_one_line_errors_naming_them(value, named):
+    with pytest.raises(TTScaleError) as e:
+        parse_sparse(value)
+    msg = str(e.value)
+    assert "\n" not in msg and named in msg and "accepted" in msg
+
+
+def test_engine_refuses_bad_settings_and_combinations(random_model_dir):
+    with pytest.raises(TTScaleError, match="sparse_attention topk=-1 is out of range"):
+        TorchEngine(random_model_dir, sparse_attention="topk=-1")
+    with pytest.raises(TTScaleError, match="sparse_attention and speculative cannot be combined"):
+        TorchEngine(random_model_dir, sparse_attention="topk=2", speculative={"draft": "ngram"})
+
+
+def test_engine_refuses_a_sliding_window_model(random_model_dir, tmp_path):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from ttscale.models.family import VOCAB_SIZE
+
+    cfg = MistralConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64,
+                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                        max_position_embeddings=128, sliding_window=12)
+    path = _save(MistralForCausalLM(cfg), random_model_dir, tmp_path)
+    with pytest.raises(TTScaleError, match="sliding window \\(12\\) is not supported"):
+        TorchEngine(path, sparse_attention="topk=2")
+
+
+# --- the pieces against brute force -----------------------------------------------------------
+def _brute_summaries(keys: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """keys [G, T, D] -> kmin, kmax [G, T // block, D] by a loop over blocks."""
+    nb = keys.shape[1] // block
+    lo = torch.stack([keys[:, j * block:(j + 1) * block].min(1).values for j in range(nb)], 1)
+    hi = torch.stack([keys[:, j * block:(j + 1) * block].max(1).values for j in range(nb)], 1)
+    return lo, hi
+
+
+def _brute_selection(q: torch.Tensor, keys: torch.Tensor, n: int, cfg: SparseAttention) -> set[int]:
+    """Blocks one row and KV head attends to: q [H_g, D] (the group's heads), keys [T, D]."""
+    nb = math.ceil(n / cfg.block)
+    if nb <= cfg.budget:
+        return set(range(nb))
+    fixed = set(range(cfg.sink)) | set(range(nb - cfg.window, nb))
+    bounds = {}
+    for j in range(cfg.sink, nb - cfg.window):
+        blk = keys[j * cfg.block:(j + 1) * cfg.block]
+        lo, hi = blk.min(0).values, blk.max(0).values
+        bounds[j] = max(sum(max(float(qh[d] * lo[d]), float(qh[d] * hi[d])) for d in range(len(qh)))
+                        for qh in q)
+    top = sorted(bounds, key=lambda j: -bounds[j])[:cfg.topk]
+    return fixed | set(top)
+
+
+@pytest.mark.parametrize("seed, h, g", [(0, 4, 4), (1, 4, 2), (2, 6, 1)])
+def test_selection_is_sinks_window_and_the_largest_bounds(seed, h, g):
+    """Summaries kept by BlockSummaries over a real KVCache, Quest's bound and select_blocks pick
+    exactly the brute-force blocks, for rows of several lengths (short ones: every block)."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg = SparseAttention(block=4, sink=1, window=2, topk=3)
+    b, d, length, layers = 5, 8, 64, 2
+    cache = KVCache(layers, b, g, length, d, torch.float32, "cpu")
+    cache.kv.normal_(generator=gen)
+    lengths = [64, 50, 37, 24, 9]  # the last two have no more than sink + window + topk blocks
+    summ = BlockSummaries(cache, cfg.block)
+    summ.update([m - 1 for m in lengths])
+    for layer in range(layers):
+        for r, m in enumerate(lengths):
+            lo, hi = _brute_summaries(cache.kv[layer, 0, r, :, :m - 1], cfg.block)
+            k = lo.shape[1]
+            assert summ.done[r] == k
+            assert torch.equal(summ.kmin[layer, r, :, :k], lo) and torch.equal(summ.kmax[layer, r, :, :k], hi)
+    q = torch.randn(b, h, 1, d, generator=gen)
+    step = plan_step(cfg, summ, lengths, SparseCounters())
+    for layer in range(layers):
+        nc = step.n_cand
+        scores = quest_bound(q[:, :, 0], summ.kmin[layer, :, :, :nc], summ.kmax[layer, :, :, :nc])
+        blocks, valid = select_blocks(scores, step.n_blocks, cfg)
+        assert blocks.shape == (b, g, cfg.budget)
+        for r, m in enumerate(lengths):
+            for kv in range(g):
+                got = blocks[r, kv][valid[r, kv]].tolist()
+                assert len(got) == len(set(got)), "a block was selected twice"
+                qg = q[r, kv * (h // g):(kv + 1) * (h // g), 0]
+                assert set(got) == _brute_selection(qg, cache.kv[layer, 0, r, kv], m, cfg)
+
+
+def test_sparse_step_attends_to_exactly_the_selected_positions():
+    """SparseStep.attend equals softmax attention over the brute-force selection's positions."""
+    gen = torch.Generator().manual_seed(5)
+    cfg = SparseAttention(block=4, sink=1, window=1, topk=2)
+    b, h, g, d, length = 3, 4, 2, 8, 48
+    cache = KVCache(1, b, g, length, d, torch.float32, "cpu")
+    cache.kv.normal_(generator=gen)
+    lengths = [48, 33, 13]
+    summ = BlockSummaries(cache, cfg.block)
+    step = plan_step(cfg, summ, lengths, SparseCounters())
+    q = torch.randn(b, h, 1, d, generator=gen)
+    k, v = cache.layer(0)
+    y = step.attend(0, q, k, v)
+    for r, m in enumerate(lengths):
+        for head in range(h):
+            kv = head // (h // g)
+            qg = q[r, kv * (h // g):(kv + 1) * (h // g), 0]
+            blocks = _brute_selection(qg, k[r, kv], m, cfg)
+            pos = [p for j in sorted(blocks) for p in range(j * cfg.block, (j + 1) * cfg.block) if p < m]
+            att = torch.softmax(k[r, kv, pos] @ q[r, head, 0] / math.sqrt(d), 0)
+            assert torch.allclose(y[r, head, 0], att @ v[r, kv, pos], atol=1e-5)
+        assert read_positions([m], cfg)[0] == len(pos)
+
+
+@pytest.mark.parametrize("h, g", [(4, 4), (4, 2)])
+def test_gathering_every_block_equals_dense_attention(h, g):
+    gen = torch.Generator().manual_seed(7)
+    b, d, t, block = 3, 16, 41, 4
+    q = torch.randn(b, h, 1, d, generator=gen)
+    k, v = torch.randn(b, g, t, d, generator=gen), torch.randn(b, g, t, d, generator=gen)
+    n = torch.tensor([40, 23, 5])
+    nb = -(-40 // block)
+    blocks = torch.arange(nb).expand(b, g, nb)
+    valid = blocks < (-(-n // block))[:, None, None]
+    y = gather_attend(q, k, v, blocks.clone(), valid, n, block)
+    mask = (torch.arange(t)[None, :] < n[:, None])[:, None, None]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=g != h)
+    assert torch.allclose(y, ref, atol=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), block=st.integers(1, 9), d=st.integers(1, 12),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]))
+def test_quest_bound_is_at_least_every_key_score_of_its_block(seed, block, d, scale):
+    gen = torch.Generator().manual_seed(seed)
+    g, heads, nb = 2, 4, 5
+    keys = torch.randn(1, g, nb * block, d, generator=gen) * scale
+    keys[0, 0, :block] = keys[0, 0, 0].clone()  # a block of equal keys: the bound is exact there
+    q = torch.randn(1, heads, d, generator=gen) * scale
+    lo, hi = _brute_summaries(keys[0], block)
+    u = quest_bound(q, lo[None], hi[None])[0]  # [G, NB]
+    per = heads // g
+    for kv in range(g):
+        scores = q[0, kv * per:(kv + 1) * per] @ keys[0, kv].T  # [heads of the group, T]
+        true_max = scores.view(per, nb, block).amax(-1).amax(0)  # [NB]
+        tol = 1e-5 * (1 + true_max.abs())
+        assert (u[kv] >= true_max - tol).all()
+        if kv == 0:  # block 0 of KV head 0 has equal keys: the bound is that key's score
+            assert abs(float(u[0, 0] - true_max[0])) <= 10 * float(tol[0])
+
+
+def test_read_positions_counts_what_the_gather_reads():
+    cfg = SparseAttention(block=4, sink=2, window=2, topk=3)
+    for m in range(1, 90):
+        nb = -(-m // cfg.block)
+        blocks = set(range(cfg.sink)) | set(range(nb - cfg.window, nb)) | set(range(cfg.sink, cfg.sink + cfg.topk))
+        want = m if nb <= cfg.budget else sum(1 for j in blocks for p in range(j * 4, j * 4 + 4) if p < m)
+        assert read_positions([m], cfg) == [want]
+
+
+# --- the engine ----------------------------------------------------------------------------
+def _save(model, src_dir: str, out: Path) -> str:
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(src_dir) / name, out / name)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def gqa_dir(random_model_dir, tmp_path_factory):
+    """A random Qwen2 with 2 query heads per KV head (selection shared by a group)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from ttscale.models.family import VOCAB_SIZE
+
+    torch.manual_seed(11)
+    cfg = Qwen2Config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return _save(Qwen2ForCausalLM(cfg), random_model_dir, tmp_path_factory.mktemp("gqa"))
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(random_model_dir, tmp_path_factory):
+    """A random Gemma 3 text model: local (window 8) and global layers, 1 KV head."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from ttscale.models.family import VOCAB_SIZE
+
+    torch.manual_seed(3)
+    cfg = Gemma3TextConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=96,
+                           num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=48, query_pre_attn_scalar=40,
+                           layer_types=["sliding_attention", "full_attention"], sliding_window=8,
+                           max_position_embeddings=512, initializer_range=0.1, bos_token_id=1,
+                           eos_token_id=2, pad_token_id=0)
+    return _save(Gemma3ForCausalLM(cfg), random_model_dir, tmp_path_factory.mktemp("gemma3"))
+
+
+def _greedy(engine, prompts, max_tokens=24):
+    reqs = [Req(p, SP(temperature=0, max_tokens=max_tokens, logprobs=True)) for p in prompts]
+    res = engine.generate(reqs)
+    assert not [r.error for r in res if r.error]
+    return [r.completions[0] for r in res]
+
+
+def _assert_same(got, ref):
+    for a, b in zip(got, ref):
+        assert a.token_ids == b.token_ids
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+
+
+@pytest.mark.parametrize("model", ["random_model_dir", "gqa_dir", "gemma_dir"])
+def test_a_budget_covering_every_block_is_dense(model, request):
+    path = request.getfixturevalue(model)
+    dense = _greedy(TorchEngine(path), SHORT + [LONG], max_tokens=40)
+    eng = TorchEngine(path, sparse_attention="block=8,sink=1,window=1,topk=30")  # 256 positions
+    _assert_same(_greedy(eng, SHORT + [LONG], max_tokens=40), dense)
+    s = eng.stats()
+    assert s["sparse_sparse_steps"] == 0 and s["sparse_kv_read_fraction"] == 1.0
+
+
+@pytest.mark.parametrize("model", ["random_model_dir", "gqa_dir", "gemma_dir"])
+def test_gathered_rows_under_budget_equal_dense(model, request):
+    """One long row makes the steps sparse; the short rows beside it take the gather path with
+    every block selected and must decode as dense does (token for token, logprobs 1e-4)."""
+    path = request.getfixturevalue(model)
+    dense = _greedy(TorchEngine(path), SHORT, max_tokens=20)
+    eng = TorchEngine(path, sparse_attention="block=4,sink=1,window=2,topk=8")  # 44 positions
+    got = _greedy(eng, SHORT + [LONG], max_tokens=20)
+    _assert_same(got[:len(SHORT)], dense)
+    s = eng.stats()
+    assert s["sparse_sparse_steps"] > 0 and 0 < s["sparse_kv_read_fraction"] < 1
+    assert s["sparse_kv_read_fraction"] <= s["sparse_kv_read_fraction_with_summaries"]
+
+
+def test_summaries_follow_rows_as_they_join_move_and_leave(gqa_dir):
+    """Requests of different lengths finish at different steps (rows move into the holes) and
+    new ones are admitted while others run: after every step each live row's summaries equal
+    those computed from its cache."""
+    cfg = SparseAttention(block=4, sink=1, window=1, topk=2)
+    eng = TorchEngine(gqa_dir, sparse_attention=cfg, max_batch_size=4)
+    prompts = [LONG, LONG[:60] + "\n", "Q: 1+2\n", LONG[:90] + "\n", LONG, "Q: 5*5-3\n"]
+    handles = [eng.submit(Req(p, SP(temperature=1.0, seed=i, max_tokens=8 + 9 * i)))
+               for i, p in enumerate(prompts[:4])]
+    steps = 0
+    while eng.has_work():
+        eng.step()
+        steps += 1
+        if steps == 5:
+            handles += [eng.submit(Req(p, SP(temperature=0, max_tokens=30))) for p in prompts[4:]]
+        summ = eng._summ
+        if summ is None:
+            continue
+        assert summ.cache is eng.cache
+        for r, row in enumerate(eng._batch.rows):
+            k = summ.done[r]
+            assert k <= (row.length - 1) // cfg.block + 1
+            for layer in range(eng.cfg.n_layer):
+                lo, hi = _brute_summaries(eng.cache.kv[layer, 0, r, :, :k * cfg.block], cfg.block)
+                assert torch.equal(summ.kmin[layer, r, :, :k], lo)
+                assert torch.equal(summ.kmax[layer, r, :, :k], hi)
+    assert all(h.done and not h.result.error for h in handles)
+    assert eng.stats()["sparse_sparse_steps"] > 0
+
+
+def test_kv_memory_counts_the_summaries(random_model_dir):
+    dense = TorchEngine(random_model_dir)
+    eng = TorchEngine(random_model_dir, sparse_attention="block=16")
+    assert eng.kv_token_bytes == dense.kv_token_bytes * 17 // 16
+    bound = (eng.context_length + 1) * eng.kv_token_bytes * 2
+    eng = TorchEngine(random_model_dir, sparse_attention="block=16,topk=1,window=1", kv_memory=bound)
+    _greedy(eng, [LONG] * 3, max_tokens=40)
+    assert 0 < eng.peak_decode_kv_bytes <= bound
+
+
+def test_bench_sparse_reports_the_contract_keys(random_model_dir, tmp_path):
+    from ttscale.bench.engine import append_to_doc, bench_sparse, table
+
+    r = bench_sparse(random_model_dir, problems=2, settings=["block=16,sink=1,window=2,topk=2"],
+                     n=2, max_tokens=6, long_tokens=200)
+    c = "block=16,sink=1,window=2,topk=2"
+    assert r["workload"] == "sparse" and r["settings"] == [c]
+    assert 0 <= r["accuracy_dense"] <= 1 and 0 <= r["accuracy_sparse"][c] <= 1
+    assert 0 < r["kv_read_fraction"][c] < 1 and 0 < r["long_kv_read_fraction"][c] < 1
+    assert r["dense_tok_s"] > 0 and r["sparse_tok_s"][c] > 0 and r["long_sparse_tok_s"][c] > 0
+    assert isinstance(r["target_met"], bool)
+    assert "kv read" in table(r)
+    assert "workload sparse" in append_to_doc(r, "test", tmp_path / "b.md").read_text()
+    with pytest.raises(TTScaleError, match="sparse_attention topk=-2"):
+        bench_sparse(random_model_dir, problems=1, settings=["topk=-2"])
+
+
+def test_bench_cli_names_a_bad_setting(random_model_dir):
+    from typer.testing import CliRunner
+
+    from ttscale.cli import engine_cmd  # noqa: F401 - registers the command
+    from ttscale.cli.app import app
+
+    for args, named in ((["--sparse", "block=16;topk=x"], "topk='x'"), (["--level", "7"], "--level 7"),
+                        (["--problems", "0"], "--problems 0")):
+        res = CliRunner().invoke(app, ["bench", "engine", "--workload", "sparse", "--model",
+                                       random_model_dir, "--no-doc", *args])
+        assert res.exit_code != 0 and named in str(res.exception)
