@@ -53,3 +53,34 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert summary["steps"] == done + 4  # continued, not restarted
     assert not ckpt.exists()
     assert AutoModelForCausalLM.from_pretrained(tmp_path) is not None
+
+
+def test_the_family_recipe_continues_two_stage_sizes_from_their_stage_one_model(tmp_path, monkeypatch):
+    from ttscale.train import family
+
+    monkeypatch.setitem(family.RECIPE, "ttscale-tiny", dict(steps=2, lr=1e-3, batch_size=2, block=64))
+    monkeypatch.setitem(family.CONTINUE, "ttscale-tiny", dict(steps=2, lr=1e-3, batch_size=2, block=128,
+                                                             long_fraction=0.5, warmup=1))
+    summaries = family.train_family(tmp_path, ["ttscale-tiny"])
+    assert summaries["ttscale-tiny"]["steps"] == 2
+    stage1 = tmp_path / ".stage1" / "ttscale-tiny"
+    assert (stage1 / "model.safetensors").exists()
+    meta = json.loads((tmp_path / "ttscale-tiny" / "training.json").read_text())
+    assert meta["config"]["init_from"] == str(stage1) and meta["config"]["long_fraction"] == 0.5
+    AutoModelForCausalLM.from_pretrained(tmp_path / "ttscale-tiny")  # a loadable HF model
+
+
+def test_sft_cli_refuses_a_long_fraction_outside_zero_to_one(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import pytest
+
+    from ttscale.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["ttscale", "train", "sft", "--out", str(tmp_path / "m"),
+                                      "--long-fraction", "1.5"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2
+    assert "long_fraction=1.5 is out of range; accepted: 0 <= long_fraction <= 1" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()  # refused before any work

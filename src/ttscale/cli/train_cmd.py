@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ttscale.cli.app import train_app
-from ttscale.errors import unknown
+from ttscale.errors import out_of_range, unknown
 from ttscale.models.family import SIZES
 from ttscale.tasks import BUILTIN_TASKS, LEVELS
 
@@ -33,7 +33,11 @@ def sft(
     steps: int = typer.Option(2000, help="Optimizer steps."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop (schedule compressed) after this wall time."),
     batch_size: int = typer.Option(32, help="Sequences per step."),
+    block: int = typer.Option(256, help="Tokens per sequence (512 fits long-mode chains)."),
+    long_fraction: float = typer.Option(0.0, help="Share of examples in the long, step-checkable "
+                                        "mode (--effort high), 0-1."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
+    warmup: int = typer.Option(100, help="Warm-up steps."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
@@ -49,9 +53,14 @@ def sft(
     for lv in level or []:
         if lv not in LEVELS:
             raise unknown("level", lv, LEVELS)
+    if not 0.0 <= long_fraction <= 1.0:
+        raise out_of_range("long_fraction", long_fraction, "0 <= long_fraction <= 1")
+    if block < 64:
+        raise out_of_range("block", block, ">= 64 tokens")
     cfg = SFTConfig(size=size, init_from=resolve_model(init_from) if init_from else None,
                     tasks=task or list(BUILTIN_TASKS), levels=level or list(LEVELS), steps=steps,
-                    max_minutes=max_minutes, batch_size=batch_size, lr=lr, seed=seed, device=device)
+                    max_minutes=max_minutes, batch_size=batch_size, block=block,
+                    long_fraction=long_fraction, lr=lr, warmup=warmup, seed=seed, device=device)
     summary = train_sft(cfg, out)
     _record_command(out)
     print(f"wrote {out} ({summary['params']:,} parameters, {summary['steps']} steps, "

@@ -20,11 +20,19 @@ def merged_rows(model_dir: Path, rows: list[EvalResult]) -> list[EvalResult]:
     return sorted(kept + rows, key=lambda r: (r.effort != "low", r.task, r.level or 0))
 
 
-def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str) -> Path:
+def reproduce_commands(name: str, rows: list[EvalResult]) -> list[str]:
+    """One `ttscale eval` command per (effort, problems, n) group of the card's rows."""
+    groups = sorted({(r.effort != "low", r.effort, r.num_problems, r.n) for r in rows})
+    return [f"ttscale eval --model {name} --num-problems {k} --n {n}"
+            + ("" if effort == "low" else f" --effort {effort}") for _, effort, k, n in groups]
+
+
+def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str | None = None) -> Path:
     """Write `model_dir/README.md` from `training.json` and the evaluation rows.
 
     The rows are also stored in `eval.json` so tests can compare a re-run with the card; rows of
-    other cells (another effort) already there are kept.
+    other cells (another effort) already there are kept. `eval_command`: how the new rows were
+    made, when it differs from the plain `ttscale eval` the card would otherwise name.
     """
     model_dir = Path(model_dir)
     rows = merged_rows(model_dir, rows)
@@ -33,6 +41,8 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str)
     cfg = meta.get("config", {})
     parent = meta.get("parent")
     command = meta.get("command", "ttscale train family --out models  (see docs/training.md)")
+    one_effort = len({r.effort for r in rows}) == 1
+    commands = [eval_command] if eval_command and one_effort else reproduce_commands(model_dir.name, rows)
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [ttscale]", "---",
         f"# {model_dir.name}", "",
@@ -48,11 +58,12 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str)
         f"{meta.get('tokens_total', 0):,} tokens)",
         f"- wall time: {meta.get('wall_s', 0) / 60:.1f} min on {meta.get('device', '?')} "
         f"(torch {meta.get('torch', '?')})",
-        f"- final training loss (EMA): {meta.get('final_loss_ema') or float('nan'):.4f}", "",
+        f"- final training loss (EMA): {meta.get('final_loss_ema') or float('nan'):.4f}",
+        *([f"- before this run: {meta['stage1']}"] if meta.get("stage1") else []), "",
         "## Accuracy", "",
         f"Test split, fixed problems (seed 0). Greedy decoding; maj@n and pass@n from n samples at "
         f"temperature 1.0. Effort `low` asks the short chains, `high` the long, step-checkable mode "
-        f"(`--effort high`). Reproduce with `{eval_command}` (with `--effort high` for those rows); "
+        f"(`--effort high`). Reproduce with {' and '.join(f'`{c}`' for c in commands)}; "
         f"a re-run lands within "
         f"{CARD_TOLERANCE:.0%} of these figures (sampling order may differ across backends).", "",
         format_table(rows), "",
