@@ -197,3 +197,17 @@ def test_default_sweep_leaves_room_for_every_reference_solution():
             problems = task.problems(split="test", level=level, n=200, seed=0)
             longest = max(len(tok(p.solution, add_special_tokens=False)["input_ids"]) for p in problems)
             assert longest + 1 <= cfg.max_tokens, (name, level, longest, cfg.max_tokens)
+            if "high" in cfg.efforts:  # the long mode's chains get the long-mode limit
+                limit = cfg.setting_sampling({"effort": "high"})["max_tokens"]
+                longest = max(len(tok(task.long_solution(p), add_special_tokens=False)["input_ids"])
+                              for p in problems[:50])
+                assert longest + 1 <= limit, (name, level, longest, limit)
+
+
+def test_the_default_sweep_runs_both_modes_on_a_model_that_learned_the_long_mode():
+    from ttscale.eval.sweep import default_config, thinks_long
+    from ttscale.models.registry import resolve_model
+
+    cfg = default_config()
+    assert cfg.efforts == ["low", "high"] and thinks_long(resolve_model(cfg.models[0]))
+    assert cfg.scorer == "likelihood" and cfg.baseline_models == ["ttscale-base"]

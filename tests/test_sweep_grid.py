@@ -88,3 +88,20 @@ def test_long_mode_settings_sample_with_room_for_long_chains():
     plan = Plan("m", 4, 1.0, [], [], [], {}, cfg.sampling, {})
     assert _sampling(plan, 4, 0).max_tokens == 96
     assert _sampling(plan, 4, 0, {"effort": "high"}).max_tokens == LONG_MAX_TOKENS
+
+
+def test_a_baseline_model_answers_in_the_base_mode_only(random_model_dir, tmp_path):
+    """The larger model's greedy answer is the comparison as deployed: with efforts low and high
+    in the grid it runs once per problem in the base mode (the shipped base has no long mode and
+    a 256-token context, so a long-mode run of it could not even start)."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = SweepConfig(models=[random_model_dir], baseline_models=["ttscale-base"], tasks=["arith"],
+                      levels=[1], num_problems=1, n_max=2, ns=[2], replicates=1, max_tokens=8,
+                      efforts=["low", "high"], rules=["majority"], runs=[RunSpec("greedy")], scorer=None)
+    run_sweep(cfg, tmp_path / "s", progress=False)
+    base = [r for r in load_results(tmp_path / "s") if r["model"] == "ttscale-base"]
+    assert len(base) == 1 and base[0]["setting"] == ""
+    grid = [r for r in load_results(tmp_path / "s") if r["model"] != "ttscale-base" and r["strategy"] == "greedy"]
+    assert sorted(r["setting"] for r in grid) == ["", "effort=high"]

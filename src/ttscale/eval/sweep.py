@@ -53,6 +53,7 @@ class RunSpec:
     strategy: str
     params: dict[str, Any] = field(default_factory=dict)
     scorer: str | None = None  # overrides the sweep's scorer for this run (e.g. "prm")
+    efforts: list[str] | None = None  # the grid's modes it runs in (None: all of them)
 
     @property
     def budget(self) -> float:
@@ -126,6 +127,10 @@ class SweepConfig:
 
         for spec in self.runs + self.baseline_runs:  # fail before any work starts
             get_params(spec.strategy, run_params(spec.strategy, spec.params, self.max_tokens, 0))
+            for e in spec.efforts or []:
+                if e not in self.efforts:
+                    raise TTScaleError(f"run {spec.strategy!r} asks for effort {e!r}, which is not in "
+                                       f"the grid; accepted: {', '.join(self.efforts)}")
 
     @property
     def grid_temperatures(self) -> list[float]:
@@ -338,8 +343,10 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
     asked = {(p.id, e): apply_effort(p, e) for _, p in pairs for e in cfg.efforts}  # refuses before work
     jobs = [(m, cfg.runs, True) for m in cfg.models] + [
         (m, cfg.baseline_runs, False) for m in cfg.baseline_models if m not in cfg.models]
-    total = sum(len(pairs) * (len(runs) * len(cfg.efforts) + (len(settings) if grid else 0))
-                for m, runs, grid in jobs)
+    # baselines (the larger model's greedy answer) run in the base setting's mode only: the
+    # comparison is with that model as deployed, and a model without a long mode has none to run
+    total = sum(len(pairs) * (sum(len(run_efforts(cfg, spec, grid)) for spec in runs)
+                              + (len(settings) if grid else 0)) for m, runs, grid in jobs)
     bar = tqdm(total=total, desc="sweep", unit="job", file=sys.stderr, disable=not progress,
                dynamic_ncols=True)
     generators = dict(generators or {})
@@ -390,7 +397,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                             emit(rec)
                     bar.update(1)
                 for spec in runs:
-                    for effort in cfg.efforts:
+                    for effort in run_efforts(cfg, spec, grid):
                         emit_run = _run_record(spec, effort, cfg, base, task, asked[(p.id, effort)], seed,
                                                results)
                         if emit_run is not None:
@@ -402,6 +409,14 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
         results.close()
         samples.close()
     return SweepResult(str(out), len(results), written, time.perf_counter() - t0)
+
+
+def run_efforts(cfg: SweepConfig, spec: RunSpec, grid: bool) -> list[str]:
+    """The modes `spec` runs in: the grid's (those it names, if it names some); a baseline model
+    (not `grid`) answers in the base setting's mode only, as deployed."""
+    if not grid:
+        return cfg.efforts[:1]
+    return [e for e in cfg.efforts if spec.efforts is None or e in spec.efforts]
 
 
 def _run_record(spec: RunSpec, effort: str, cfg: SweepConfig, base: dict[str, Any], task,
@@ -506,22 +521,34 @@ def _number(v: str) -> Any:
     return v
 
 
+def thinks_long(model_path: str | Path) -> bool:
+    """Whether a model's card has long-mode rows (it learned `--effort high`)."""
+    card = Path(model_path) / "eval.json"
+    return card.exists() and any(r.get("effort") == "high" for r in json.loads(card.read_text()))
+
+
 def default_config() -> SweepConfig:
-    """The embedded default: the smallest shipped model runs the grid, the largest runs
-    greedy decoding; built-in tasks at mixed levels, so problems differ in difficulty.
-    Sized to finish within 10 minutes on 2 CPU cores (docs/results.md has the timing)."""
+    """The embedded default: the smallest shipped model that has learned the long mode (else the
+    smallest) runs the grid in both modes, the largest runs greedy decoding; built-in tasks at
+    mixed levels, so problems differ in difficulty. Sized to finish within 10 minutes on 2 CPU
+    cores (docs/results.md has the timing and why these choices)."""
     from ttscale.models.registry import list_models
 
-    policies = [m for m in list_models() if getattr(m, "kind", "policy") == "policy"]
+    policies = [m for m in list_models() if getattr(m, "kind", "policy") == "policy" and not m.parent]
     if not policies:
         raise TTScaleError("no shipped models found; train them with `make models` or pass --model")
-    small, large = policies[0].name, policies[-1].name
+    long_mode = [m for m in policies if thinks_long(m.path)]
+    small, large = (long_mode or policies)[0].name, policies[-1].name
     runs = [RunSpec("greedy")]
     if any(getattr(m, "kind", "") == "prm" for m in list_models()):  # tree search needs a PRM
-        runs += [RunSpec("beam_search", {"n": 4}, "prm"), RunSpec("beam_search", {"n": 8}, "prm"),
-                 RunSpec("mcts", {}, "prm")]
+        # in the short mode only: the shipped PRM was trained on short-mode solutions and cannot
+        # tell right from wrong long chains (within-problem AUROC 0.50, docs/results.md)
+        low = ["low"]
+        runs += [RunSpec("beam_search", {"n": 4}, "prm", low), RunSpec("beam_search", {"n": 8}, "prm", low),
+                 RunSpec("mcts", {}, "prm", low)]
     return SweepConfig(
         models=[small], baseline_models=[large] if large != small else [],
         tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=12, split="test",
         n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=96,
+        efforts=["low", "high"] if long_mode else ["low"],
         scorer="likelihood", runs=runs, baseline_runs=[RunSpec("greedy")])
