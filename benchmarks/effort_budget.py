@@ -120,7 +120,7 @@ def main() -> None:
         sets = {}
         for split, num in (("heldout", args.heldout_problems), ("test", args.num_problems)):
             data = {e: samples(gen, task, int(level), split, num, args.n, e, args.temperature,
-                               Path(args.samples_dir) / f"{tag}-{name}-L{level}-{split}-{e}.jsonl")
+                               Path(args.samples_dir) / f"{tag}-{name}-L{level}-{split}-{e}-n{args.n}-t{args.temperature}.jsonl")
                     for e in ("low", "high")}
             sets[split] = configurations(task, data, scorers, ks, args.replicates)
         held, test = sets["heldout"], sets["test"]
