@@ -25,7 +25,8 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
     end = time.time() + timeout
     while time.time() < end:
         try:
-            if httpx.get(url + "/health", timeout=5).status_code == 200:
+            # ttscale serve answers /health; llama.cpp's server has only the OpenAI routes
+            if any(httpx.get(url + path, timeout=5).status_code == 200 for path in ("/health", "/v1/models")):
                 return
         except httpx.HTTPError:
             pass
@@ -35,7 +36,8 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
 
 def timed_solve(urls: list[str], args: argparse.Namespace) -> tuple[float, dict]:
     t0 = time.perf_counter()
-    out = run_solve(args.model, task=args.task, level=args.level, num_problems=args.num_problems,
+    level = None if args.task.endswith(".jsonl") else args.level  # JSONL tasks have no levels
+    out = run_solve(args.model, task=args.task, level=level, num_problems=args.num_problems,
                     strategy="majority", params={"n": args.n, "max_tokens": args.max_tokens},
                     backend="openai", generator_options={
                         "base_url": urls, "shape_from": args.shape_from or args.model},
