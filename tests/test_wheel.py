@@ -1,5 +1,6 @@
 """`pip install .` as a wheel: the shipped models travel as package data, and the installed
-package finds them without the source tree (no path into the repository)."""
+package finds them without the source tree (no path into the repository): `models`, `eval` and
+`sweep` run from it in a directory of the user's."""
 from __future__ import annotations
 
 import json
@@ -40,12 +41,26 @@ def test_wheel_carries_the_models_and_works_outside_the_source_tree(tmp_path):
     site = tmp_path / "site"  # the wheel unpacked as pip would install it
     zipfile.ZipFile(wheel).extractall(site)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TTSCALE_MODELS_DIR")}
-    code = ("import sys; import ttscale; assert ttscale.__file__.startswith(sys.argv[1]); "
-            "from ttscale.cli import main; sys.argv = ['ttscale', 'models', "
-            "'--json']; main()")
-    out = subprocess.run([sys.executable, "-c", code, str(site)], cwd=tmp_path, check=True,
-                         capture_output=True, text=True,
-                         env={**env, "PYTHONPATH": str(site)}).stdout
-    models = json.loads(out)
+    work = tmp_path / "work"  # the user's directory: results go here, nowhere else
+    work.mkdir()
+
+    def ttscale(*args: str) -> dict:
+        code = ("import sys; import ttscale; assert ttscale.__file__.startswith(sys.argv[1]); "
+                "from ttscale.cli import main; sys.argv = ['ttscale', *sys.argv[2:]]; main()")
+        out = subprocess.run([sys.executable, "-c", code, str(site), *args], cwd=work, check=True,
+                             capture_output=True, text=True,
+                             env={**env, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}).stdout
+        return json.loads(out)
+
+    models = ttscale("models", "--json")
     assert sorted(m["name"] for m in models) == sorted(shipped)
     assert all(Path(m["path"]).is_relative_to(site) for m in models)  # not the checkout
+    row = ttscale("eval", "--model", "ttscale-tiny", "--task", "arith", "--level", "1",
+                  "--num-problems", "2", "--n", "0", "--json")
+    assert row["model"] == "ttscale-tiny" and 0 <= row["greedy_acc"] <= 1
+    sweep = ttscale("sweep", "--model", "ttscale-tiny", "--task", "arith", "--levels", "1",
+                    "--num-problems", "2", "--n-max", "2", "--ns", "1,2", "--replicates", "1",
+                    "--strategies", "greedy", "--max-tokens", "16", "--out", "sw", "--no-report",
+                    "--json")
+    assert (work / sweep["results_dir"]).resolve() == (work / "sw").resolve() and sweep["frontier"]
+    assert (work / "sw" / "results.jsonl").exists()
