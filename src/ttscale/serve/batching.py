@@ -56,7 +56,12 @@ class ServingWrapper:
         self.inner = inner
         self.model_name = inner.model_name
         self.shape = inner.shape
-        self.context_length = inner.context_length
+
+    @property
+    def context_length(self) -> int:
+        """Read when asked, not at wrapping: a request's wrapper is made on the event loop, where
+        a failing generator must not raise."""
+        return self.inner.context_length
 
     def tokenize(self, text: str) -> list[int]:
         return self.inner.tokenize(text)
@@ -161,21 +166,14 @@ class BatchingGenerator(ServingWrapper):
         return any(p.token is None or not p.token.cancelled for p in self._queue)
 
 
-class JobGenerator:
+class JobGenerator(ServingWrapper):
     """One request's view of the shared generator: meters its usage and stops its work once
     its token fires."""
 
     def __init__(self, inner: Generator | BatchingGenerator, token: CancelToken) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.token = token
-        self.model_name = inner.model_name
-        self.shape = inner.shape
         self.usage = Usage()  # everything this request's work generated
-
-
-    @property
-    def context_length(self) -> int:
-        return self.inner.context_length
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
         if self.token.cancelled:
@@ -222,14 +220,3 @@ class JobGenerator:
         if self.token.cancelled:
             raise Cancelled()
         return results
-
-    def tokenize(self, text: str) -> list[int]:
-        return self.inner.tokenize(text)
-
-    def detokenize(self, ids: Sequence[int]) -> str:
-        return self.inner.detokenize(ids)
-
-    def __getattr__(self, name: str) -> object:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
