@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from ttscale.engine import load_generator
 from ttscale.errors import TTScaleError
@@ -127,34 +128,20 @@ def test_bad_cascade_parameters_are_one_line_errors(kw, msg):
         get_params("cascade", kw)
 
 
-def _cli(monkeypatch, capsys, *args):
-    import sys
-
-    from ttscale.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["ttscale", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
-
-
 def test_solve_runs_the_cascade_with_the_checker_and_calibration_refuses_test(random_model_dir, tmp_path,
                                                                                monkeypatch, capsys):
-    code, out = _cli(monkeypatch, capsys, "solve", "--model", random_model_dir, "--task", "countdown",
+    code, out, err = run_cli(monkeypatch, capsys, "solve", "--model", random_model_dir, "--task", "countdown",
                      "--level", "2", "--num-problems", "2", "--strategy", "cascade", "--scorer", "checker",
                      "--n", "2", "--max-tokens", "12", "--json")
-    assert code == 0, out.err
-    res = json.loads(out.out)
+    assert code == 0, err
+    res = json.loads(out)
     assert res["strategy"] == "cascade" and res["scorer"] == "checker" and res["num_problems"] == 2
     assert res["params"]["escalated"] in (True, False)
     assert all(r["verifier_cpu_s"] > 0 and r["verifier_flops"] == 0 for r in res["problems"])
     assert res["mean_verifier_cpu_s"] > 0  # the checker is costed at its CPU time, zero FLOPs
-    code, out = _cli(monkeypatch, capsys, "calibrate-cascade", "--model", random_model_dir, "--split",
+    code, _, err = run_cli(monkeypatch, capsys, "calibrate-cascade", "--model", random_model_dir, "--split",
                      "test", "--out", str(tmp_path / "c.json"))
-    assert code == 2 and "accepted splits: train, heldout" in out.err and "\n" not in out.err.strip()
+    assert code == 2 and "accepted splits: train, heldout" in err and "\n" not in err
 
 
 class Recording:

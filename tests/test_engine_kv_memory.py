@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_helpers import run_cli
 
 from ttscale.engine import TorchEngine
 from ttscale.errors import TTScaleError
@@ -48,27 +49,13 @@ TINY = "ttscale-tiny"  # 256-token context: the smallest bound is 257 x 2048 = 5
 SMALL = "600K"  # 614400 bytes: about three rows of a short prompt and 48 tokens
 
 
-def _main(monkeypatch, capsys, *args):
-    """`ttscale ARGS` as the console script runs it: (exit status, stdout, stderr)."""
-    import sys
-
-    from ttscale.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["ttscale", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err.strip()
 
 
 @pytest.mark.parametrize("temperature", ["0", "1.0"])
 def test_solve_under_a_small_kv_memory_gives_the_same_samples(temperature, monkeypatch, capsys,
                                                               tmp_path):
     def run(name, *extra):
-        code, _, err = _main(monkeypatch, capsys, "solve", "--model", TINY, "--task", "arith",
+        code, _, err = run_cli(monkeypatch, capsys, "solve", "--model", TINY, "--task", "arith",
                              "--level", "2", "--num-problems", "2", "--strategy", "majority",
                              "--n", "24", "--temperature", temperature, "--seed", "5",
                              "--max-tokens", "48", "--samples-out", str(tmp_path / name), *extra)
@@ -85,7 +72,7 @@ def test_eval_under_a_small_kv_memory_gives_the_same_table(monkeypatch, capsys):
               "--n", "4", "--json"]
     rows = []
     for extra in ([], ["--kv-memory", SMALL]):
-        code, out, err = _main(monkeypatch, capsys, *common, *extra)
+        code, out, err = run_cli(monkeypatch, capsys, *common, *extra)
         assert code == 0, err
         rows.append(json.loads(out))
     for key in ("greedy_acc", "maj_acc", "pass_at_n", "mean_tokens"):
@@ -130,7 +117,7 @@ def test_serve_under_a_small_kv_memory_answers_as_without():
     (["serve", "--upstream", "http://127.0.0.1:9", "--upstream-model", TINY, "--kv-memory",
       "1G"], "--kv-memory applies only to the embedded engine")])
 def test_bad_kv_memory_is_one_line_exit_2(args, named, monkeypatch, capsys, tmp_path):
-    code, _, err = _main(monkeypatch, capsys, *args, *(["--out", str(tmp_path / "s")]
+    code, _, err = run_cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path / "s")]
                                                        if args[0] == "sweep" else []))
     assert code == 2 and "\n" not in err and named in err, err
     assert "accepted" in err or "only to" in err
@@ -140,6 +127,6 @@ def test_bad_kv_memory_is_one_line_exit_2(args, named, monkeypatch, capsys, tmp_
 def test_a_kv_memory_below_one_context_row_reaches_the_engine_and_is_refused(command, monkeypatch,
                                                                             capsys, tmp_path):
     extra = ["--out", str(tmp_path / "s")] if command == "sweep" else []
-    code, _, err = _main(monkeypatch, capsys, command, "--model", TINY, "--kv-memory", "512K",
+    code, _, err = run_cli(monkeypatch, capsys, command, "--model", TINY, "--kv-memory", "512K",
                          *extra)
     assert code == 2 and "kv_memory=524288 is too small; accepted: at least 526336 bytes" in err, err

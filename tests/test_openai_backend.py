@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from cli_helpers import run_cli
 from serve_helpers import MODEL, QuirkyProxy
 
 from ttscale.engine.openai_backend import OpenAIGenerator
@@ -355,19 +356,6 @@ def test_eval_over_a_server_matches_the_local_engine_with_flops_unknown(server, 
         assert remote_row[key] == local_row[key], key
 
 
-def _main(monkeypatch, capsys, *args):
-    """`ttscale ARGS` as the console script runs it: (exit status, stderr)."""
-    from ttscale.cli import main
-
-    monkeypatch.setattr("sys.argv", ["ttscale", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().err.strip()
-
-
 def _command(name, tmp_path):
     """The smallest run of `name` over one problem of the served model."""
     one = ["--task", "arith", "--level", "1", "--num-problems", "1", "--max-tokens", "8"]
@@ -384,7 +372,7 @@ def test_a_stuck_server_fails_the_command_at_timeout_unretried(command, stuck, m
                                                                capsys, random_model_dir, tmp_path):
     before = len(stuck.bodies)
     t0 = time.monotonic()
-    code, err = _main(monkeypatch, capsys, *_command(command, tmp_path), "--backend", "openai",
+    code, _, err = run_cli(monkeypatch, capsys, *_command(command, tmp_path), "--backend", "openai",
                       "--base-url", stuck.url, "--shape-from", random_model_dir,
                       "--timeout", "1", "--max-retries", "3")
     took = time.monotonic() - t0
@@ -398,11 +386,11 @@ def test_a_stuck_server_fails_the_command_at_timeout_unretried(command, stuck, m
 
 def test_max_retries_reaches_the_backend(quirky, monkeypatch, capsys, random_model_dir, tmp_path):
     quirky.fail_first = 1
-    code, err = _main(monkeypatch, capsys, *_command("solve", tmp_path), "--backend", "openai",
+    code, _, err = run_cli(monkeypatch, capsys, *_command("solve", tmp_path), "--backend", "openai",
                       "--base-url", quirky.url, "--max-retries", "0")
     assert code == 2 and "after 1 attempts" in err and "503" in err, err
     quirky.fail_first = 1
-    code, err = _main(monkeypatch, capsys, *_command("solve", tmp_path), "--backend", "openai",
+    code, _, err = run_cli(monkeypatch, capsys, *_command("solve", tmp_path), "--backend", "openai",
                       "--base-url", quirky.url, "--max-retries", "1")
     assert code == 0, err
 
@@ -417,6 +405,6 @@ def test_max_retries_reaches_the_backend(quirky, monkeypatch, capsys, random_mod
     (["--max-retries", "2"], "--max-retries applies only to --backend openai")])
 def test_bad_timeout_or_retries_is_one_line_exit_2(command, args, named, monkeypatch, capsys,
                                                    tmp_path):
-    code, err = _main(monkeypatch, capsys, *_command(command, tmp_path), *args)
+    code, _, err = run_cli(monkeypatch, capsys, *_command(command, tmp_path), *args)
     assert code == 2 and "\n" not in err and err.startswith("error: ") and named in err, err
     assert "accepted" in err or "only to" in err

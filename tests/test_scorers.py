@@ -189,18 +189,13 @@ def test_checker_costs_cpu_time_and_no_model_compute():
 
 
 def test_checker_refuses_tasks_whose_answer_needs_a_reference(random_model_dir, monkeypatch, capsys):
-    import sys
-
-    from ttscale.cli import main
+    from cli_helpers import run_cli
 
     with pytest.raises(TTScaleError, match="cannot check task 'arith'.*accepted tasks: countdown$"):
         get_scorer("checker", task=ARITH)
-    monkeypatch.setattr(sys, "argv", ["ttscale", "solve", "--model", random_model_dir, "--task",
-                                      "arith", "--strategy", "best_of_n", "--scorer", "checker"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 2 and "accepted tasks: countdown" in err and "\n" not in err
+    code, _, err = run_cli(monkeypatch, capsys, "solve", "--model", random_model_dir, "--task",
+                           "arith", "--strategy", "best_of_n", "--scorer", "checker")
+    assert code == 2 and "accepted tasks: countdown" in err and "\n" not in err
 
 
 def test_likelihood_is_the_geometric_mean_token_probability():

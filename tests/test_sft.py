@@ -71,16 +71,10 @@ def test_the_family_recipe_continues_two_stage_sizes_from_their_stage_one_model(
 
 
 def test_sft_cli_refuses_a_long_fraction_outside_zero_to_one(tmp_path, monkeypatch, capsys):
-    import sys
+    from cli_helpers import run_cli
 
-    import pytest
-
-    from ttscale.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["ttscale", "train", "sft", "--out", str(tmp_path / "m"),
-                                      "--long-fraction", "1.5"])
-    with pytest.raises(SystemExit) as e:
-        main()
-    assert e.value.code == 2
-    assert "long_fraction=1.5 is out of range; accepted: 0 <= long_fraction <= 1" in capsys.readouterr().err
+    code, _, err = run_cli(monkeypatch, capsys, "train", "sft", "--out", str(tmp_path / "m"),
+                           "--long-fraction", "1.5")
+    assert code == 2
+    assert "long_fraction=1.5 is out of range; accepted: 0 <= long_fraction <= 1" in err
     assert not (tmp_path / "m").exists()  # refused before any work
