@@ -18,6 +18,19 @@ def _by_strategy(points: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return {k: sorted(v, key=lambda p: p["flops"]) for k, v in sorted(out.items())}
 
 
+def _save_accuracy_plot(fig, ax, path: Path, xlabel: str, title: str) -> None:
+    """What the accuracy-against-cost plots share: log x, labels, grid, legend; write and close."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_accuracy(a: dict[str, Any], path: Path) -> None:
     """Accuracy against FLOPs per strategy (log x), the frontier and the planner's curve."""
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -37,15 +50,8 @@ def plot_accuracy(a: dict[str, Any], path: Path) -> None:
     if s:
         ax.plot([s["large_flops"]], [s["large_accuracy"]], "r*", ms=14,
                 label=f"{s['large_model']} greedy")
-    ax.set_xscale("log")
-    ax.set_xlabel("FLOPs per problem")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{a['model']}: accuracy against inference compute")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_accuracy_plot(fig, ax, path, "FLOPs per problem",
+                        f"{a['model']}: accuracy against inference compute")
 
 
 def plot_bins(a: dict[str, Any], path: Path) -> None:
@@ -107,15 +113,8 @@ def plot_latency(a: dict[str, Any], path: Path) -> None:
     if fr:
         ax.step([p["latency_s"] for p in fr], [p["accuracy"] for p in fr], "k--", where="post",
                 lw=1.5, label="accuracy-latency frontier")
-    ax.set_xscale("log")
-    ax.set_xlabel("wall seconds per problem")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"{a['model']}: accuracy against latency")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save_accuracy_plot(fig, ax, path, "wall seconds per problem",
+                        f"{a['model']}: accuracy against latency")
 
 
 def plot_all(a: dict[str, Any], out: Path) -> dict[str, str]:
