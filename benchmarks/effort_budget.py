@@ -24,7 +24,8 @@ from pathlib import Path
 
 from ttscale.engine import load_generator
 from ttscale.engine.task_stops import with_task_stops
-from ttscale.eval.verifier_quality import ProblemSamples, draw_samples, load_samples, save_samples
+from ttscale.eval.verifier_quality import (ProblemSamples, draw_samples, load_samples, save_samples,
+                                           score_stored)
 from ttscale.rewards import get_scorer
 from ttscale.strategies.base import Candidate
 from ttscale.strategies.parallel import best_index
@@ -56,10 +57,8 @@ def configurations(task, data: dict[str, list[ProblemSamples]], scorers: dict, k
         out[f"greedy({effort})"] = {
             "accuracy": sum(task.is_correct(d.problem, d.greedy) for d in rows) / m,
             "flops": sum(d.greedy_flops for d in rows) / m, "scorer": None}
-        scores = {name: [[s.value for s in sc.score(d.problem, d.samples, d.completions(greedy=False)).scores]
-                         if getattr(sc, "needs_logprobs", False) else
-                         [s.value for s in sc.score(d.problem, d.samples).scores] for d in rows]
-                  for name, sc in scorers.items()}
+        scores = {name: [[s.value for s in score_stored(sc, d, d.samples, d.completions(greedy=False)).scores]
+                         for d in rows] for name, sc in scorers.items()}
         for k in ks:
             subsets = [[random.Random(r * 7919 + i).sample(range(len(d.samples)), k) for i, d in enumerate(rows)]
                        for r in range(replicates)]

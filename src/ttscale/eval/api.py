@@ -69,7 +69,8 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
     if write_cards:
         for mp in model_paths:
             name = mp.rstrip("/").split("/")[-1]
-            cmd = f"ttscale eval --model {name} --num-problems {num_problems} --n {n} --split {split} --seed {seed}"
+            cmd = (f"ttscale eval --model {name} --num-problems {num_problems} --n {n} --split {split} "
+                   f"--seed {seed}" + (f" --effort {effort}" if effort != "low" else ""))
             write_card(mp, [r for r in rows if r.model == generators[mp].model_name],
                        eval_command=cmd)
     return rows

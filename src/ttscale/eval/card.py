@@ -16,7 +16,8 @@ def merged_rows(model_dir: Path, rows: list[EvalResult]) -> list[EvalResult]:
     path = model_dir / "eval.json"
     old = [EvalResult(**r) for r in json.loads(path.read_text())] if path.exists() else []
     cells = {(r.task, r.level, r.effort) for r in rows}
-    kept = [r for r in old if (r.task, r.level, r.effort) not in cells and r.model in {x.model for x in rows}]
+    models = {r.model for r in rows}
+    kept = [r for r in old if (r.task, r.level, r.effort) not in cells and r.model in models]
     return sorted(kept + rows, key=lambda r: (r.effort != "low", r.task, r.level or 0))
 
 
