@@ -18,34 +18,53 @@ COUNTDOWN = "Q: 3 5 2 -> 16\n"
 
 class PacedEngine:
     """The real engine (no prefix cache: a request computes the same floats every time) behind
-    a driver that steps it `free_steps` times, then waits until the test says `go`: a stream's
-    first chunk reaches the client while the rest of its tokens are still to come, however fast
-    the machine is."""
+    a driver that lets the next request sample `free_steps` + 1 tokens (its first step samples
+    two), then waits until the test says `go`: a stream's first chunk reaches the client while
+    the rest of its tokens are still to come, however fast the machine is. The pause keys on
+    the held request's own tokens, not on engine steps, so a step that samples nothing for it
+    (it was not admitted yet) spends nothing."""
 
     def __init__(self, inner):
         self.inner = inner
         self.go = threading.Event()
         self.go.set()
-        self.free_steps = 0
+        self.free_tokens = 0
+        self.held = None  # the handle of the first request submitted after `hold`
+        self._holding = False
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def submit(self, request):
+        handle = self.inner.submit(request)
+        if self._holding and self.held is None:
+            self.held = handle
+        return handle
+
     def hold(self, free_steps: int) -> None:
-        """Let the next request run `free_steps` steps, then wait for `go`; first let the
-        engine drain what earlier requests left, so that no free step is spent on them."""
+        """Let the next request sample `free_steps` + 1 tokens, then wait for `go`; first let
+        the engine drain what earlier requests left."""
         while self.inner.has_work():
             self.go.wait(0.01)
-        self.free_steps = free_steps
+        self.held, self.free_tokens, self._holding = None, free_steps + 1, True
         self.go.clear()
+
+    def _paused(self) -> bool:
+        if self.go.is_set():
+            self._holding = False
+            return False
+        h = self.held
+        if h is None or h.done:
+            return False
+        req = h._req
+        return req is not None and sum(len(s) for s in req.streams) >= self.free_tokens
 
     def run_loop(self, stop, idle_wait=0.05):
         while not stop.is_set():
-            if not self.go.is_set() and self.free_steps <= 0:
+            if self._paused():
                 self.go.wait(idle_wait)
             elif self.inner.has_work():
                 self.inner.step()
-                self.free_steps -= 1
             else:
                 self.inner.wait_for_work(idle_wait)
 
