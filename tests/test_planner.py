@@ -10,7 +10,7 @@ import pytest
 from ttscale.planner.allocate import Option, allocate, efficient_frontier
 from ttscale.planner.difficulty import agreement, assign_bin, num_bins, quantile_edges
 from ttscale.planner.plan import (Plan, Table, budget_grid, cross_validate, fit_plan,
-                                  fixed_points, planner_headline, simulate)
+                                  fixed_points, per_task_fixed_points, planner_headline, simulate)
 
 
 def synthetic_table(n_problems: int = 60, seed: int = 0) -> Table:
@@ -156,3 +156,45 @@ def test_online_planner_scores_the_probes_samples_with_a_logprob_scorer(random_m
     run = solve_with_plan(problems, task, gen, plan, 1e9, get_scorer("likelihood"))
     assert run.mode == "probe"
     assert [a.config for a in run.answers] == ["best_of_n(n=8)"] * 3
+
+
+def two_task_table(n_per_task: int = 60, seed: int = 0, named: bool = True) -> Table:
+    """Task "a" is solved by the cheap configuration, task "b" only by the expensive one; the
+    probe tells nothing (every problem looks alike), so only the task can guide the choice."""
+    rng = np.random.default_rng(seed)
+    n = 2 * n_per_task
+    tasks = ["a"] * n_per_task + ["b"] * n_per_task
+    configs = ["cheap()", "dear()"]
+    raw = np.array([1e6, 4e6]) * rng.uniform(0.9, 1.1, (n, 2))
+    p_ok = np.array([[0.9, 0.3] if t == "a" else [0.1, 0.9] for t in tasks])
+    acc = (rng.random((n, 2)) < p_ok).astype(float)
+    return Table("m", [f"{t}{i}" for i, t in enumerate(tasks)], [0] * n, [1] * n, np.full(n, 0.5),
+                 np.full(n, 1e5), np.zeros(n), configs,
+                 {c: {"strategy": c[:-2], "params": {}, "source": "run"} for c in configs},
+                 acc, raw, raw.copy(), np.full((n, 2), np.nan), tasks=tasks if named else None)
+
+
+def test_a_plan_per_task_chooses_each_tasks_own_configuration():
+    table = two_task_table()
+    plan = fit_plan(table)
+    assert set(plan.by_task) == {"a", "b"}
+    assert plan.for_task("a").choose(0.5, 5e6) == "cheap()"
+    assert plan.for_task("b").choose(0.5, 5e6) == "dear()"
+    assert plan.for_task("unknown task") is plan
+    budgets = [1e6, 2.5e6, 4e6, 5e6]
+    fixed = fixed_points(table)
+    with_tasks = planner_headline(cross_validate(table, budgets), fixed)
+    without = planner_headline(cross_validate(two_task_table(named=False), budgets), fixed)
+    # one fixed configuration: cheap 50%, dear 60%; per task: about 90% at 2.5e6 FLOPs
+    assert with_tasks["accuracy_gain"] >= 0.2, with_tasks
+    assert without["accuracy_gain"] <= 0.05, without
+    best = max(per_task_fixed_points(table), key=lambda p: p.accuracy)
+    assert best.config == "a:cheap() + b:dear()" and best.accuracy >= 0.8
+
+
+def test_a_plan_per_task_survives_save_and_load(tmp_path):
+    plan = fit_plan(two_task_table())
+    back = Plan.load(plan.save(tmp_path / "plan.json"))
+    assert back.for_task("b").blind == plan.for_task("b").blind
+    assert back.for_task("a").edges == plan.for_task("a").edges
+    assert back.with_latency_budget(None).for_task("a").blind == plan.for_task("a").blind

@@ -20,7 +20,8 @@ from ttscale.eval.store import load_results, load_samples
 from ttscale.eval.heldout import cv_choose, problem_matrix
 from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law, leave_one_out
 from ttscale.planner.plan import (budget_grid, build_table, cross_validate, fit_plan,
-                                  fixed_points, grid_model, planner_headline)
+                                  fixed_points, grid_model, per_task_fixed_points,
+                                  planner_headline)
 
 SEED_TABLE = [("low", "better base model, greedy decoding"),
               ("medium", "best-of-N (N = 4-16) or chain of thought"),
@@ -258,6 +259,8 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
         budgets = sorted(set(budget_grid(table) + [p.flops for p in fixed]))
         curve = cross_validate(table, budgets, k=folds)
         headline["planner_vs_best_fixed"] = planner_headline(curve, fixed)
+        if len(set(table.tasks)) > 1:  # what planning gains beyond one configuration per task
+            headline["planner_vs_best_fixed_per_task"] = planner_headline(curve, per_task_fixed_points(table))
         out["planner_curve"] = [c.__dict__ for c in curve]
         out["plan"] = {"path": str(results_dir / PLAN_FILE), "edges": plan.edges,
                        "probe_cost": plan.probe_cost, "bins": plan.calibration["bin_sizes"],

@@ -13,6 +13,7 @@ is how the headline numbers of `ttscale sweep` are measured.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -62,9 +63,11 @@ class Table:
     latency: np.ndarray | None = None  # wall seconds of the configuration alone (None: 0)
     extra_latency: np.ndarray | None = None  # wall seconds after the probe, when probed first
     probe_latency: np.ndarray | None = None  # wall seconds of the probe, per instance
+    tasks: list[str] | None = None  # the task of each instance (None: one unnamed task)
 
     def __post_init__(self) -> None:
         shape = self.acc.shape
+        self.tasks = [""] * shape[0] if self.tasks is None else list(self.tasks)
         self.latency = np.zeros(shape) if self.latency is None else self.latency
         self.extra_latency = self.latency.copy() if self.extra_latency is None else self.extra_latency
         self.probe_latency = np.zeros(shape[0]) if self.probe_latency is None else self.probe_latency
@@ -78,7 +81,8 @@ class Table:
         return Table(self.model, pick(self.problems), pick(self.replicates), pick(self.levels),
                      self.difficulty[idx], self.probe_cost[idx], self.probe_acc[idx], self.configs,
                      self.strategies, self.acc[idx], self.raw[idx], self.extra[idx], self.used[idx],
-                     self.latency[idx], self.extra_latency[idx], self.probe_latency[idx])
+                     self.latency[idx], self.extra_latency[idx], self.probe_latency[idx],
+                     pick(self.tasks))
 
 
 def grid_model(records: Sequence[dict[str, Any]]) -> str:
@@ -136,7 +140,7 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
     acc, raw, extra, used = (np.zeros((I, J)), np.zeros((I, J)), np.zeros((I, J)),
                              np.full((I, J), np.nan))
     lat, xlat, plat = np.zeros((I, J)), np.zeros((I, J)), np.zeros(I)
-    diff, pcost, pacc, levels = np.zeros(I), np.zeros(I), np.zeros(I), []
+    diff, pcost, pacc, levels, task_names = np.zeros(I), np.zeros(I), np.zeros(I), [], []
     for i, (p, rep) in enumerate(instances):
         s = stores[p]
         ss = SampleSet.from_dict({**s["set"], "texts": []})
@@ -148,6 +152,7 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
         plat[i] = ss.latency([order[:k]])
         pacc[i] = float(select("majority", t, ss, k, order).correct)
         levels.append(s.get("level"))
+        task_names.append(t.name)
         for j, c in enumerate(configs):
             r = outcome(c, p, rep)
             acc[i, j] = float(r["correct"])
@@ -177,7 +182,7 @@ def build_table(records: Sequence[dict[str, Any]], samples: Sequence[dict[str, A
                 extra[i, j] = r["flops"]
     return Table(model, [p for p, _ in instances], [r for _, r in instances], levels, diff,
                  pcost, pacc, configs, {c: strategies[c] for c in configs}, acc, raw, extra, used,
-                 lat, xlat, plat)
+                 lat, xlat, plat, task_names)
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -199,6 +204,12 @@ class Plan:
     blind_options: list[Option] = field(default_factory=list)
     probe_latency: float = 0.0  # mean wall seconds of the probe
     latency_budget: float | None = None  # seconds per problem the frontiers were cut to
+    by_task: dict[str, "Plan"] = field(default_factory=dict)  # a plan per task (fitted apart)
+
+    def for_task(self, task: str) -> "Plan":
+        """The plan fitted on `task`'s problems alone, where there is one; else this plan.
+        A problem's task is known when it is asked, so planning per task uses no answer key."""
+        return self.by_task.get(task, self)
 
     @property
     def can_probe(self) -> bool:
@@ -219,7 +230,9 @@ class Plan:
         keep = lambda opts: [opts[0]] + [o for o in opts[1:] if ok(o)]  # noqa: E731  ([0] is free)
         bins = [efficient_frontier(keep(opts)) for opts in self.options]
         blind = efficient_frontier(keep(self.blind_options))
-        return Plan(**{**self.__dict__, "bins": bins, "blind": blind, "latency_budget": seconds})
+        by_task = {t: p.with_latency_budget(seconds) for t, p in self.by_task.items()}
+        return Plan(**{**self.__dict__, "bins": bins, "blind": blind, "latency_budget": seconds,
+                       "by_task": by_task})
 
     def bin_of(self, diff: float) -> int:
         return min(assign_bin(diff, self.edges), len(self.bins) - 1)
@@ -242,6 +255,7 @@ class Plan:
         d = asdict(self)
         d["bins"] = [[asdict(o) for o in b] for b in self.bins]
         d["blind"] = [asdict(o) for o in self.blind]
+        d["by_task"] = {t: p.to_dict() for t, p in self.by_task.items()}
         return d
 
     @classmethod
@@ -249,7 +263,8 @@ class Plan:
         return cls(**{**d, "bins": [[Option(**o) for o in b] for b in d["bins"]],
                       "blind": [Option(**o) for o in d["blind"]],
                       "options": [[Option(**o) for o in b] for b in d.get("options", [])],
-                      "blind_options": [Option(**o) for o in d.get("blind_options", [])]})
+                      "blind_options": [Option(**o) for o in d.get("blind_options", [])],
+                      "by_task": {t: cls.from_dict(p) for t, p in d.get("by_task", {}).items()}})
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -273,9 +288,16 @@ def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = 
              latency_budget: float | None = None) -> Plan:
     """Fit a plan on the instances of `table` (its calibration problems). Every option keeps
     its expected latency (probe included when probed); with `latency_budget` (seconds per
-    problem) only options within it are planned with (`Plan.with_latency_budget`)."""
+    problem) only options within it are planned with (`Plan.with_latency_budget`). When the
+    table holds several tasks, a plan is also fitted on each task's instances alone
+    (`Plan.by_task`): the modes and configurations that pay differ between tasks (the long
+    mode on arith, short-mode sampling on countdown), and a problem's task is known."""
     if len(table) == 0:
         raise TTScaleError("no calibration instances to fit a plan on")
+    tasks = sorted(set(table.tasks))
+    by_task = {} if len(tasks) < 2 else {
+        t: fit_plan(table.subset(np.array([x == t for x in table.tasks])), max_bins, sampling)
+        for t in tasks}
     n_problems = len(set(table.problems))
     edges = quantile_edges(table.difficulty.tolist(), num_bins(n_problems, max_bins))
     bin_idx = np.array([assign_bin(d, edges) for d in table.difficulty])
@@ -299,7 +321,7 @@ def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = 
                 [efficient_frontier(o) for o in options], efficient_frontier(blind_options),
                 table.strategies, dict(sampling or {}),
                 {"problems": n_problems, "instances": len(table), "bin_sizes": sizes},
-                options, blind_options, float(table.probe_latency.mean()))
+                options, blind_options, float(table.probe_latency.mean()), by_task=by_task)
     return plan.with_latency_budget(latency_budget) if latency_budget is not None else plan
 
 
@@ -323,51 +345,72 @@ class Spend:
         return float(self.flops.mean()) if len(self.flops) else 0.0
 
 
-def choose_mode(plan: Plan, bins: Sequence[int] | None, n: int, budget: float,
-                ranks: Sequence[int] | None = None) -> str:
-    """Probe first when that buys more expected accuracy than a difficulty-blind allocation."""
-    blind = allocate([plan.blind] * n, budget, ranks=ranks).expected_accuracy
-    left = budget - n * plan.probe_cost
-    if bins is None or left < 0 or not plan.can_probe:
-        return "blind"
-    probed = allocate([plan.bins[b] for b in bins], left, ranks=ranks).expected_accuracy
-    return "probe" if probed >= blind else "blind"
+MAX_MODE_GROUPS = 4  # tasks whose probe-or-not choice is searched jointly (2^4 allocations)
+
+
+def choose_modes(plans: Sequence[Plan], bins: Sequence[int], groups: Sequence[str], budget: float,
+                 ranks: Sequence[int] | None = None) -> dict[str, str]:
+    """Per task ("group"), whether to probe first: the joint choice whose allocation of the
+    whole budget buys the most expected accuracy (`plans[i]`, `bins[i]`: instance i's plan
+    and probe bin). Ties go to probing. More than `MAX_MODE_GROUPS` tasks: one mode for all."""
+    names = sorted(set(groups))
+    plan_of = {g: p for g, p in zip(groups, plans)}
+    choices = list(itertools.product(("probe", "blind"), repeat=len(names)))
+    if len(names) > MAX_MODE_GROUPS:
+        choices = [("probe",) * len(names), ("blind",) * len(names)]
+    best, best_acc = {g: "blind" for g in names}, -1.0
+    for choice in choices:
+        mode = dict(zip(names, choice))
+        if any(m == "probe" and not plan_of[g].can_probe for g, m in mode.items()):
+            continue
+        probed = [mode[g] == "probe" for g in groups]
+        left = budget - sum(p.probe_cost for p, pr in zip(plans, probed) if pr)
+        if left < 0:
+            continue
+        frontiers = [p.bins[b] if pr else p.blind for p, b, pr in zip(plans, bins, probed)]
+        acc = allocate(frontiers, left, ranks=ranks).expected_accuracy
+        if acc > best_acc + 1e-12:
+            best, best_acc = mode, acc
+    return best
 
 
 def simulate(plan: Plan, table: Table, budget: float, seed: int = 0) -> Spend:
     """Spend `budget` FLOPs on the instances of `table` as `solve_with_plan` would, using the
     measured outcomes; realized costs (not expectations) are charged, and a configuration
     that would overrun what is left is stopped by the guard (the probe's vote answers).
+    Each instance follows its task's plan (`Plan.for_task`); whether a task's problems are
+    probed first is chosen per task (`choose_modes`), the budget is shared by all.
     Every tie (who is probed, who runs first among equally difficult problems, who is
     upgraded among equal gains) is broken by a draw seeded by `seed`, never by position."""
     n = len(table)
     col = {c: j for j, c in enumerate(table.configs)}
-    bins = [plan.bin_of(d) for d in table.difficulty]
+    plans = [plan.for_task(t) for t in table.tasks]
+    bins = [p.bin_of(d) for p, d in zip(plans, table.difficulty)]
     rank = tie_ranks(n, seed)
-    mode = choose_mode(plan, bins, n, budget, rank)
+    modes = choose_modes(plans, bins, table.tasks, budget, rank)
+    probe_mode = np.array([modes[t] == "probe" for t in table.tasks], dtype=bool)
     correct, flops, choice = np.zeros(n), np.zeros(n), [NO_ANSWER] * n
-    if mode == "blind":
-        ledger = Ledger([plan.blind] * n, budget, rank)
-        order = sorted(range(n), key=lambda i: rank[i])
-    else:
-        spent_probe = 0.0
-        probed = np.zeros(n, dtype=bool)
-        for i in sorted(range(n), key=lambda i: rank[i]):
-            if spent_probe + table.probe_cost[i] <= budget:
-                spent_probe += table.probe_cost[i]
-                probed[i] = True
-        ledger = Ledger([plan.bins[b] if probed[i] else [Option(NO_ANSWER, 0.0, 0.0)]
-                         for i, b in enumerate(bins)], budget - spent_probe, rank)
-        flops += np.where(probed, table.probe_cost, 0.0)
-        order = sorted(range(n), key=lambda i: (table.difficulty[i], rank[i]))  # easy first
+    spent_probe = 0.0
+    probed = np.zeros(n, dtype=bool)
+    for i in sorted(np.flatnonzero(probe_mode), key=lambda i: rank[i]):
+        if spent_probe + table.probe_cost[i] <= budget:
+            spent_probe += table.probe_cost[i]
+            probed[i] = True
+    frontiers = [plans[i].bins[b] if probed[i] else
+                 [Option(NO_ANSWER, 0.0, 0.0)] if probe_mode[i] else plans[i].blind
+                 for i, b in enumerate(bins)]
+    ledger = Ledger(frontiers, budget - spent_probe, rank)
+    flops += np.where(probed, table.probe_cost, 0.0)
+    # probed problems run easy first; problems answered without a probe by their rank
+    order = sorted(range(n), key=lambda i: (table.difficulty[i] if probed[i] else 0.0, rank[i]))
     for i in order:
         k = ledger.upgrade(i)
         cfg = ledger.frontiers[i][k].config
-        base_ok = table.probe_acc[i] if mode == "probe" and cfg != NO_ANSWER else 0.0
+        base_ok = table.probe_acc[i] if probe_mode[i] and cfg != NO_ANSWER else 0.0
         if cfg in (PROBE, NO_ANSWER):
             spent, ok = 0.0, base_ok
         else:
-            cost = table.extra[i, col[cfg]] if mode == "probe" else table.raw[i, col[cfg]]
+            cost = table.extra[i, col[cfg]] if probe_mode[i] else table.raw[i, col[cfg]]
             if cost <= ledger.limit(i) + 1e-6:
                 spent, ok = cost, table.acc[i, col[cfg]]
             else:  # the guard stops it before the call that would overrun
@@ -376,7 +419,9 @@ def simulate(plan: Plan, table: Table, budget: float, seed: int = 0) -> Spend:
         flops[i] += spent
         correct[i] = ok
         choice[i] = cfg
-    return Spend(mode, correct, flops, choice, budget)
+    mode = set(modes.values())
+    return Spend(mode.pop() if len(mode) == 1 else ",".join(f"{t}:{m}" for t, m in sorted(modes.items())),
+                 correct, flops, choice, budget)
 
 
 # -- cross-validation: never scored on the problems it was fitted on ---------------------------
@@ -423,6 +468,28 @@ def fixed_points(table: Table) -> list[FixedPoint]:
     """Every single configuration applied to every instance: mean FLOPs and accuracy."""
     return [FixedPoint(c, float(table.raw[:, j].mean()), float(table.acc[:, j].mean()))
             for j, c in enumerate(table.configs)]
+
+
+def per_task_fixed_points(table: Table) -> list[FixedPoint]:
+    """One fixed configuration per task (a problem's task is known): every combination of the
+    tasks' own efficient configurations, with FLOPs and accuracy averaged over all instances.
+    The reference that shows what a plan gains beyond choosing per task."""
+    names = sorted(set(table.tasks))
+    frontiers = []
+    for t in names:
+        m = np.array([x == t for x in table.tasks])
+        w = float(m.mean())
+        # every configuration that no cheaper one beats (not only the concave hull)
+        pts = sorted(((w * float(table.raw[m, j].mean()), w * float(table.acc[m, j].mean()), c)
+                      for j, c in enumerate(table.configs)), key=lambda x: (x[0], -x[1]))
+        mono = []
+        for f, a, c in pts:
+            if not mono or a > mono[-1][1] + 1e-12:
+                mono.append((f, a, c))
+        frontiers.append(mono)
+    return [FixedPoint(" + ".join(f"{t}:{c}" for t, (_, _, c) in zip(names, combo)),
+                       sum(f for f, _, _ in combo), sum(a for _, a, _ in combo))
+            for combo in itertools.product(*frontiers)]
 
 
 def best_fixed(points: Sequence[FixedPoint], budget: float) -> FixedPoint | None:

@@ -129,9 +129,11 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
 
 def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generator, plan: Plan,
                     budget: float, scorer: Scorer | None = None, seed: int = 0) -> PlannedRun:
-    """Answer `problems` spending at most `budget` FLOPs in all (probes included)."""
+    """Answer `problems` spending at most `budget` FLOPs in all (probes included), with the
+    plan fitted on `task` where the plan has one per task (`Plan.for_task`)."""
     if budget <= 0:
         raise out_of_range("budget", budget, "> 0 FLOPs")
+    plan = plan.for_task(task.name)
     guard = BudgetGuard(generator, budget)
     gscorer = guard.guard_scorer(scorer)
     n = len(problems)
