@@ -144,15 +144,17 @@ def fit_all(points: Sequence[dict[str, Any]], coverage: Sequence[dict[str, float
 
 
 # -- headline numbers --------------------------------------------------------------------------
-def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_consistency") -> dict[str, Any]:
+def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_consistency",
+                    setting: str = "") -> dict[str, Any]:
     """Samples a stopping rule saves against fixed-N majority voting at equal accuracy, signed:
     1 - (rule's mean samples) / N_eq, negative when the rule needs more samples than
     majority voting does for the same accuracy.
 
     N_eq is the n at which majority voting reaches the rule's accuracy (log-linear
     interpolation between measured n; the largest n when majority never gets there, which
-    understates the saving: the rule is then compared with the most majority could cost)."""
-    base = [p for p in points if not p.get("setting")]  # both at the base sampler setting
+    understates the saving: the rule is then compared with the most majority could cost).
+    Both are read at one sampler `setting` ("" is the grid's base setting)."""
+    base = [p for p in points if p.get("setting", "") == setting]  # both at one sampler setting
     maj = sorted((p for p in base if p["strategy"] == "majority"), key=lambda p: p["budget"])
     rul = [p for p in base if p["strategy"] == rule]
     if not maj or not rul:
@@ -248,6 +250,13 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
     headline: dict[str, Any] = {"adaptive_stopping": adaptive_saving(points),
                                 "esc": adaptive_saving(points, "esc")}
     headline["adaptive_stopping_saving"] = headline["adaptive_stopping"]["saving"]
+    # the same at every other sampler setting of the grid, shown beside the base setting's
+    # headline figure (never picked from them: that would select on the scored problems)
+    others = sorted({p.get("setting", "") for p in points} - {""})
+    if others:
+        headline["adaptive_stopping_by_setting"] = {
+            st: {"adaptive_consistency": adaptive_saving(points, setting=st)["saving"],
+                 "esc": adaptive_saving(points, "esc", setting=st)["saving"]} for st in others}
     sizes = model_sizes(results_dir)
     headline["small_search_vs_large_greedy"] = small_vs_large(records, sizes, model)
     headline["latency"] = latency_headline(records, model, folds)
