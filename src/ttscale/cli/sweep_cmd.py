@@ -57,6 +57,9 @@ def sweep_cmd(
                                              "real, e.g. 'greedy; beam_search:n=4,width=2'."),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="likelihood (default), "
                                          "prm, orm, self-certainty or oracle (scores samples; 'none' for none)."),
+    side_scorer: Optional[str] = typer.Option(None, "--side-scorer", help="checker (default "
+                                              "of the embedded run) or none: scores shown beside "
+                                              "the headline, never in it (tasks it can check)."),
     replicates: Optional[int] = typer.Option(None, "--replicates", help="Sample orders per rule."),
     temperature: Optional[str] = typer.Option(None, "--temperature", help="Sampling "
                                               "temperature(s), e.g. 0.6 or 0.6,1.0 (a grid "
@@ -117,6 +120,8 @@ def sweep_cmd(
         cfg.temperature, cfg.temperatures = (temps[0], temps) if temps else (cfg.temperature, [])
     if scorer is not None:
         cfg.scorer = None if scorer.lower() == "none" else scorer
+    if side_scorer is not None:
+        cfg.side_scorers = [x for x in side_scorer.replace(" ", "").split(",") if x and x != "none"]
     if ns is not None and n_max is None:
         cfg.n_max = max(cfg.ns)
     cfg.backend = backend

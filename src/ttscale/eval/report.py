@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from ttscale.errors import TTScaleError
-from ttscale.eval.store import load_results, load_samples
+from ttscale.eval.store import load_results, load_samples, split_side
 from ttscale.eval.heldout import cv_choose, problem_matrix
 from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law, leave_one_out
 from ttscale.planner.plan import (budget_grid, build_table, cross_validate, fit_plan,
-                                  fixed_points, grid_model, per_task_fixed_points,
+                                  config_id, fixed_points, grid_model, per_task_fixed_points,
                                   planner_headline)
 
 SEED_TABLE = [("low", "better base model, greedy decoding"),
@@ -236,6 +236,7 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
     records = load_results(results_dir)
     if not records:
         raise TTScaleError(f"{results_dir}/results.jsonl holds no records yet")
+    records, side = split_side(records)
     samples = load_samples(results_dir)
     model = grid_model(records)
     points = curves(records, model)
@@ -277,8 +278,36 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
         out["bins"] = bin_curves(table, plan)
     else:
         headline["planner_vs_best_fixed"] = {"accuracy_gain": None, "flops_saving": None}
+    checked = side_rows(side, records, model)
+    if checked:
+        out["side"] = checked
+        headline["with_checker"] = {k: v for k, v in checked.items() if k != "rows"}
     out["headline"] = headline
     return out
+
+
+def side_rows(side: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]],
+              model: str) -> dict[str, Any] | None:
+    """Records scored by a side scorer (the checker), shown beside the headline: each
+    configuration against the same rule with the learned scorer and against greedy decoding,
+    on the same problems (those the side scorer can check)."""
+    side = [r for r in side if r["model"] == model]
+    if not side:
+        return None
+    probs = {r["problem_id"] for r in side}
+    learned = {p["config"]: p for p in curves(records, model, probs)}
+    rows = []
+    for p in curves(side, model):
+        twin = learned.get(config_id(p["strategy"], {k: v for k, v in p["params"].items() if k != "scorer"}))
+        rows.append({"config": p["config"], "accuracy": p["accuracy"], "flops": p["flops"],
+                     "learned_accuracy": twin["accuracy"] if twin else None})
+    best = max(rows, key=lambda r: (r["accuracy"], -r["flops"]))
+    greedy = learned.get("greedy()")
+    return {"scorer": side[0]["side_scorer"], "num_problems": len(probs),
+            "tasks": sorted({r["task"] for r in side}),
+            "greedy_accuracy": greedy["accuracy"] if greedy else None,
+            "greedy_flops": greedy["flops"] if greedy else None,
+            "best": best, "rows": rows}
 
 
 def make_plan(results_dir: str | Path, model: str | None = None,
@@ -288,7 +317,7 @@ def make_plan(results_dir: str | Path, model: str | None = None,
     from ttscale.planner.plan import Plan  # noqa: F401  (the type returned)
 
     results_dir = Path(results_dir)
-    table = build_table(load_results(results_dir), load_samples(results_dir), model)
+    table = build_table(split_side(load_results(results_dir))[0], load_samples(results_dir), model)
     plan = fit_plan(table, sampling=_sampling_of(results_dir), latency_budget=latency_budget)
     return plan, plan.save(path or results_dir / PLAN_FILE)
 
@@ -443,6 +472,14 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   f"{_fmt(ad['saving'], True)} of samples saved (signed: negative when it needs "
                   f"more; {_fmt(ad['saving_vs_max_n'], True)} "
                   f"against {ad['majority_max']}, which reaches {_fmt(ad['majority_max_accuracy'], True)})."]
+    ck = h.get("with_checker")
+    if ck:
+        b = ck["best"]
+        lines += [f"- Beside the headline, not in it: with the {ck['scorer']} (checks an answer from the "
+                  f"problem alone, no model FLOPs; {', '.join(ck['tasks'])}, {ck['num_problems']} problems) "
+                  f"{b['config']} reaches {_fmt(b['accuracy'], True)} at {b['flops']:.3g} FLOPs; the same "
+                  f"rule with the learned scorer {_fmt(b['learned_accuracy'], True)}, greedy decoding "
+                  f"{_fmt(ck['greedy_accuracy'], True)} on these problems."]
     return "\n".join(lines) + "\n"
 
 

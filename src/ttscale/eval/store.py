@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +133,13 @@ def load_results(results_dir: str | Path) -> list[dict[str, Any]]:
         raise TTScaleError(f"no {RESULTS_FILE} in {str(results_dir)!r}; run `ttscale sweep --out "
                            f"{results_dir}` first")
     return read_jsonl(path)
+
+
+def split_side(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(headline records, records of a side scorer such as the checker): the headline never
+    mixes the two (`SweepConfig.side_scorers`)."""
+    main = [r for r in records if not r.get("side_scorer")]
+    return main, [r for r in records if r.get("side_scorer")]
 
 
 def load_samples(results_dir: str | Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES
 from ttscale.types import Problem, SamplingParams
 
 CONFIG_FILE = "sweep.json"
+SIDE_SCORERS = ("checker",)  # zero-FLOP scorers a sweep can show beside its learned one
 
 
 @dataclass
@@ -86,6 +87,9 @@ class SweepConfig:
     top_p: float = 1.0
     max_tokens: int = 96
     scorer: str | None = "likelihood"  # scores samples for best-of-N and weighted voting
+    # scorers whose best-of-N and weighted-voting records are shown beside the headline, never
+    # in it: the `checker` (tasks whose answer checks from the problem alone; others skip it)
+    side_scorers: list[str] = field(default_factory=list)
     runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
     esc_window: int = 4
     ac_threshold: float = 0.95
@@ -123,6 +127,9 @@ class SweepConfig:
                 raise TTScaleError(f"min_p={m!r} is out of range; accepted: 0 <= min_p <= 1 (0 = off)")
         for e in self.efforts:
             check_effort(e)
+        for name in self.side_scorers:
+            if name not in SIDE_SCORERS:
+                raise unknown("side scorer", name, SIDE_SCORERS)
         from ttscale.strategies import get_params
 
         for spec in self.runs + self.baseline_runs:  # fail before any work starts
@@ -245,16 +252,19 @@ def _rule_ns(rule: str, cfg: SweepConfig) -> list[int]:
 
 def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSet,
                       cfg: SweepConfig, scorer_name: str | None,
-                      setting: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                      setting: dict[str, Any] | None = None,
+                      side: bool = False) -> list[dict[str, Any]]:
     """Every rule x n x replicate record of one problem's stored samples of one sampler
-    `setting` (default: the base), with no generation."""
+    `setting` (default: the base), with no generation. With `side`, `ss` carries the scores
+    of the side scorer `scorer_name` and only the rules that read scores are recorded, named
+    with it (`best_of_n(n=16,scorer=checker)`) and marked `side_scorer`."""
     out = []
     setting = dict(setting or {})
     for rule in cfg.rules:
-        if rule in NEEDS_SCORES and not ss.has_scores:
+        if rule in NEEDS_SCORES and not ss.has_scores or side and rule not in NEEDS_SCORES:
             continue
         for n in _rule_ns(rule, cfg):
-            params = {**_rule_params(rule, n, cfg), **setting}
+            params = {**_rule_params(rule, n, cfg), **setting, **({"scorer": scorer_name} if side else {})}
             uses_scorer = rule in NEEDS_SCORES
             for rep in range(cfg.replicates):
                 order = sample_order(ss.n, rep)
@@ -271,8 +281,17 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
                             "scorer": scorer, "oracle": rule in ORACLE_RULES or scorer == "oracle",
                             "source": "samples", "answer": sel.answer, "correct": sel.correct,
                             "samples_used": sel.used, "depth": len(rounds),
-                            "latency_s": ss.latency(rounds, uses_scorer), **_cost_fields(cost)})
+                            "latency_s": ss.latency(rounds, uses_scorer), **_cost_fields(cost),
+                            **({"side_scorer": scorer_name} if side else {})})
     return out
+
+
+def side_scored(ss: SampleSet, scorer, problem: Problem) -> SampleSet:
+    """The samples scored by a zero-FLOP side scorer instead (its measured time kept)."""
+    t0 = time.perf_counter()
+    scores = [s.value for s in scorer.score(problem, ss.texts).scores]
+    return replace(ss, scores=scores, verifier_flops=[0.0] * ss.n, verifier_tokens=[0] * ss.n,
+                   score_wall_s=time.perf_counter() - t0)
 
 
 def _samples_record(key: str, base: dict[str, Any], problem: Problem, ss: SampleSet,
@@ -395,6 +414,13 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
                     for rec in selection_records(base, task, p, ss, cfg, cfg.scorer, setting):
                         if rec["key"] not in results:
                             emit(rec)
+                    for name in cfg.side_scorers:
+                        if not _side_applies(name, task):
+                            continue
+                        side = side_scored(ss, _scorer(scorers, name, task, None, get_scorer), p)
+                        for rec in selection_records(base, task, p, side, cfg, name, setting, side=True):
+                            if rec["key"] not in results:
+                                emit(rec)
                     bar.update(1)
                 for spec in runs:
                     for effort in run_efforts(cfg, spec, grid):
@@ -409,6 +435,11 @@ def run_sweep(cfg: SweepConfig, out: str | Path, resume: bool = False, progress:
         results.close()
         samples.close()
     return SweepResult(str(out), len(results), written, time.perf_counter() - t0)
+
+
+def _side_applies(name: str, task) -> bool:
+    """Whether side scorer `name` can score `task` (the checker: answer checkable)."""
+    return name != "checker" or bool(getattr(task, "answer_checkable", False))
 
 
 def run_efforts(cfg: SweepConfig, spec: RunSpec, grid: bool) -> list[str]:
@@ -551,4 +582,4 @@ def default_config() -> SweepConfig:
         tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=12, split="test",
         n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=96,
         efforts=["low", "high"] if long_mode else ["low"],
-        scorer="likelihood", runs=runs, baseline_runs=[RunSpec("greedy")])
+        scorer="likelihood", side_scorers=["checker"], runs=runs, baseline_runs=[RunSpec("greedy")])
