@@ -6,7 +6,8 @@ with the policy's logprobs. Configurations read from those samples (sample once,
 greedy at each effort, and majority / best-of-k / weighted majority over k of the n samples
 (k = 2 ... n, averaged over `--replicates` random subsets of k), scored by the policy's
 likelihood (deployable, no extra FLOPs) and, for countdown, by the answer checker (reported
-apart). A configuration's FLOPs: its share of the samples' policy FLOPs (k/n of the request).
+apart). A configuration's FLOPs: its share of the samples' policy FLOPs (k/n of the request),
+plus, for a learned verifier (`--scorer-model`), its share of the FLOPs of scoring them.
 
 The configuration is chosen on the held-out problems (highest accuracy within `--max-ratio` x
 short greedy's FLOPs there) and reported on the test problems: no selection on scored data.
@@ -57,14 +58,18 @@ def configurations(task, data: dict[str, list[ProblemSamples]], scorers: dict, k
         out[f"greedy({effort})"] = {
             "accuracy": sum(task.is_correct(d.problem, d.greedy) for d in rows) / m,
             "flops": sum(d.greedy_flops for d in rows) / m, "scorer": None}
-        scores = {name: [[s.value for s in score_stored(sc, d, d.samples, d.completions(greedy=False)).scores]
-                         for d in rows] for name, sc in scorers.items()}
+        batches = {name: [score_stored(sc, d, d.samples, d.completions(greedy=False)) for d in rows]
+                   for name, sc in scorers.items()}
+        scores = {name: [[s.value for s in b.scores] for b in bs] for name, bs in batches.items()}
+        # a learned verifier's FLOPs count: its share of scoring all n samples, k/n of them
+        verifier = {name: sum(b.usage.flops for b in bs) / m for name, bs in batches.items()}
         for k in ks:
             subsets = [[random.Random(r * 7919 + i).sample(range(len(d.samples)), k) for i, d in enumerate(rows)]
                        for r in range(replicates)]
-            flops = sum(d.samples_flops * k / len(d.samples) for d in rows) / m
+            sampled = sum(d.samples_flops * k / len(d.samples) for d in rows) / m
             for rule in RULES:
                 for name in (["-"] if rule == "majority" else list(scorers)):
+                    flops = sampled + (0.0 if rule == "majority" else verifier[name] * k / len(rows[0].samples))
                     right = 0
                     for sub in subsets:
                         for i, d in enumerate(rows):
@@ -115,7 +120,7 @@ def main() -> None:
         if task.answer_checkable:
             scorers["checker"] = get_scorer("checker", task=task)
         if args.scorer_model:
-            scorers["prm"] = get_scorer("prm", model=args.scorer_model)
+            scorers[Path(args.scorer_model).name] = get_scorer("prm", model=args.scorer_model)
         sets = {}
         for split, num in (("heldout", args.heldout_problems), ("test", args.num_problems)):
             data = {e: samples(gen, task, int(level), split, num, args.n, e, args.temperature,
