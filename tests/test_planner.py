@@ -198,3 +198,34 @@ def test_a_plan_per_task_survives_save_and_load(tmp_path):
     assert back.for_task("b").blind == plan.for_task("b").blind
     assert back.for_task("a").edges == plan.for_task("a").edges
     assert back.with_latency_budget(None).for_task("a").blind == plan.for_task("a").blind
+
+
+def test_whether_to_probe_is_chosen_per_task():
+    """Task "a": the probe's vote answers easy problems and tells which are hard; task "b":
+    the probe says nothing and costs as much as the configuration that answers. Probing pays
+    for "a" only, and the planner probes "a" and not "b"."""
+    from ttscale.planner.plan import choose_modes
+
+    a = synthetic_table(60, seed=3)
+    n = len(a)
+    configs = a.configs
+    j = configs.index("majority(n=4)")
+    acc_b = np.zeros((n, len(configs)))
+    acc_b[:, j] = 1.0  # majority(n=4) answers every "b" problem; nothing else does
+    raw_b = np.tile([4e6, 16e6, 40e6], (n, 1))
+    b = Table("m", [f"b{i}" for i in range(n)], [0] * n, [1] * n, np.full(n, 0.5), np.full(n, 4e6),
+              np.zeros(n), configs, a.strategies, acc_b, raw_b, raw_b.copy(), np.full((n, 3), np.nan),
+              tasks=["b"] * n)
+    both = Table("m", a.problems + b.problems, [0] * 2 * n, [1] * 2 * n,
+                 np.concatenate([a.difficulty, b.difficulty]), np.concatenate([a.probe_cost, b.probe_cost]),
+                 np.concatenate([a.probe_acc, b.probe_acc]), configs, a.strategies,
+                 np.concatenate([a.acc, b.acc]), np.concatenate([a.raw, b.raw]),
+                 np.concatenate([a.extra, b.extra]), np.concatenate([a.used, b.used]),
+                 tasks=["a"] * n + ["b"] * n)
+    plan = fit_plan(both)
+    plans = [plan.for_task(t) for t in both.tasks]
+    bins = [p.bin_of(d) for p, d in zip(plans, both.difficulty)]
+    modes = choose_modes(plans, bins, both.tasks, 2 * n * 6e6)
+    assert modes == {"a": "probe", "b": "blind"}
+    spend = simulate(plan, both, 2 * n * 6e6)
+    assert spend.mode == "a:probe,b:blind" and spend.flops.sum() <= 2 * n * 6e6 + 1e-6
