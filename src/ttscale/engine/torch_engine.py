@@ -29,7 +29,7 @@ import torch
 
 from ttscale.engine.flops import ModelShape
 from ttscale.engine.loader import load_model
-from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane, PoolFull
+from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane
 from ttscale.engine.prefix_cache import PrefixCache
 from ttscale.engine.sampling import RowParams, check_params, normalize_stop, sample, sample_key
 from ttscale.engine.scheduler import RequestHandle, _Batch, _Request, _Row
@@ -812,6 +812,7 @@ class TorchEngine:
             top_logprobs=row.top[:keep] if p.top_logprobs else None)
         req.remaining -= 1
         if req.remaining == 0:
+            req.first_logits = None
             req.handle._finish(GenerationResult(list(req.completions), req.usage))
 
     def _piece(self, token: int) -> str:
