@@ -209,7 +209,7 @@ class Gemma3(nn.Module):
             if sparse is not None and kind == "full_attention":
                 y = sparse.attend(i, qk[:, :h], cache, cfg.query_scale)
             else:
-                k, v = cache.read(i, row0, b, kv_len)
+                k, v = cache.read(i, row0, b, kv_len, slots)
                 y = F.scaled_dot_product_attention(
                     qk[:, :h], k, v,
                     attn_mask=masks[kind], scale=cfg.query_scale, enable_gqa=kvh != h)

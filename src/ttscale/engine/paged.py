@@ -18,7 +18,7 @@ takes). The gather is plain PyTorch, hand-written: CPU torch has no paged-attent
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -150,6 +150,15 @@ class BlockPool:
         self.kv[plane][:, :, blk, :, off] = kv.permute(3, 0, 1, 2, 4).to(self.kv[plane].dtype)
 
 
+@dataclass
+class Slots:
+    """One forward's writes (rows of a layer's keys seen as [blocks * n_kv_head * block,
+    head_dim]) and the read indices it computed (by row range and length)."""
+
+    rows: torch.Tensor
+    reads: dict = field(default_factory=dict)
+
+
 class PagedKV:
     """The cache a model's forward receives: plane `plane` of `pool` seen through `tables`
     ([rows, width] block ids; entries past a row's blocks are `SCRATCH`). `scratch` is the
@@ -159,30 +168,45 @@ class PagedKV:
         self.pool, self.tables, self.scratch, self.plane = pool, tables, scratch, plane
         self.block = pool.block
 
-    def slots(self, row0: int, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(block id, offset) [B, M] where the tokens at `pos` of rows row0.. are written."""
+    def slots(self, row0: int, pos: torch.Tensor) -> Slots:
+        """Where the tokens at `pos` ([B, M]) of rows row0.. are written, for one forward."""
         b = pos.shape[0]
         col = (pos // self.block).clamp(max=self.tables.shape[1] - 1)
         blk = self.tables[row0:row0 + b].gather(1, col)
         blk = blk.masked_fill(pos >= self.scratch, SCRATCH)
-        return blk, pos % self.block
+        return Slots(self._rows(blk[..., None], (pos % self.block)[..., None]).flatten())
 
-    def write(self, layer: int, slots: tuple[torch.Tensor, torch.Tensor], k: torch.Tensor,
-              v: torch.Tensor) -> None:
+    def _rows(self, blk: torch.Tensor, off: torch.Tensor) -> torch.Tensor:
+        """Row indices into a layer's keys seen as [blocks * n_kv_head * block, head_dim], for
+        block ids `blk` and offsets `off` broadcast over a last dim of KV heads."""
+        kvh = self.pool.planes[self.plane].n_kv_head
+        heads = torch.arange(kvh, device=blk.device)
+        return (blk * kvh + heads) * self.block + off
+
+    def write(self, layer: int, slots: Slots, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v [B, M, n_kv_head, head_dim] into their slots."""
-        blk, off = slots
-        kv = self.pool.kv[self.plane]
-        kv[layer, 0, blk, :, off] = k
-        kv[layer, 1, blk, :, off] = v
+        kv = self.pool.kv[self.plane][layer]
+        d = kv.shape[-1]
+        kv[0].view(-1, d).index_copy_(0, slots.rows, k.reshape(-1, d))
+        kv[1].view(-1, d).index_copy_(0, slots.rows, v.reshape(-1, d))
 
-    def read(self, layer: int, row0: int, b: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(self, layer: int, row0: int, b: int, kv_len: int, slots: Slots | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of positions 0..kv_len-1 of rows row0..row0+b-1, each
-        [b, n_kv_head, kv_len, head_dim] (a gathered copy)."""
-        nb = -(-kv_len // self.block)
-        idx = self.tables[row0:row0 + b, :nb]
-        kv = self.pool.kv[self.plane][layer]  # [2, N, kvh, block, hd]
-        g = kv[:, idx]  # [2, b, nb, kvh, block, hd]
-        g = g.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)[:, :, :, :kv_len]
+        [b, n_kv_head, kv_len, head_dim]: one gather of the rows' blocks into the layout SDPA
+        takes (the indices computed once per forward when its `slots` are given)."""
+        key = (row0, b, kv_len)
+        rows = slots.reads.get(key) if slots is not None else None
+        if rows is None:
+            t = torch.arange(kv_len, device=self.tables.device)
+            blk = self.tables[row0:row0 + b, t // self.block]  # [b, T]
+            rows = self._rows(blk[:, :, None], (t % self.block)[None, :, None])  # [b, T, kvh]
+            rows = rows.transpose(1, 2).flatten()
+            if slots is not None:
+                slots.reads[key] = rows
+        kv = self.pool.kv[self.plane][layer]
+        d = kv.shape[-1]
+        g = kv.view(2, -1, d).index_select(1, rows).view(2, b, -1, kv_len, d)
         return g[0], g[1]
 
     def layer(self, layer: int) -> torch.Tensor:

@@ -141,6 +141,7 @@ class TorchEngine:
         self._views: list[PagedKV] = []  # the pool through `tables`, per model (target, draft)
         self._born = 0  # rows admitted so far (a row's age)
         self.preemptions = 0  # rows preempted because the pool was full
+        self._crowded = False  # a row was preempted and none has finished since: admit nobody
         self.peak_kv_bytes = 0  # decoding KV and prefix cache
         self.peak_decode_kv_bytes = 0  # decoding KV (what kv_memory bounds)
         self._forward = torch.compile(self.model.forward, dynamic=True) if compile else self.model.forward
@@ -253,6 +254,7 @@ class TorchEngine:
             for i in rows:
                 self._free_row(self._batch.rows[i])
             self._batch.remove(rows, self._move_rows)
+            self._crowded = False
 
     def _recover(self, err: Exception) -> None:
         involved = {id(r.req): r.req for r in self._batch.rows}
@@ -424,6 +426,7 @@ class TorchEngine:
             self._pending.remove(row.req)
         self._pending.appendleft(row.req)
         self.preemptions += 1
+        self._crowded = True
 
     # --- admission and decoding -------------------------------------------------------------
     def _mask(self, pos: torch.Tensor, kv_len: int, window: int | None | bool = False) -> torch.Tensor:
@@ -441,13 +444,14 @@ class TorchEngine:
         """(request, samples) chunks that fit the free rows and the free blocks, in arrival
         order: a request's prompt blocks (none when a sample of it runs: they are shared) and
         `RESERVE` blocks per sample for its first writes, after what running rows about to
-        start a block need."""
+        start a block need. After a preemption nothing is admitted until a row finishes (else
+        the rows admitted would be the next preempted, their work thrown away)."""
         batch, pending, pool, bs = self._batch, self._pending, self.pool, self.kv_block
         free, chunks = self.max_batch_size - len(batch.rows), []
         blocks = pool.n_free() - sum((r.length - 1) % bs == 0 for r in batch.rows)
         running = {id(r.req): r.req for r in batch.rows}
         alone = [r for r in running.values() if r.alone]
-        while pending and free > 0:
+        while pending and free > 0 and not (self._crowded and batch.rows):
             req = pending[0]
             if (alone and req is not alone[0]) or (req.alone and (chunks or (running and id(req) not in running))):
                 break
@@ -801,6 +805,7 @@ class TorchEngine:
         if self.prefix.capacity:
             self.prefix.insert(req.ids + gen[:-1], self.pool.read_positions(row.blocks, 0, computed))
         self._free_row(row)
+        self._crowded = False
         req.usage.completion_tokens += len(gen)
         req.usage.flops += self.shape.span_flops(len(req.ids), len(gen))
         ids = gen[:-1] if gen[-1] in self.eos else gen
