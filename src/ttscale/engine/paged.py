@@ -193,21 +193,22 @@ class PagedKV:
     def read(self, layer: int, row0: int, b: int, kv_len: int, slots: Slots | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of positions 0..kv_len-1 of rows row0..row0+b-1, each
-        [b, n_kv_head, kv_len, head_dim]: one gather of the rows' blocks into the layout SDPA
-        takes (the indices computed once per forward when its `slots` are given)."""
-        key = (row0, b, kv_len)
+        [b, n_kv_head, kv_len, head_dim]: one gather of whole (block, head) chunks of the rows'
+        blocks into the layout SDPA takes (the indices computed once per forward when its
+        `slots` are given)."""
+        nb = -(-kv_len // self.block)
+        key = (row0, b, nb)
         rows = slots.reads.get(key) if slots is not None else None
         if rows is None:
-            t = torch.arange(kv_len, device=self.tables.device)
-            blk = self.tables[row0:row0 + b, t // self.block]  # [b, T]
-            rows = self._rows(blk[:, :, None], (t % self.block)[None, :, None])  # [b, T, kvh]
-            rows = rows.transpose(1, 2).flatten()
+            kvh = self.pool.planes[self.plane].n_kv_head
+            blk = self.tables[row0:row0 + b, :nb]
+            rows = (blk[:, None, :] * kvh + torch.arange(kvh, device=blk.device)[None, :, None]).flatten()
             if slots is not None:
                 slots.reads[key] = rows
         kv = self.pool.kv[self.plane][layer]
         d = kv.shape[-1]
-        g = kv.view(2, -1, d).index_select(1, rows).view(2, b, -1, kv_len, d)
-        return g[0], g[1]
+        g = kv.view(2, -1, self.block * d).index_select(1, rows).view(2, b, -1, nb * self.block, d)
+        return g[0, :, :, :kv_len], g[1, :, :, :kv_len]
 
     def layer(self, layer: int) -> torch.Tensor:
         """[2, blocks + 1, n_kv_head, block, head_dim]: the pool tensor of one layer."""
