@@ -207,8 +207,9 @@ class PagedKV:
                 slots.reads[key] = rows
         kv = self.pool.kv[self.plane][layer]
         d = kv.shape[-1]
-        g = kv.view(2, -1, self.block * d).index_select(1, rows).view(2, b, -1, nb * self.block, d)
-        return g[0, :, :, :kv_len], g[1, :, :, :kv_len]
+        k, v = (kv[i].view(-1, self.block * d).index_select(0, rows).view(b, -1, nb * self.block, d)
+                for i in (0, 1))  # along dim 0 of a 2-D view: several times faster on CPU
+        return k[:, :, :kv_len], v[:, :, :kv_len]
 
     def layer(self, layer: int) -> torch.Tensor:
         """[2, blocks + 1, n_kv_head, block, head_dim]: the pool tensor of one layer."""
