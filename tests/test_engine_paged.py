@@ -225,3 +225,34 @@ def test_kv_options_are_checked_at_start_up(random_model_dir):
                                            rf"accepted: at least {eng.min_kv_memory} bytes"):
         TorchEngine(random_model_dir, max_seq_len=64, kv_block=4, kv_memory=eng.min_kv_memory - 1)
     assert eng.min_kv_memory == (64 // 4 + 1) * eng.block_bytes
+
+
+@pytest.mark.parametrize("h, g", [(4, 4), (8, 2)])
+def test_in_place_decode_attention_equals_sdpa_over_the_gathered_rows(h, g):
+    """Rows sharing their first blocks (read once by all their readers), blocks of one row each
+    (visited in place), rows of different lengths under a causal mask, GQA: the in-place
+    attention equals SDPA over each row's gathered positions."""
+    from ttscale.engine import paged_attention
+
+    gen = torch.Generator().manual_seed(3)
+    pool = BlockPool([Plane(1, g, 8, torch.float32)], 4, "cpu")
+    pool.kv[0].normal_(generator=gen)  # (the pool grows below; the new blocks are filled too)
+    prompt = pool.allocate(2)
+    lengths = [19, 11, 17, 6]
+    tables = torch.full((4, 6), SCRATCH)
+    for r, m in enumerate(lengths):
+        nb = -(-m // 4)
+        own = pool.allocate(nb - 2) if r < 3 else []
+        tables[r, :nb] = torch.tensor((prompt if r < 3 else pool.allocate(2)) + own)
+    pool.kv[0].normal_(generator=gen)
+    cache = PagedKV(pool, tables, scratch=24)
+    kv_len = max(lengths)
+    q = torch.randn(4, h, 1, 8, generator=gen)
+    mask = (torch.arange(kv_len)[None, :] < torch.tensor(lengths)[:, None]).view(4, 1, 1, kv_len)
+    k, v = cache.read(0, 0, 4, kv_len)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=g != h)
+    p = paged_attention.plan(tables[:, :-(-kv_len // 4)])
+    assert p is not None and p.shared.tolist() == sorted(prompt) and p.readers.shape == (2, 3)
+    y = paged_attention.attend(p, q, pool.kv[0][0, 0], pool.kv[0][0, 1], mask, kv_len)
+    assert torch.allclose(y, ref, atol=1e-5)
+    assert torch.allclose(cache.attend(0, q, 0, 4, kv_len, mask), ref, atol=1e-5)

@@ -209,10 +209,7 @@ class Gemma3(nn.Module):
             if sparse is not None and kind == "full_attention":
                 y = sparse.attend(i, qk[:, :h], cache, cfg.query_scale)
             else:
-                k, v = cache.read(i, row0, b, kv_len, slots)
-                y = F.scaled_dot_product_attention(
-                    qk[:, :h], k, v,
-                    attn_mask=masks[kind], scale=cfg.query_scale, enable_gqa=kvh != h)
+                y = cache.attend(i, qk[:, :h], row0, b, kv_len, masks[kind], slots, cfg.query_scale)
             x = x + _norm(F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo), n2, eps)
             gate, up = F.linear(_norm(x, n3, eps), wgu).split(ff, dim=-1)
             x = x + _norm(F.linear(F.gelu(gate, approximate="tanh") * up, wd), n4, eps)

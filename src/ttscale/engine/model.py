@@ -145,10 +145,7 @@ class Transformer(nn.Module):
             qk = qk * cos + _rotate_half(qk) * sin
             cache.write(i, slots, qk[:, h:].transpose(1, 2), qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd))
             if sparse is None:
-                k, v = cache.read(i, row0, b, kv_len, slots)
-                y = F.scaled_dot_product_attention(
-                    qk[:, :h], k, v,
-                    attn_mask=mask, enable_gqa=kvh != h)
+                y = cache.attend(i, qk[:, :h], row0, b, kv_len, mask, slots)
             else:
                 y = sparse.attend(i, qk[:, :h], cache)
             x = x + F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo)

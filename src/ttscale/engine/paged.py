@@ -21,6 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+
+from ttscale.engine import paged_attention
 
 SCRATCH = 0  # the block padding writes go to; never allocated, never read
 
@@ -210,6 +213,28 @@ class PagedKV:
         k, v = (kv[i].view(-1, self.block * d).index_select(0, rows).view(b, -1, nb * self.block, d)
                 for i in (0, 1))  # along dim 0 of a 2-D view: several times faster on CPU
         return k[:, :, :kv_len], v[:, :, :kv_len]
+
+    def attend(self, layer: int, q: torch.Tensor, row0: int, b: int, kv_len: int,
+               mask: torch.Tensor | None, slots: Slots | None = None,
+               scale: float | None = None) -> torch.Tensor:
+        """Attention of q [b, H, M, D] (rows row0..) over positions 0..kv_len-1 under `mask`
+        ([b, 1, M, kv_len] or None): one query per row is computed on the pool in place
+        (`engine.paged_attention`), several through `read` and SDPA."""
+        if q.shape[2] == 1:
+            nb = -(-kv_len // self.block)
+            key = ("plan", row0, b, nb)
+            if slots is not None and key in slots.reads:
+                p = slots.reads[key]
+            else:
+                p = paged_attention.plan(self.tables[row0:row0 + b, :nb])
+                if slots is not None:
+                    slots.reads[key] = p
+            if p is not None:
+                kv = self.pool.kv[self.plane][layer]
+                return paged_attention.attend(p, q, kv[0], kv[1], mask, kv_len, scale)
+        k, v = self.read(layer, row0, b, kv_len, slots)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                              enable_gqa=k.shape[1] != q.shape[1])
 
     def layer(self, layer: int) -> torch.Tensor:
         """[2, blocks + 1, n_kv_head, block, head_dim]: the pool tensor of one layer."""
