@@ -12,9 +12,11 @@ With a capacity (from `kv_memory`) the pool never holds more blocks; `allocate` 
 `PoolFull` and the engine preempts. Without one it grows as needed (never shrinks).
 
 `PagedKV` is what a forward receives: the pool seen through the batch's block tables, with
-`write` (K/V of new tokens by block id and offset) and `read` (a row range's blocks gathered
+`write` (K/V of new tokens by block id and offset), `read` (a row range's blocks gathered
 into the dense [B, n_kv_head, kv_len, head_dim] layout that `scaled_dot_product_attention`
-takes). The gather is plain PyTorch, hand-written: CPU torch has no paged-attention kernel.
+takes) and `attend` (a decode step on the pool in place, `engine.paged_attention`; several
+queries a row: `read` and SDPA). Plain PyTorch, hand-written: CPU torch has no
+paged-attention kernel.
 """
 from __future__ import annotations
 
