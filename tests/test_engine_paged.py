@@ -91,7 +91,7 @@ def _assert_same(ref, got):
         assert a.error is None and b.error is None
         assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
         for ca, cb in zip(a.completions, b.completions):
-            assert max(abs(x - y) for x, y in zip(ca.logprobs, cb.logprobs)) < 1e-4
+            assert max((abs(x - y) for x, y in zip(ca.logprobs, cb.logprobs)), default=0) < 1e-4
 
 
 def _assert_pool_empty(eng: TorchEngine):
@@ -251,8 +251,18 @@ def test_in_place_decode_attention_equals_sdpa_over_the_gathered_rows(h, g):
     mask = (torch.arange(kv_len)[None, :] < torch.tensor(lengths)[:, None]).view(4, 1, 1, kv_len)
     k, v = cache.read(0, 0, 4, kv_len)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=g != h)
-    p = paged_attention.plan(tables[:, :-(-kv_len // 4)])
+    assert paged_attention.plan(tables[:, :-(-kv_len // 4)]) is None  # 4 rows: gathered
+    p = paged_attention.plan(tables[:, :-(-kv_len // 4)], min_rows=1)
     assert p is not None and p.shared.tolist() == sorted(prompt) and p.readers.shape == (2, 3)
     y = paged_attention.attend(p, q, pool.kv[0][0, 0], pool.kv[0][0, 1], mask, kv_len)
     assert torch.allclose(y, ref, atol=1e-5)
     assert torch.allclose(cache.attend(0, q, 0, 4, kv_len, mask), ref, atol=1e-5)
+
+
+def test_a_large_batch_decodes_in_place_with_the_outputs_of_a_gathering_one(random_model_dir):
+    """40 rows (in place) against the same requests 20 rows at a time (gathered)."""
+    reqs = [Req(LONG, SP(n=24, temperature=1.0, max_tokens=24, seed=4, logprobs=True)),
+            Req("Q: 7*7\n", SP(n=16, temperature=0.7, max_tokens=24, seed=6, logprobs=True))]
+    wide = TorchEngine(random_model_dir, kv_block=4, prefix_cache_bytes=0)
+    narrow = TorchEngine(random_model_dir, kv_block=4, prefix_cache_bytes=0, max_batch_size=20)
+    _assert_same(narrow.generate(reqs), wide.generate(reqs))

@@ -45,10 +45,16 @@ class DecodePlan:
     shared_pairs: torch.Tensor  # [b*nb] bool
 
 
-def plan(tables: torch.Tensor) -> DecodePlan | None:
-    """The plan of rows whose block tables are `tables` [b, nb]; None when visiting the pool in
-    place would read much more than the rows' own blocks (a mostly idle pool)."""
+MIN_ROWS = 32  # fewer rows: gathering them costs less than this path's extra small ops
+
+
+def plan(tables: torch.Tensor, min_rows: int = MIN_ROWS) -> DecodePlan | None:
+    """The plan of rows whose block tables are `tables` [b, nb]; None when the batch has fewer
+    than `min_rows` rows or visiting the pool in place would read much more than the rows' own
+    blocks (a mostly idle pool): the caller gathers then."""
     b, nb = tables.shape
+    if b < min_rows:
+        return None
     dev = tables.device
     flat = tables.flatten()
     rows = torch.arange(b, device=dev).repeat_interleave(nb)
