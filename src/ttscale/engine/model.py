@@ -83,7 +83,7 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Transformer(nn.Module):
-    """The decoder. `forward` computes new tokens of a contiguous range of cache rows."""
+    """The decoder. `forward` computes new tokens of a contiguous range of block-table rows."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
