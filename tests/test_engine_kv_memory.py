@@ -22,12 +22,12 @@ def _workload():
 
 def test_workload_ten_times_the_bound_runs_within_it_unchanged(random_model_dir):
     free = TorchEngine(random_model_dir, max_seq_len=CONTEXT)
-    bound = (CONTEXT + 1) * free.kv_token_bytes  # one sequence of the context
+    bound = (CONTEXT // free.kv_block + 1) * free.block_bytes  # one sequence of the context
     tight = TorchEngine(random_model_dir, max_seq_len=CONTEXT, kv_memory=bound)
     ref = free.generate(_workload())
     handles = [tight.submit(r) for r in _workload()]
     while tight.step():
-        assert tight.cache.nbytes <= bound
+        assert tight.pool.nbytes <= bound
     got = [h.result for h in handles]
     assert free.peak_decode_kv_bytes >= 9 * bound  # what the workload takes unbounded
     assert tight.peak_decode_kv_bytes <= bound
@@ -45,8 +45,8 @@ def test_too_small_a_bound_is_a_startup_error(random_model_dir):
 
 # --- `--kv-memory` on the commands that build the engine -----------------------------------
 
-TINY = "ttscale-tiny"  # 256-token context: the smallest bound is 257 x 2048 = 526336 bytes
-SMALL = "600K"  # 614400 bytes: about three rows of a short prompt and 48 tokens
+TINY = "ttscale-tiny"  # 256-token context: the smallest bound is (16 + 1 scratch) blocks x 32768 = 557056 bytes
+SMALL = "600K"  # 614400 bytes: 18 blocks, a few samples of a short prompt and 48 tokens at a time
 
 
 
@@ -129,4 +129,4 @@ def test_a_kv_memory_below_one_context_row_reaches_the_engine_and_is_refused(com
     extra = ["--out", str(tmp_path / "s")] if command == "sweep" else []
     code, _, err = run_cli(monkeypatch, capsys, command, "--model", TINY, "--kv-memory", "512K",
                          *extra)
-    assert code == 2 and "kv_memory=524288 is too small; accepted: at least 526336 bytes" in err, err
+    assert code == 2 and "kv_memory=524288 is too small; accepted: at least 557056 bytes" in err, err

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from ttscale.engine import TorchEngine
-from ttscale.engine.kv_cache import KVCache
+from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane
 from ttscale.engine.sparse import (BlockSummaries, SparseAttention, SparseCounters, gather_attend,
                                    parse_sparse, plan_step, quest_bound, read_positions,
                                    select_blocks)
@@ -67,6 +67,21 @@ def test_engine_refuses_a_sliding_window_model(tmp_path):
 
 
 # --- the pieces against brute force -----------------------------------------------------------
+def _paged(layers: int, b: int, g: int, length: int, d: int, block: int, gen) -> PagedKV:
+    """A random paged cache of b rows of `length` positions whose blocks lie shuffled in the pool."""
+    nb = -(-length // block)
+    pool = BlockPool([Plane(layers, g, d, torch.float32)], block, "cpu")
+    ids = pool.allocate(b * nb)
+    perm = torch.randperm(len(ids), generator=gen).tolist()
+    tables = torch.tensor([[ids[perm[r * nb + j]] for j in range(nb)] + [SCRATCH] for r in range(b)])
+    pool.kv[0].normal_(generator=gen)
+    return PagedKV(pool, tables, scratch=length)
+
+
+def _blocks(cache: PagedKV) -> list[list[int]]:
+    return [row[:-1] for row in cache.tables.tolist()]
+
+
 def _brute_summaries(keys: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """keys [G, T, D] -> kmin, kmax [G, T // block, D] by a loop over blocks."""
     nb = keys.shape[1] // block
@@ -93,27 +108,33 @@ def _brute_selection(q: torch.Tensor, keys: torch.Tensor, n: int, cfg: SparseAtt
 
 @pytest.mark.parametrize("seed, h, g", [(0, 4, 4), (1, 4, 2), (2, 6, 1)])
 def test_selection_is_sinks_window_and_the_largest_bounds(seed, h, g):
-    """Summaries kept by BlockSummaries over a real KVCache, Quest's bound and select_blocks pick
+    """Summaries kept by BlockSummaries over a real paged pool, Quest's bound and select_blocks pick
     exactly the brute-force blocks, for rows of several lengths (short ones: every block)."""
     gen = torch.Generator().manual_seed(seed)
     cfg = SparseAttention(block=4, sink=1, window=2, topk=3)
     b, d, length, layers = 5, 8, 64, 2
-    cache = KVCache(layers, b, g, length, d, torch.float32, "cpu")
-    cache.kv.normal_(generator=gen)
+    cache = _paged(layers, b, g, length, d, cfg.block, gen)
     lengths = [64, 50, 37, 24, 9]  # the last two have no more than sink + window + topk blocks
-    summ = BlockSummaries(cache, cfg.block)
-    summ.update([m - 1 for m in lengths])
+    summ = BlockSummaries(cache.pool)
+    tables = _blocks(cache)
+    summ.update(tables, [m - 1 for m in lengths])
     for layer in range(layers):
+        keys = cache.read(layer, 0, b, length)[0]
         for r, m in enumerate(lengths):
-            lo, hi = _brute_summaries(cache.kv[layer, 0, r, :, :m - 1], cfg.block)
+            lo, hi = _brute_summaries(keys[r, :, :m - 1], cfg.block)
             k = lo.shape[1]
-            assert summ.done[r] == k
-            assert torch.equal(summ.kmin[layer, r, :, :k], lo) and torch.equal(summ.kmax[layer, r, :, :k], hi)
+            assert [summ.done[i] for i in tables[r]] == [True] * k + [False] * (len(tables[r]) - k)
+            ids = tables[r][:k]
+            assert torch.equal(summ.kmin[layer, ids].transpose(0, 1), lo)
+            assert torch.equal(summ.kmax[layer, ids].transpose(0, 1), hi)
     q = torch.randn(b, h, 1, d, generator=gen)
-    step = plan_step(cfg, summ, lengths, SparseCounters())
+    step = plan_step(cfg, summ, lengths, SparseCounters(), tables, cache.tables)
     for layer in range(layers):
         nc = step.n_cand
-        scores = quest_bound(q[:, :, 0], summ.kmin[layer, :, :, :nc], summ.kmax[layer, :, :, :nc])
+        keys = cache.read(layer, 0, b, length)[0]
+        idx = cache.tables[:, :nc]
+        scores = quest_bound(q[:, :, 0], summ.kmin[layer][idx].transpose(1, 2),
+                             summ.kmax[layer][idx].transpose(1, 2))
         blocks, valid = select_blocks(scores, step.n_blocks, cfg)
         assert blocks.shape == (b, g, cfg.budget)
         for r, m in enumerate(lengths):
@@ -121,7 +142,7 @@ def test_selection_is_sinks_window_and_the_largest_bounds(seed, h, g):
                 got = blocks[r, kv][valid[r, kv]].tolist()
                 assert len(got) == len(set(got)), "a block was selected twice"
                 qg = q[r, kv * (h // g):(kv + 1) * (h // g), 0]
-                assert set(got) == _brute_selection(qg, cache.kv[layer, 0, r, kv], m, cfg)
+                assert set(got) == _brute_selection(qg, keys[r, kv], m, cfg)
 
 
 def test_sparse_step_attends_to_exactly_the_selected_positions():
@@ -129,14 +150,13 @@ def test_sparse_step_attends_to_exactly_the_selected_positions():
     gen = torch.Generator().manual_seed(5)
     cfg = SparseAttention(block=4, sink=1, window=1, topk=2)
     b, h, g, d, length = 3, 4, 2, 8, 48
-    cache = KVCache(1, b, g, length, d, torch.float32, "cpu")
-    cache.kv.normal_(generator=gen)
+    cache = _paged(1, b, g, length, d, cfg.block, gen)
     lengths = [48, 33, 13]
-    summ = BlockSummaries(cache, cfg.block)
-    step = plan_step(cfg, summ, lengths, SparseCounters())
+    summ = BlockSummaries(cache.pool)
+    step = plan_step(cfg, summ, lengths, SparseCounters(), _blocks(cache), cache.tables)
     q = torch.randn(b, h, 1, d, generator=gen)
-    k, v = cache.layer(0)
-    y = step.attend(0, q, k, v)
+    k, v = cache.read(0, 0, b, length)
+    y = step.attend(0, q, cache)
     for r, m in enumerate(lengths):
         for head in range(h):
             kv = head // (h // g)
@@ -155,10 +175,20 @@ def test_gathering_every_block_equals_dense_attention(h, g):
     q = torch.randn(b, h, 1, d, generator=gen)
     k, v = torch.randn(b, g, t, d, generator=gen), torch.randn(b, g, t, d, generator=gen)
     n = torch.tensor([40, 23, 5])
-    nb = -(-40 // block)
+    nb = -(-t // block)
     blocks = torch.arange(nb).expand(b, g, nb)
     valid = blocks < (-(-n // block))[:, None, None]
-    y = gather_attend(q, k, v, blocks.clone(), valid, n, block)
+    # the rows' blocks, shuffled in a pool of [N, G, block, D]
+    pad = lambda x: torch.cat([x, torch.zeros(b, g, nb * block - t, d)], 2)  # noqa: E731
+    perm = torch.randperm(b * nb, generator=gen)
+    tables = perm.view(b, nb)
+    pools = []
+    for x in (k, v):
+        blocked = pad(x).view(b, g, nb, block, d).permute(0, 2, 1, 3, 4).reshape(b * nb, g, block, d)
+        pool = torch.empty_like(blocked)
+        pool[perm] = blocked
+        pools.append(pool)
+    y = gather_attend(q, pools[0], pools[1], tables, blocks.clone(), valid, n, block)
     mask = (torch.arange(t)[None, :] < n[:, None])[:, None, None]
     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=g != h)
     assert torch.allclose(y, ref, atol=1e-6)
@@ -272,9 +302,9 @@ def test_gathered_rows_under_budget_equal_dense(model, request):
 
 
 def test_summaries_follow_rows_as_they_join_move_and_leave(gqa_dir):
-    """Requests of different lengths finish at different steps (rows move into the holes) and
-    new ones are admitted while others run: after every step each live row's summaries equal
-    those computed from its cache."""
+    """Requests of different lengths finish at different steps (block tables move into the
+    holes) and new ones are admitted while others run: after every step the summaries of each
+    live row's complete blocks equal those computed from its keys."""
     cfg = SparseAttention(block=4, sink=1, window=1, topk=2)
     eng = TorchEngine(gqa_dir, sparse_attention=cfg, max_batch_size=4)
     prompts = [LONG, LONG[:60] + "\n", "Q: 1+2\n", LONG[:90] + "\n", LONG, "Q: 5*5-3\n"]
@@ -289,14 +319,17 @@ def test_summaries_follow_rows_as_they_join_move_and_leave(gqa_dir):
         summ = eng._summ
         if summ is None:
             continue
-        assert summ.cache is eng.cache
+        assert summ.pool is eng.pool
         for r, row in enumerate(eng._batch.rows):
-            k = summ.done[r]
-            assert k <= (row.length - 1) // cfg.block + 1
+            done = [summ.done[i] for i in row.blocks]
+            k = done.index(False) if False in done else len(done)
+            assert not any(done[k:]) and k <= (row.length - 1) // cfg.block
             for layer in range(eng.cfg.n_layer):
-                lo, hi = _brute_summaries(eng.cache.kv[layer, 0, r, :, :k * cfg.block], cfg.block)
-                assert torch.equal(summ.kmin[layer, r, :, :k], lo)
-                assert torch.equal(summ.kmax[layer, r, :, :k], hi)
+                keys = eng.cache.read(layer, r, 1, max(1, k * cfg.block))[0][0]
+                if k:
+                    lo, hi = _brute_summaries(keys, cfg.block)
+                    assert torch.equal(summ.kmin[layer, row.blocks[:k]].transpose(0, 1), lo)
+                    assert torch.equal(summ.kmax[layer, row.blocks[:k]].transpose(0, 1), hi)
     assert all(h.done and not h.result.error for h in handles)
     assert eng.stats()["sparse_sparse_steps"] > 0
 

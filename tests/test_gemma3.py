@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ttscale.engine import HFGenerator, TorchEngine
-from ttscale.engine.kv_cache import KVCache
+from ttscale.engine.paged import Plane, standalone
 from ttscale.engine.loader import load_model, read_config
 from ttscale.errors import TTScaleError
 from ttscale.types import GenerationRequest as Req, SamplingParams as SP
@@ -74,7 +74,7 @@ def _engine_logits(model_dir: str, ids: list[int], step_by_step: bool) -> torch.
     loaded = load_model(model_dir)
     model, cfg = loaded.model, loaded.config
     model.setup_rope(len(ids) + 1)
-    cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, len(ids), cfg.head_dim, torch.float32, "cpu")
+    cache = standalone(Plane(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, torch.float32), 1, len(ids), block=5)
     with torch.inference_mode():
         if not step_by_step:
             pos = torch.arange(len(ids))[None]

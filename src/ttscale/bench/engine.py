@@ -374,7 +374,7 @@ def bench_long(model: str | None = None, n: int = 64, prompt_tokens: int = 512,
                            f"context ({free.context_length}); accepted: at most {free.context_length - 96}")
     prompt = long_prompt(free.tokenize, prompt_tokens)
     req = GenerationRequest(prompt, SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0))
-    least = (free.context_length + 1) * free.kv_token_bytes
+    least = free.min_kv_memory  # one sequence of the model's context
     times: dict[str, list[float]] = {"unbounded": [], "bounded": []}
     bound = tight = None
     for _ in range(repeats):

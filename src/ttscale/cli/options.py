@@ -31,10 +31,10 @@ TIMEOUT = typer.Option(None, "--timeout", help="Seconds one request to the serve
 MAX_RETRIES = typer.Option(None, "--max-retries", help="Retries of a failed request (openai; "
                            "default 4), with exponential backoff: on 429, 5xx, a dropped "
                            "connection or a connect timeout (10 s); 0: none.")
-KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's decoding KV "
-                         "cache may take, e.g. 512M or 2G (K, M, G, T: powers of 1024): rows "
-                         "that do not fit wait for running ones to end, outputs are unchanged "
-                         "(torch; default: as much as a batch needs).")
+KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's paged KV "
+                         "pool may take, e.g. 512M or 2G (K, M, G, T: powers of 1024): when it "
+                         "is full the youngest sequences are preempted and recomputed, outputs "
+                         "are unchanged (torch; default: as much as a batch needs).")
 SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
                      "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
 EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long, "

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttscale.engine.kv_cache import KVCache
+from ttscale.engine.paged import PagedKV
 from ttscale.engine.model import ModelConfig, _rotate_half
 from ttscale.errors import TTScaleError, unknown
 
@@ -186,7 +186,7 @@ class Gemma3(nn.Module):
         causal = keys[None, None, :] <= pos[:, :, None] if mask is None else mask[:, 0]
         return (causal & near).unsqueeze(1)
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, row0: int,
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: PagedKV, row0: int,
                 kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None,
                 sparse=None) -> torch.Tensor:
         """Logits of new tokens; arguments as in `model.Transformer.forward` (`sparse` applies
@@ -197,23 +197,19 @@ class Gemma3(nn.Module):
         x = F.embedding(tokens, self.embed.weight) * self._embed_scale
         rope = {kind: (cos[pos].unsqueeze(1), sin[pos].unsqueeze(1)) for kind, (cos, sin) in self.rope.items()}
         masks = {"full_attention": mask, "sliding_attention": self._local_mask(pos, kv_len, mask)}
-        rows = torch.arange(row0, row0 + b, device=tokens.device)[:, None].expand(b, m)
+        slots = cache.slots(row0, pos)
         for i, (wqkv, bqkv, wo, bo, wgu, wd, n1, n2, n3, n4, nq, nk, kind) in enumerate(self._layers):
-            k_cache, v_cache = cache.layer(i)
             qkv = F.linear(_norm(x, n1, eps), wqkv, bqkv)
             q = _norm(qkv[..., :h * hd].view(b, m, h, hd), nq, eps)
             k = _norm(qkv[..., h * hd:(h + kvh) * hd].view(b, m, kvh, hd), nk, eps)
             qk = torch.cat([q, k], dim=2).transpose(1, 2)
             cos, sin = rope[kind]
             qk = qk * cos + _rotate_half(qk) * sin
-            k_cache[rows, :, pos] = qk[:, h:].transpose(1, 2)
-            v_cache[rows, :, pos] = qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd)
+            cache.write(i, slots, qk[:, h:].transpose(1, 2), qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd))
             if sparse is not None and kind == "full_attention":
-                y = sparse.attend(i, qk[:, :h], k_cache[:b], v_cache[:b], cfg.query_scale)
+                y = sparse.attend(i, qk[:, :h], cache, cfg.query_scale)
             else:
-                y = F.scaled_dot_product_attention(
-                    qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
-                    attn_mask=masks[kind], scale=cfg.query_scale, enable_gqa=kvh != h)
+                y = cache.attend(i, qk[:, :h], row0, b, kv_len, masks[kind], slots, cfg.query_scale)
             x = x + _norm(F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo), n2, eps)
             gate, up = F.linear(_norm(x, n3, eps), wgu).split(ff, dim=-1)
             x = x + _norm(F.linear(F.gelu(gate, approximate="tanh") * up, wd), n4, eps)

@@ -1,8 +1,8 @@
 """A plain-PyTorch decoder for Llama-, Qwen2- and Mistral-family checkpoints (gpt-fast style).
 
 One forward serves prefill and decode: each row of the batch carries its own positions, writes
-its keys and values into the preallocated cache at those positions and attends, under a mask,
-to its own earlier positions. Numerics follow transformers' implementation step by step (RMSNorm
+its keys and values into its blocks of the paged KV cache (`engine.paged`) at those positions
+and attends, under a mask, to its own earlier positions. Numerics follow transformers' implementation step by step (RMSNorm
 in float32, rotate-half RoPE), so greedy decoding matches it token for token.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ttscale.engine.kv_cache import KVCache
+from ttscale.engine.paged import PagedKV
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class Transformer(nn.Module):
-    """The decoder. `forward` computes new tokens of a contiguous range of cache rows."""
+    """The decoder. `forward` computes new tokens of a contiguous range of block-table rows."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -118,13 +118,14 @@ class Transformer(nn.Module):
              blk.mlp.w_down.weight, blk.mlp.w_down.bias)
             for blk in self.layers]
 
-    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: KVCache, row0: int,
+    def forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: PagedKV, row0: int,
                 kv_len: int, mask: torch.Tensor | None, last: torch.Tensor | None = None,
                 sparse=None) -> torch.Tensor:
         """Logits of new tokens.
 
-        tokens, pos: [B, M] token ids and their positions, for cache rows row0 .. row0+B-1
-        (padding tokens carry position `cache.scratch`, a slot that is never attended to).
+        tokens, pos: [B, M] token ids and their positions, for block-table rows row0 .. row0+B-1
+        of `cache` (padding tokens carry position `cache.scratch`: they write to the scratch
+        block, which is never attended to).
         mask: [B, 1, M, kv_len] bool, True where a query may attend to a cache position; None
         when every query may see all kv_len positions.
         last: [B] index in 0..M-1 of the token whose logits are wanted (default: every token).
@@ -137,20 +138,16 @@ class Transformer(nn.Module):
         x = F.embedding(tokens, self.embed.weight)
         cos = self.rope_cos[pos].unsqueeze(1)
         sin = self.rope_sin[pos].unsqueeze(1)
-        rows = torch.arange(row0, row0 + b, device=tokens.device)[:, None].expand(b, m)
+        slots = cache.slots(row0, pos)
         for i, (n1, wqkv, bqkv, wo, bo, n2, wgu, bgu, wd, bd) in enumerate(self._layers):
-            k_cache, v_cache = cache.layer(i)
             qkv = F.linear(_rms(x, n1, eps), wqkv, bqkv)
             qk = qkv[..., :(h + kvh) * hd].view(b, m, h + kvh, hd).transpose(1, 2)
             qk = qk * cos + _rotate_half(qk) * sin
-            k_cache[rows, :, pos] = qk[:, h:].transpose(1, 2)
-            v_cache[rows, :, pos] = qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd)
+            cache.write(i, slots, qk[:, h:].transpose(1, 2), qkv[..., (h + kvh) * hd:].view(b, m, kvh, hd))
             if sparse is None:
-                y = F.scaled_dot_product_attention(
-                    qk[:, :h], k_cache[row0:row0 + b, :, :kv_len], v_cache[row0:row0 + b, :, :kv_len],
-                    attn_mask=mask, enable_gqa=kvh != h)
+                y = cache.attend(i, qk[:, :h], row0, b, kv_len, mask, slots)
             else:
-                y = sparse.attend(i, qk[:, :h], k_cache[:b], v_cache[:b])
+                y = sparse.attend(i, qk[:, :h], cache)
             x = x + F.linear(y.transpose(1, 2).reshape(b, m, h * hd), wo, bo)
             gate, up = F.linear(_rms(x, n2, eps), wgu, bgu).split(ff, dim=-1)
             x = x + F.linear(F.silu(gate) * up, wd, bd)

@@ -121,7 +121,7 @@ class RequestHandle:
         self._updated.set()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Request:
     handle: RequestHandle
     ids: list[int]
@@ -129,8 +129,10 @@ class _Request:
     stops: list[str]
     max_new: int
     keys: list[int]  # the sampling stream of each sample (see sampling.sample_key)
-    next_j: int = 0  # the next sample to admit
+    next_j: int = 0  # the next sample to admit for the first time
+    requeued: list[int] = field(default_factory=list)  # preempted samples, admitted first
     alone: bool = False  # run without other requests (after a batch failed)
+    first_logits: torch.Tensor | None = None  # the prompt's last logits (restarts skip prefill)
     completions: list[Completion | None] = field(default_factory=list)
     streams: list[list[int]] = field(default_factory=list)  # tokens of each sample so far
     lp_streams: list[list[float]] = field(default_factory=list)  # and their logprobs (if asked)
@@ -142,10 +144,30 @@ class _Request:
         """Back to not started (a restart regenerates the same samples: keys are fixed)."""
         n = self.params.n
         self.next_j, self.remaining, self.usage = 0, n, Usage()
+        self.requeued, self.first_logits = [], None
         self.completions = [None] * n
         self.streams = [[] for _ in range(n)]
         self.lp_streams = [[] for _ in range(n)]
         self.top_streams = [[] for _ in range(n)]
+
+    @property
+    def waiting(self) -> int:
+        """Samples not running: preempted ones and those never admitted."""
+        return len(self.requeued) + self.params.n - self.next_j
+
+    def pop(self, k: int) -> list[int]:
+        """The next k samples to admit: preempted ones first, in sample order."""
+        js = self.requeued[:k]
+        del self.requeued[:k]
+        fresh = k - len(js)
+        js += range(self.next_j, self.next_j + fresh)
+        self.next_j += fresh
+        return js
+
+    def requeue(self, j: int) -> None:
+        """Sample j was preempted: it waits to be admitted again."""
+        self.requeued.append(j)
+        self.requeued.sort()
 
     @property
     def span(self) -> int:
@@ -153,8 +175,13 @@ class _Request:
         return len(self.ids) + self.max_new
 
 
-@dataclass
+@dataclass(eq=False)
 class _Row:
+    """A sample being decoded. `blocks`: its block table (ids in the paged pool). A sample
+    restarted after preemption regenerates its tokens in lists of its own while `replay` (the
+    tokens it streamed before) is longer; those tokens are forced, then the row takes over
+    the request's stream lists again, so no token is handed out twice or changed."""
+
     req: _Request
     j: int
     key: int = 0
@@ -162,6 +189,29 @@ class _Row:
     logprobs: list[float] = field(default_factory=list)
     top: list[dict[str, float]] = field(default_factory=list)
     lookup: object = None  # the prompt-lookup index of speculative decoding
+    blocks: list[int] = field(default_factory=list)
+    born: int = 0  # admission order: the largest is the youngest (preempted first)
+    replay: list[int] | None = None
+
+    @classmethod
+    def of(cls, req: _Request, j: int, born: int) -> "_Row":
+        if req.streams[j]:  # a restart: regenerate (forced) into lists of its own
+            return cls(req, j, req.keys[j], born=born, replay=req.streams[j])
+        return cls(req, j, req.keys[j], req.streams[j], req.lp_streams[j], req.top_streams[j],
+                   born=born)
+
+    def forced(self) -> int | None:
+        """The token this row must sample next while it replays (None: sample freely)."""
+        if self.replay is not None and len(self.gen) < len(self.replay):
+            return self.replay[len(self.gen)]
+        return None
+
+    def caught_up(self) -> None:
+        """After appending a token: once the replay is done, continue in the request's streams."""
+        if self.replay is not None and len(self.gen) >= len(self.replay):
+            r, j = self.req, self.j
+            self.gen, self.logprobs, self.top = r.streams[j], r.lp_streams[j], r.top_streams[j]
+            self.replay = None
 
     @property
     def length(self) -> int:
@@ -170,7 +220,7 @@ class _Row:
 
 
 class _Batch:
-    """The rows being decoded; row i lives in cache row i, its settings in tensors of length A."""
+    """The rows being decoded; row i uses block-table row i, its settings in tensors of length A."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -193,9 +243,9 @@ class _Batch:
         self.steps = torch.cat([self.steps, torch.ones(len(rows), dtype=torch.long, device=dev)])
         self.rp = self._params()
 
-    def remove(self, done: set[int], move: Callable[[list[int], list[int], int], None]) -> None:
-        """Drop rows `done`; the last live rows move into the holes (`move(src, dst, length)`
-        copies their KV)."""
+    def remove(self, done: set[int], move: Callable[[list[int], list[int]], None]) -> None:
+        """Drop rows `done`; the last live rows move into the holes (`move(src, dst)` moves their
+        block-table rows: no KV is copied)."""
         a, keep = len(self.rows), len(self.rows) - len(done)
         holes = [i for i in sorted(done) if i < keep]
         sources = [i for i in range(keep, a) if i not in done]
@@ -203,7 +253,7 @@ class _Batch:
         for h, s in zip(holes, sources):
             perm[h] = s
         if sources:
-            move(sources, holes, max(self.rows[s].length for s in sources))
+            move(sources, holes)
         idx = torch.tensor(perm, dtype=torch.long, device=self.device)
         self.rows = [self.rows[i] for i in perm]
         self.keys = [self.keys[i] for i in perm]

@@ -12,13 +12,14 @@ every position (exactly dense); when every row of a step is that short the step 
 path itself. Prefill (and anything but one token per row) stays dense.
 
 Block summaries are kept incrementally (`BlockSummaries`): kmin / kmax of a block are computed
-once, from the cache, the first sparse step after the block is complete, and kept beside the
-cache (copied when rows move, dropped when a row is admitted or the cache reallocated). Computing
-them from the cache every step would read every key every step, the very traffic the selection
-is meant to avoid; kept, they add one read of each key over a row's life and, per step, one
-min/max pair per candidate block (1/block of the keys). The memory: 1/block of the KV cache.
+once, from the paged pool (whose block is the sparse block), the first sparse step after the
+block is complete, and kept beside the pool by block id (a prompt block the n samples share is
+summarised once; a block handed out afresh is forgotten). Computing them every step would read
+every key every step, the very traffic the selection is meant to avoid; kept, they add one read
+of each key over a block's life and, per step, one min/max pair per candidate block (1/block of
+the keys). The memory: 1/block of the KV pool.
 
-The selected blocks are gathered (index_select on the cache) and dense SDPA runs over the
+The selected blocks are gathered (index_select on the pool, through the rows' block tables) and dense SDPA runs over the
 gathered positions only, so a sparse step reads fewer positions (`SparseCounters`), not a mask
 over all of them. On a CPU with models this small the gather and the selection cost about what
 they save; `ttscale bench engine --workload sparse` measures it.
@@ -142,21 +143,24 @@ def select_blocks(scores: torch.Tensor, n_blocks: torch.Tensor, cfg: SparseAtten
     return blocks.clamp(min=0).masked_fill(~valid, 0), valid
 
 
-def gather_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, blocks: torch.Tensor,
-                  valid: torch.Tensor, n: torch.Tensor, block: int, scale: float | None = None
-                  ) -> torch.Tensor:
+def gather_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: torch.Tensor,
+                  blocks: torch.Tensor, valid: torch.Tensor, n: torch.Tensor, block: int,
+                  scale: float | None = None) -> torch.Tensor:
     """Attention of q ([B, H, 1, D]) over the positions of the selected blocks only.
 
-    k, v: [B, G, T, D] (the rows' cache, contiguous rows); blocks, valid: [B, G, S] from
-    `select_blocks`; n: [B] positions of each row (0..n-1 exist). Returns [B, H, 1, D].
+    k, v: [N, G, block, D] (one layer of the paged pool); tables: [B, >= blocks] the rows' block
+    ids; blocks, valid: [B, G, S] from `select_blocks` (blocks of the row's sequence); n: [B]
+    positions of each row (0..n-1 exist). Returns [B, H, 1, D].
     """
-    b, g, t, d = k.shape
+    b, g, s = blocks.shape
+    d = k.shape[-1]
     h = q.shape[1]
-    p = (blocks[..., None] * block + torch.arange(block, device=k.device)).flatten(2)  # [B, G, S*block]
-    ok = valid.repeat_interleave(block, -1) & (p < n[:, None, None])
-    p = p.clamp(max=t - 1)
-    base = (torch.arange(b * g, device=k.device) * t).view(b, g, 1)
-    flat = (p + base).flatten()
+    dev = k.device
+    offs = torch.arange(block, device=dev)
+    ids = tables.gather(1, blocks.flatten(1)).view(b, g, s)
+    ok = (valid[..., None] & (blocks[..., None] * block + offs < n[:, None, None, None])).flatten(2)
+    rows = (ids * g + torch.arange(g, device=dev)[None, :, None]) * block  # first row of each block
+    flat = (rows[..., None] + offs).flatten()
     ks = k.reshape(-1, d).index_select(0, flat).view(b, g, -1, d)
     vs = v.reshape(-1, d).index_select(0, flat).view(b, g, -1, d)
     mask = ok.repeat_interleave(h // g, 1)[:, :, None]
@@ -175,62 +179,62 @@ def read_positions(n: list[int], cfg: SparseAttention) -> list[int]:
     return out
 
 
-# --- state kept beside the engine's KV cache ---------------------------------------------------
+# --- state kept beside the engine's KV pool ----------------------------------------------------
 class BlockSummaries:
-    """Per-channel min and max of the keys of every complete block of every cache row and layer:
-    kmin, kmax [n_layer, rows, n_kv_head, blocks, head_dim]; `done[r]` blocks of row r are
-    summarised. Filled lazily by `update`; `move` and `reset` follow the engine's row changes."""
+    """Per-channel min and max of the keys of every complete block of the paged pool:
+    kmin, kmax [n_layer, pool blocks + 1, n_kv_head, head_dim], indexed by block id (the pool's
+    block is the sparse block). `done[id]` says block `id` is summarised; a block shared by
+    several sequences (a prompt's) is summarised once. Filled lazily by `update`; the engine
+    calls `forget` for blocks it hands out afresh."""
 
-    CHUNK = 512  # blocks summarised per gather (bounds the temporary)
+    def __init__(self, pool):
+        self.pool, self.block = pool, pool.block
+        self.kmin = self.kmax = None
+        self.done: list[bool] = []
+        self._fit()
 
-    def __init__(self, cache, block: int):
-        self.cache, self.block = cache, block
-        n_layer, _, rows, kvh, length, d = cache.kv.shape
-        shape = (n_layer, rows, kvh, length // block, d)
-        self.kmin = torch.empty(shape, dtype=cache.kv.dtype, device=cache.kv.device)
-        self.kmax = torch.empty_like(self.kmin)
-        self.done = [0] * rows
+    def _fit(self) -> None:
+        """Grow to the pool's block count (summaries of existing blocks kept)."""
+        n = self.pool.n_blocks + 1
+        if self.kmin is not None and self.kmin.shape[1] >= n:
+            return
+        keys = self.pool.kv[0]
+        shape = (keys.shape[0], n, keys.shape[3], keys.shape[5])
+        kmin = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
+        kmax = torch.zeros_like(kmin)
+        if self.kmin is not None:
+            kmin[:, :self.kmin.shape[1]] = self.kmin
+            kmax[:, :self.kmax.shape[1]] = self.kmax
+        self.kmin, self.kmax = kmin, kmax
+        self.done += [False] * (n - len(self.done))
 
     @property
     def nbytes(self) -> int:
         return 2 * self.kmin.numel() * self.kmin.element_size()
 
-    def reset(self, start: int, end: int) -> None:
-        """Rows start..end-1 hold new sequences: nothing of them is summarised."""
-        for r in range(start, min(end, len(self.done))):
-            self.done[r] = 0
+    def forget(self, ids: list[int]) -> None:
+        """Blocks `ids` hold new contents: nothing of them is summarised."""
+        for i in ids:
+            if i < len(self.done):
+                self.done[i] = False
 
-    def move(self, src: list[int], dst: list[int]) -> None:
-        """Rows `src` were copied onto rows `dst` (pairwise)."""
-        if not dst:
-            return
-        s = torch.tensor(src, device=self.kmin.device)
-        d = torch.tensor(dst, device=self.kmin.device)
-        self.kmin[:, d] = self.kmin[:, s]
-        self.kmax[:, d] = self.kmax[:, s]
-        for a, b in zip(src, dst):
-            self.done[b] = self.done[a]
-
-    def update(self, written: list[int]) -> list[int]:
-        """Summarise the blocks completed in rows 0..len(written)-1 (`written[r]` positions of
-        row r hold keys); returns how many blocks of each row were summarised."""
-        pairs, made = [], []
-        for r, w in enumerate(written):
-            full = min(w // self.block, self.kmin.shape[3])
-            pairs += [(r, j) for j in range(self.done[r], full)]
-            made.append(max(0, full - self.done[r]))
-            self.done[r] = max(self.done[r], full)
-        if not pairs:
-            return made
-        keys = self.cache.kv[:, 0]  # [L, R, G, T, D]
-        dev = keys.device
-        offs = torch.arange(self.block, device=dev)
-        for i in range(0, len(pairs), self.CHUNK):
-            rj = torch.tensor(pairs[i:i + self.CHUNK], device=dev)
-            r, j = rj[:, 0], rj[:, 1]
-            blk = keys[:, r[:, None], :, j[:, None] * self.block + offs]  # [P, block, L, G, D]
-            self.kmin[:, r, :, j] = blk.amin(1)
-            self.kmax[:, r, :, j] = blk.amax(1)
+    def update(self, tables: list[list[int]], written: list[int]) -> list[int]:
+        """Summarise the complete blocks of each row (`tables[r]` its block ids, `written[r]` its
+        positions holding keys); returns how many blocks each row had summarised (a shared
+        block counts for the first row that needed it)."""
+        self._fit()
+        todo, made = [], []
+        for ids, w in zip(tables, written):
+            new = [i for i in ids[:w // self.block] if not self.done[i]]
+            for i in new:
+                self.done[i] = True
+            todo += new
+            made.append(len(new))
+        if todo:
+            idx = torch.tensor(todo, device=self.kmin.device)
+            blk = self.pool.kv[0][:, 0].index_select(1, idx)  # [L, P, G, block, D]
+            self.kmin[:, idx] = blk.amin(3)
+            self.kmax[:, idx] = blk.amax(3)
         return made
 
 
@@ -278,33 +282,36 @@ class SparseStep:
 
     cfg: SparseAttention
     summ: BlockSummaries
+    tables: torch.Tensor  # [B, width] block ids of each row
     n: torch.Tensor  # [B] positions of each row, the new token's included
     n_blocks: torch.Tensor  # [B]
     n_cand: int  # blocks 0..n_cand-1 hold every row's candidates
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               scale: float | None = None) -> torch.Tensor:
-        """q [B, H, 1, D]; k, v [B, G, T, D] (rows 0..B-1 of the layer's cache) -> [B, H, 1, D]."""
-        b = q.shape[0]
-        s = self.summ
-        nc = self.n_cand
-        scores = quest_bound(q[:, :, 0], s.kmin[layer, :b, :, :nc], s.kmax[layer, :b, :, :nc])
+    def attend(self, layer: int, q: torch.Tensor, cache, scale: float | None = None) -> torch.Tensor:
+        """q [B, H, 1, D] of rows 0..B-1; cache: the `paged.PagedKV` the forward writes to."""
+        s, nc = self.summ, self.n_cand
+        tab = self.tables
+        kmin = s.kmin[layer][tab[:, :nc]].transpose(1, 2)  # [B, G, nc, D]
+        kmax = s.kmax[layer][tab[:, :nc]].transpose(1, 2)
+        scores = quest_bound(q[:, :, 0], kmin, kmax)
         blocks, valid = select_blocks(scores, self.n_blocks, self.cfg)
-        return gather_attend(q, k, v, blocks, valid, self.n, self.cfg.block, scale)
+        kv = cache.layer(layer)
+        return gather_attend(q, kv[0], kv[1], tab, blocks, valid, self.n, self.cfg.block, scale)
 
 
-def plan_step(cfg: SparseAttention, summ: BlockSummaries, lengths: list[int], counters: SparseCounters
-              ) -> SparseStep | None:
-    """The sparse step of rows with `lengths` positions (new token included), or None when every
-    row is short enough to be dense; summaries brought up to date and the reads counted."""
+def plan_step(cfg: SparseAttention, summ: BlockSummaries, lengths: list[int], counters: SparseCounters,
+              tables: list[list[int]], table: torch.Tensor) -> SparseStep | None:
+    """The sparse step of rows with `lengths` positions (new token included) and block ids
+    `tables` (`table`: the same as a [B, width] tensor), or None when every row is short enough
+    to be dense; summaries brought up to date and the reads counted."""
     nbs = [-(-m // cfg.block) for m in lengths]
     if max(nbs) <= cfg.budget:
         counters.add(lengths, lengths)
         return None
-    made = summ.update([m - 1 for m in lengths])  # the new token's key is not written yet
+    made = summ.update(tables, [m - 1 for m in lengths])  # the new token's key is not written yet
     summaries = [(nb - cfg.window - cfg.sink if nb > cfg.budget else 0) + k * cfg.block / 2
                  for nb, k in zip(nbs, made)]
     counters.add(lengths, read_positions(lengths, cfg), summaries)
     dev = summ.kmin.device
-    return SparseStep(cfg, summ, torch.tensor(lengths, device=dev), torch.tensor(nbs, device=dev),
-                      max(0, max(nbs) - cfg.window))
+    return SparseStep(cfg, summ, table[:len(lengths)], torch.tensor(lengths, device=dev),
+                      torch.tensor(nbs, device=dev), max(0, max(nbs) - cfg.window))

@@ -1,14 +1,21 @@
-"""The project's own generation engine: plain PyTorch, batched, with automatic prefix caching.
+"""The project's own generation engine: plain PyTorch, batched, paged KV, automatic prefix caching.
 
 A step scheduler runs it (continuous batching across calls): `submit` queues a request and
 returns a `RequestHandle`; each `step` admits waiting requests into free rows, then decodes
 one token for every running row; `generate` submits a list and steps until all are done.
-  1. admit requests while cache rows are free: look up each prompt's longest cached prefix,
-     copy it in, prefill only the new tokens (prompts of similar length batched together, one
-     prefill per prompt however large n is), then clone the prompt's KV rows for its n samples;
-  2. decode all rows together, one token per row per step, each row at its own position;
+The KV lives in fixed-size blocks of one pool (`engine.paged`), each sequence with its block
+table; `kv_memory` bounds the pool.
+  1. admit requests while rows and blocks are free: look up each prompt's longest cached
+     prefix, copy it in, prefill only the new tokens (prompts of similar length batched
+     together, a long prompt in chunks of `prefill_tokens`, one prefill per prompt however
+     large n is); the n samples share the prompt's blocks (reference counts);
+  2. decode all rows together, one token per row per step, each row at its own position; a
+     row about to write into a shared block copies it first (copy-on-write), and when the pool
+     has no block left the youngest rows are preempted: their blocks are freed and they start
+     again later (see `_preempt`: outputs are those of an unbounded run);
   3. a row that ends (EOS, stop string, max_tokens, context) stores its computed tokens in the
-     prefix cache, frees its row (the last row moves into the hole) and admission resumes.
+     prefix cache, frees its blocks (the last row's table moves into the hole) and admission
+     resumes.
 Threads: see `engine.scheduler` (submit and handles from any thread, one driving thread).
 """
 from __future__ import annotations
@@ -21,8 +28,8 @@ from pathlib import Path
 import torch
 
 from ttscale.engine.flops import ModelShape
-from ttscale.engine.kv_cache import KVCache
 from ttscale.engine.loader import load_model
+from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane
 from ttscale.engine.prefix_cache import PrefixCache
 from ttscale.engine.sampling import RowParams, check_params, normalize_stop, sample, sample_key
 from ttscale.engine.scheduler import RequestHandle, _Batch, _Request, _Row
@@ -52,15 +59,18 @@ def parse_device(device: str) -> torch.device:
 class TorchEngine:
     """A `Generator` over a Llama/Qwen2/Mistral checkpoint directory (Hugging Face format).
 
-    max_batch_size: most sequences decoded at once (cache rows); more samples wait their turn.
+    max_batch_size: most sequences decoded at once (rows); more samples wait their turn.
     max_seq_len: cap on the context (default: the model's max_position_embeddings).
     prefix_cache_bytes: memory bound of the prefix cache (0 switches prefix caching off).
-    prefill_tokens: padded tokens per prefill forward when batching prompts together.
+    prefill_tokens: padded tokens per prefill forward when batching prompts together; a longer
+    prompt is prefilled in chunks of this many tokens, each attending to the earlier ones.
     compile: run the forward through torch.compile.
     speculative: {"draft": "ngram" or a smaller model sharing the tokenizer, "k": tokens drafted
     per round} (see `engine.speculative`); None decodes one token per step.
-    kv_memory: bytes the decoding KV cache (the draft's and the block summaries of sparse
-    attention included) may take; None: as needed.
+    kv_memory: bytes the paged KV pool (the draft's KV and the block summaries of sparse
+    attention included) may take; None: as needed. Under the bound no request fails or changes
+    its output: rows are preempted and recomputed.
+    kv_block: positions per KV block (default 16; under sparse_attention its block).
     sparse_attention: "block=16,sink=1,window=4,topk=4" (or a dict / `SparseAttention`): each
     decode step attends to the sink blocks, the window blocks and the topk blocks of largest
     Quest bound only (see `engine.sparse`); None: dense. Not with `speculative`.
@@ -71,7 +81,8 @@ class TorchEngine:
                  prefix_cache_bytes: int = 256 * 2**20, prefill_tokens: int = 4096,
                  compile: bool = False, model_name: str | None = None,
                  speculative: dict | SpecConfig | None = None, kv_memory: int | None = None,
-                 sparse_attention: str | dict | SparseAttention | None = None):
+                 sparse_attention: str | dict | SparseAttention | None = None,
+                 kv_block: int | None = None):
         if max_batch_size < 1:
             raise TTScaleError(f"max_batch_size={max_batch_size} is out of range; accepted: >= 1")
         if prefix_cache_bytes < 0:
@@ -95,28 +106,42 @@ class TorchEngine:
         self.sparse_counters = SparseCounters()  # what decode steps read (`stats`)
         self.model.setup_rope(self.context_length + 1)
         self.spec_drafted = self.spec_accepted = 0  # draft tokens proposed and kept
-        self.draft, self.draft_cache = None, None
+        self.draft = None
         if self.spec and self.spec.draft != NGRAM:
             self.draft = self._load_draft(self.spec.draft, dtype)
-        self.kv_token_bytes = self._token_bytes(self.cfg, self.model)
+        self.kv_block = self._check_block(kv_block)
+        self._planes = [Plane(self.cfg.n_layer, self.cfg.n_kv_head, self.cfg.head_dim,
+                              self.model.embed.weight.dtype)]
         if self.draft is not None:
-            self.kv_token_bytes += self._token_bytes(self.draft.config, self.draft.model)
-        if self.sparse:  # a min and a max key per block: 1/block of the keys and values
-            self.kv_token_bytes += -(-self.kv_token_bytes // self.sparse.block)
+            d = self.draft.config
+            self._planes.append(Plane(d.n_layer, d.n_kv_head, d.head_dim, self.draft.model.embed.weight.dtype))
+        token = self._planes[0].block_bytes(1)  # a min and a max key per block under sparse attention
+        self.block_bytes = sum(p.block_bytes(self.kv_block) for p in self._planes) + (token if self.sparse else 0)
+        self.kv_token_bytes = -(-self.block_bytes // self.kv_block)  # KV bytes of one position
         self.kv_memory = kv_memory
+        self.kv_blocks: int | None = None  # the pool's bound in blocks (None: as needed)
+        blocks = -(-self.context_length // self.kv_block)
+        self.min_kv_memory = need = (blocks + 1) * self.block_bytes  # the least kv_memory accepted
         if kv_memory is not None:
-            need = (self.context_length + 1) * self.kv_token_bytes
             if isinstance(kv_memory, bool) or not isinstance(kv_memory, int) or kv_memory < need:
                 raise TTScaleError(
                     f"kv_memory={kv_memory!r} is too small; accepted: at least {need} bytes "
                     f"({need / 2**20:.1f} MiB: one sequence of the model's context, "
-                    f"{self.context_length} tokens, at {self.kv_token_bytes} bytes a token)")
+                    f"{self.context_length} tokens in {blocks} blocks of {self.kv_block} positions, "
+                    f"and the scratch block, at {self.block_bytes} bytes a block)")
+            self.kv_blocks = kv_memory // self.block_bytes - 1  # the scratch block is counted
         self.shape = ModelShape(self.model.n_params(), self.cfg.n_layer, self.cfg.d_model)
         self.max_batch_size, self.prefill_tokens = max_batch_size, prefill_tokens
         dt = self.model.embed.weight.dtype
         self.prefix = PrefixCache(self.cfg.n_layer, self.cfg.n_kv_head, self.cfg.head_dim, dt,
                                   self.device, prefix_cache_bytes)
-        self.cache: KVCache | None = None
+        self.pool: BlockPool | None = None  # made at the first admission
+        self._width = -(-(self.context_length + 1 + (self.spec.k if self.spec else 0)) // self.kv_block) + 1
+        self.tables = torch.full((max_batch_size, self._width), SCRATCH, dtype=torch.long, device=self.device)
+        self._views: list[PagedKV] = []  # the pool through `tables`, per model (target, draft)
+        self._born = 0  # rows admitted so far (a row's age)
+        self.preemptions = 0  # rows preempted because the pool was full
+        self._crowded = False  # a row was preempted and none has finished since: admit nobody
         self.peak_kv_bytes = 0  # decoding KV and prefix cache
         self.peak_decode_kv_bytes = 0  # decoding KV (what kv_memory bounds)
         self._forward = torch.compile(self.model.forward, dynamic=True) if compile else self.model.forward
@@ -226,12 +251,16 @@ class TorchEngine:
         if rows:
             for req in {id(self._batch.rows[i].req): self._batch.rows[i].req for i in rows}.values():
                 req.handle._finish(gone)
+            for i in rows:
+                self._free_row(self._batch.rows[i])
             self._batch.remove(rows, self._move_rows)
+            self._crowded = False
 
     def _recover(self, err: Exception) -> None:
         involved = {id(r.req): r.req for r in self._batch.rows}
         involved.update({id(r): r for r in self._admitting})
         self._batch, self._admitting = _Batch(self.device), []
+        self.pool, self._summ, self._views = None, None, []  # no row holds a block: start afresh
         reqs = list(involved.values())
         for req in reqs:
             if req in self._pending:
@@ -245,10 +274,16 @@ class TorchEngine:
             req.alone = True
             self._pending.appendleft(req)
 
-    @staticmethod
-    def _token_bytes(cfg, model) -> int:
-        """KV bytes of one position (scratch included in a row's length + 1)."""
-        return 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * model.embed.weight.element_size()
+    def _check_block(self, kv_block: int | None) -> int:
+        """Positions per KV block: `kv_block`, else the sparse block, else 16."""
+        if kv_block is None:
+            return self.sparse.block if self.sparse else 16
+        if isinstance(kv_block, bool) or not isinstance(kv_block, int) or kv_block < 1:
+            raise TTScaleError(f"kv_block={kv_block!r} is out of range; accepted: an integer >= 1")
+        if self.sparse and kv_block != self.sparse.block:
+            raise TTScaleError(f"kv_block={kv_block} differs from the sparse_attention block "
+                               f"({self.sparse.block}); accepted: {self.sparse.block} (or no kv_block)")
+        return kv_block
 
     def _load_draft(self, name: str, dtype: str):
         from ttscale.models.registry import resolve_model
@@ -289,45 +324,109 @@ class TorchEngine:
         req.reset()
         return req
 
-    def _ensure_cache(self, rows: int, length: int) -> KVCache:
-        """The KV cache, grown (contents kept) to at least `rows` x `length`."""
-        c = self.cache
-        if c is None or c.rows < rows or c.length < length:
-            rows, length = max(rows, c.rows if c else 0), max(length, c.length if c else 0)
-            self._summ = None  # the block summaries of sparse attention follow the new cache
-            cfg = self.cfg
-            new = KVCache(cfg.n_layer, rows, cfg.n_kv_head, length, cfg.head_dim,
-                          self.model.embed.weight.dtype, self.device)
-            if c is not None and self._batch.rows:
-                n = len(self._batch.rows)
-                new.kv[:, :, :n, :, :c.length] = c.kv[:, :, :n, :, :c.length]
-            self.cache = None
-            self.cache = new
-            if self.draft is not None:
-                dc, dcfg = self.draft_cache, self.draft.config
-                new = KVCache(dcfg.n_layer, rows, dcfg.n_kv_head, length, dcfg.head_dim,
-                              self.draft.model.embed.weight.dtype, self.device)
-                if dc is not None and self._batch.rows:
-                    n = len(self._batch.rows)
-                    new.kv[:, :, :n, :, :dc.length] = dc.kv[:, :, :n, :, :dc.length]
-                self.draft_cache = None
-                self.draft_cache = new
-        decode = self.cache.nbytes + (self.draft_cache.nbytes if self.draft_cache is not None else 0)
+    # --- the paged KV pool ------------------------------------------------------------------
+    def _pool(self) -> BlockPool:
+        """The pool (made at the first admission, and again after a failed step)."""
+        if self.pool is None:
+            self.pool = BlockPool(self._planes, self.kv_block, self.device, self.kv_blocks,
+                                  self.block_bytes - sum(p.block_bytes(self.kv_block) for p in self._planes))
+            self._views = [PagedKV(self.pool, self.tables, self.context_length, plane)
+                           for plane in range(len(self._planes))]
+            self._summ = BlockSummaries(self.pool) if self.sparse else None
+        return self.pool
+
+    @property
+    def cache(self) -> PagedKV | None:
+        """The target model's view of the pool (what its forward receives)."""
+        return self._views[0] if self._views else None
+
+    def _alloc(self, n: int) -> list[int]:
+        """n fresh blocks (PoolFull under the bound when there are not enough)."""
+        ids = self.pool.allocate(n)
+        if self._summ is not None:
+            self._summ.forget(ids)
+        self._note_memory()
+        return ids
+
+    def _note_memory(self) -> None:
+        decode = self.pool.nbytes + (self._summ.nbytes if self._summ is not None else 0)
         self.peak_decode_kv_bytes = max(self.peak_decode_kv_bytes, decode)
         self.peak_kv_bytes = max(self.peak_kv_bytes, decode + self.prefix.nbytes)
-        return self.cache
 
-    def _bounded_cache(self, rows_wanted: int, span: int) -> KVCache:
-        """Under `kv_memory`: while rows run, the cache stays as it is (requests longer than it
-        wait); once idle, it is reallocated as rows x span within the bound (old one freed first)."""
-        c = self.cache
-        if self._batch.rows and c is not None:
-            return c
-        rows = min(self.max_batch_size, rows_wanted, self.kv_memory // ((span + 1) * self.kv_token_bytes))
-        if c is None or c.length < span or c.rows < rows:
-            self.cache = self.draft_cache = None
-            self._ensure_cache(rows, span)
-        return self.cache
+    def _set_tables(self, first: int, rows: list[_Row]) -> None:
+        """Write the block tables of rows first.. into `tables` (the rest of each row: scratch)."""
+        t = torch.full((len(rows), self._width), SCRATCH, dtype=torch.long)
+        for i, r in enumerate(rows):
+            t[i, :len(r.blocks)] = torch.tensor(r.blocks, dtype=torch.long)
+        self.tables[first:first + len(rows)] = t.to(self.device)
+
+    def _free_row(self, row: _Row) -> None:
+        self.pool.release(row.blocks)
+        row.blocks = []
+
+    def _move_rows(self, src: list[int], dst: list[int]) -> None:
+        """Rows `src` move to rows `dst`: their block tables move (no KV is copied)."""
+        s = torch.tensor(src, device=self.device)
+        self.tables[torch.tensor(dst, device=self.device)] = self.tables[s]
+
+    def _writable(self, ahead: int, back: int = 0) -> None:
+        """Give every row blocks it may write for positions length-1-back .. length-1+ahead:
+        new blocks past its table, copies of blocks it shares (copy-on-write). When the pool
+        lacks blocks the youngest rows are preempted until the rest fit."""
+        pool, bs, last = self.pool, self.kv_block, self.context_length - 1
+        while True:
+            rows = self._batch.rows
+            spans = [((r.length - 1 - back) // bs, min(r.length - 1 + ahead, last) // bs) for r in rows]
+            new = sum(max(0, c1 + 1 - len(r.blocks)) for r, (_, c1) in zip(rows, spans))
+            wanting: dict[int, int] = {}  # shared block -> rows about to write it
+            for r, (c0, c1) in zip(rows, spans):
+                for b in r.blocks[max(c0, 0):c1 + 1]:
+                    if pool.refs[b] > 1:
+                        wanting[b] = wanting.get(b, 0) + 1
+            copies = sum(n - (n == pool.refs[b]) for b, n in wanting.items())  # the last keeps it
+            if new + copies <= pool.n_free() or len(rows) <= 1:
+                break
+            self._preempt(max(range(len(rows)), key=lambda i: rows[i].born))
+        changed = []
+        for i, (r, (c0, c1)) in enumerate(zip(rows, spans)):
+            touched = False
+            for c in range(max(c0, 0), min(c1 + 1, len(r.blocks))):
+                b = r.blocks[c]
+                if pool.refs[b] > 1:
+                    nb = pool.copy_on_write(b)
+                    if self._summ is not None:
+                        self._summ.forget([nb])
+                    r.blocks[c] = nb
+                    touched = True
+            if c1 + 1 > len(r.blocks):
+                r.blocks += self._alloc(c1 + 1 - len(r.blocks))
+                touched = True
+            if touched:
+                changed.append(i)
+        self._note_memory()
+        for i in changed:
+            self.tables[i, :len(rows[i].blocks)] = torch.tensor(rows[i].blocks, device=self.device)
+
+    def _preempt(self, idx: int) -> None:
+        """Stop row idx for now: free its blocks and queue its sample to start again.
+
+        A restarted sample is recomputed from scratch, not by a prefill of its prompt and
+        tokens (vLLM's way): it decodes again token by token with its own key and step
+        numbers, so its logits are those of the decode path it had (a prefill computes them
+        another way, and a float difference could flip a near-tie). While it catches up, its
+        tokens are forced to those it streamed before (`_Row.replay`): a handle never sees a
+        token twice or changed, and the finished output is that of an unbounded run.
+        """
+        batch = self._batch
+        row = batch.rows[idx]
+        self._free_row(row)
+        batch.remove({idx}, self._move_rows)
+        row.req.requeue(row.j)
+        if row.req in self._pending:
+            self._pending.remove(row.req)
+        self._pending.appendleft(row.req)
+        self.preemptions += 1
+        self._crowded = True
 
     # --- admission and decoding -------------------------------------------------------------
     def _mask(self, pos: torch.Tensor, kv_len: int, window: int | None | bool = False) -> torch.Tensor:
@@ -341,89 +440,125 @@ class TorchEngine:
             mask |= (pos >= kv_len)[:, :, None]  # padding: any non-empty row will do
         return mask.unsqueeze(1)
 
-    def _take(self, rows: int, length: int) -> list[tuple[_Request, int, int]]:
-        """(request, first sample, samples) chunks that fit the free rows of a cache of `rows`
-        rows x `length` positions, in arrival order."""
-        batch, pending = self._batch, self._pending
-        free, chunks = rows - len(batch.rows), []
+    def _take(self) -> list[tuple[_Request, list[int]]]:
+        """(request, samples) chunks that fit the free rows and the free blocks, in arrival
+        order: a request's prompt blocks (none when a sample of it runs: they are shared) and
+        `RESERVE` blocks per sample for its first writes, after what running rows about to
+        start a block need. After a preemption nothing is admitted until a row finishes (else
+        the rows admitted would be the next preempted, their work thrown away)."""
+        batch, pending, pool, bs = self._batch, self._pending, self.pool, self.kv_block
+        free, chunks = self.max_batch_size - len(batch.rows), []
+        blocks = pool.n_free() - sum((r.length - 1) % bs == 0 for r in batch.rows)
         running = {id(r.req): r.req for r in batch.rows}
         alone = [r for r in running.values() if r.alone]
-        while pending and free > 0:
+        while pending and free > 0 and not (self._crowded and batch.rows):
             req = pending[0]
             if (alone and req is not alone[0]) or (req.alone and (chunks or (running and id(req) not in running))):
                 break
-            if req.span > length:  # waits until the running rows are done (bounded memory)
+            if chunks and chunks[-1][0] is req:  # what was left of it does not fit
                 break
-            take = min(req.params.n - req.next_j, free)
-            chunks.append((req, req.next_j, take))
-            req.next_j += take
+            need = 0 if id(req) in running else -(-len(req.ids) // bs)
+            take = min(req.waiting, free, (blocks - need) // self.RESERVE)
+            if take < 1:
+                if batch.rows or chunks:
+                    break  # waits for blocks to be freed
+                take = 1  # an empty pool holds one sequence of the context (checked at start-up)
+            chunks.append((req, req.pop(take)))
             free -= take
-            if req.next_j == req.params.n:
+            blocks -= need + take * self.RESERVE
+            if req.waiting == 0:
                 pending.popleft()
             if req.alone:
                 break
         return chunks
 
+    RESERVE = 1  # free blocks an admitted sample needs (its first write: a new or copied block)
+
     def _admit(self) -> None:
-        batch = self._batch
-        rows_wanted = len(batch.rows) + sum(r.params.n - r.next_j for r in self._pending)
-        span = max([r.span for r in self._pending] + [r.req.span for r in batch.rows])
-        if self.kv_memory is None:
-            cache = self._ensure_cache(min(self.max_batch_size, rows_wanted), span)
-            rows = self.max_batch_size
-        else:
-            cache = self._bounded_cache(rows_wanted, span)
-            rows = cache.rows
-        chunks = self._take(rows, cache.length)
+        pool, batch, bs = self._pool(), self._batch, self.kv_block
+        chunks = self._take()
         if not chunks:
             return
         self._admitting = [c[0] for c in chunks]
-        hits = [self.prefix.match(req.ids[:-1]) for req, _, _ in chunks]
-        order = sorted(range(len(chunks)), key=lambda c: len(chunks[c][0].ids) - len(hits[c]))
+        running: dict[int, _Row] = {}
+        for r in batch.rows:
+            running.setdefault(id(r.req), r)
+        # a request with a running sample shares its prompt blocks; the others are prefilled
+        fresh = [c for c in range(len(chunks)) if id(chunks[c][0]) not in running]
+        hits = {c: self.prefix.match(chunks[c][0].ids[:-1]) for c in fresh}
+        fresh.sort(key=lambda c: len(chunks[c][0].ids) - len(hits[c]))
+        order = fresh + [c for c in range(len(chunks)) if c not in hits]
         a0 = len(batch.rows)
-        for rank, c in enumerate(order):
+        firsts = []  # the first new row of each chunk, in `order`
+        for c in order:
+            req, js = chunks[c]
+            row = self._new_row(req, js[0])
+            src = running.get(id(req))
+            if src is None:
+                row.blocks = self._alloc(-(-len(req.ids) // bs))
+            else:
+                row.blocks = src.blocks[:-(-len(req.ids) // bs)]
+                pool.share(row.blocks)
+            firsts.append(row)
+        self._set_tables(a0, firsts)
+        for rank, c in enumerate(fresh):
             if hits[c]:
-                cache.write(a0 + rank, 0, self.prefix.gather(hits[c]))
-        logits = self._prefill([(chunks[c][0].ids, len(hits[c])) for c in order], a0, cache)
-        new_rows, src, dst, source_of = [], [], [], []
-        for rank, c in enumerate(order):
-            req, j0, _ = chunks[c]
-            h = len(hits[c])
-            if j0 == 0:
+                pool.write_positions(firsts[rank].blocks, 0, self.prefix.gather(hits[c]))
+        items = [(chunks[c][0].ids, len(hits[c])) for c in fresh]
+        if items:
+            logits = self._prefill(items, a0, self._views[0])
+            if self.draft is not None:  # the draft computes whole prompts (no prefix cache)
+                self._prefill([(ids, 0) for ids, _ in items], a0, self._views[1],
+                              self.draft.model.forward, self.draft.config.sliding_window)
+        for rank, c in enumerate(fresh):
+            req, h = chunks[c][0], len(hits[c])
+            req.first_logits = logits[rank]
+            if not req.usage.prompt_tokens:  # the first admission
                 req.usage.prompt_tokens, req.usage.cached_tokens = len(req.ids), h
             req.usage.flops += self.shape.span_flops(h, len(req.ids) - h)
-            new_rows.append(_Row(req, j0, req.keys[j0], req.streams[j0], req.lp_streams[j0],
-                                 req.top_streams[j0]))
-            source_of.append(rank)
-        for rank, c in enumerate(order):
-            req, j0, take = chunks[c]
-            for j in range(j0 + 1, j0 + take):
-                src.append(a0 + rank)
-                dst.append(a0 + len(new_rows))
-                new_rows.append(_Row(req, j, req.keys[j], req.streams[j], req.lp_streams[j],
-                                     req.top_streams[j]))
+            self.prefix.insert(req.ids, pool.read_positions(firsts[rank].blocks, 0, len(req.ids)))
+        new_rows, source_of = list(firsts), list(range(len(firsts)))
+        for rank, c in enumerate(order):  # the other samples share the first one's blocks
+            req, js = chunks[c]
+            for j in js[1:]:
+                row = self._new_row(req, j)
+                row.blocks = list(firsts[rank].blocks)
+                pool.share(row.blocks)
+                new_rows.append(row)
                 source_of.append(rank)
-        if self.draft is not None:  # the draft computes whole prompts (no prefix cache)
-            self._prefill([(chunks[c][0].ids, 0) for c in order], a0, self.draft_cache,
-                          self.draft.model.forward, self.draft.config.sliding_window)
-        self._move_rows(src, dst, max(len(r.req.ids) for r in new_rows))
-        for rank, c in enumerate(order):
-            req = chunks[c][0]
-            self.prefix.insert(req.ids, cache.read(a0 + rank, 0, len(req.ids)))
-        row_logits = logits[torch.tensor(source_of, device=self.device)]
+        self._set_tables(a0 + len(firsts), new_rows[len(firsts):])
+        prompt_logits = torch.stack([chunks[c][0].first_logits for c in order])
+        row_logits = prompt_logits[torch.tensor(source_of, device=self.device)]
         rp = RowParams.of([r.req.params for r in new_rows], [r.key for r in new_rows], self.device)
         first = sample(row_logits, rp, torch.zeros(len(new_rows), dtype=torch.long, device=self.device))
         batch.add(new_rows, first)
-        if self._summ is not None:
-            self._summ.reset(a0, a0 + len(new_rows))
         self._admitting = []
         self._accept(a0, first, row_logits)
-        self.peak_kv_bytes = max(self.peak_kv_bytes, cache.nbytes + self.prefix.nbytes)
+        self._note_memory()
 
-    def _prefill(self, items: list[tuple[list[int], int]], row0: int, cache: KVCache,
+    def _new_row(self, req: _Request, j: int) -> _Row:
+        self._born += 1
+        return _Row.of(req, j, self._born)
+
+    def _prefill(self, items: list[tuple[list[int], int]], row0: int, cache: PagedKV,
                  forward=None, window: int | None | bool = False) -> torch.Tensor:
-        """Compute tokens ids[h:] of each (ids, h) into rows row0.., in groups; last logits [k, V]."""
+        """Compute tokens ids[h:] of each (ids, h) into rows row0.., in groups; last logits [k, V].
+
+        Items come sorted by tokens to compute. One longer than `prefill_tokens` is first
+        prefilled alone in chunks of at most that many tokens (each attending to the blocks of
+        the earlier ones), leaving `prefill_tokens` for the grouped pass: no mask of a long
+        prompt against itself is built at once."""
         forward = forward or self._forward
+        items = list(items)
+        chunk = self.prefill_tokens
+        for i, (ids, h) in enumerate(items):
+            while len(ids) - h > chunk:
+                end = min(len(ids) - chunk, h + chunk)
+                pos = torch.arange(h, end, device=self.device)[None]
+                forward(torch.tensor([ids[h:end]], device=self.device), pos, cache, row0 + i, end,
+                        self._mask(pos, end, window), torch.tensor([end - h - 1], device=self.device))
+                h = end
+            items[i] = (ids, h)
         out, i = [], 0
         while i < len(items):
             j, real = i + 1, len(items[i][0]) - items[i][1]
@@ -450,7 +585,9 @@ class TorchEngine:
             i = j
         return torch.cat(out)
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, writable: bool = True) -> None:
+        if writable:
+            self._writable(0)
         batch, cache = self._batch, self.cache
         lengths = [r.length for r in batch.rows]
         kv_len = max(lengths)
@@ -469,26 +606,17 @@ class TorchEngine:
 
     def _sparse_step(self, lengths: list[int]):
         """The step's block selection (None: every row is short, the step is dense)."""
-        if self._summ is None or self._summ.cache is not self.cache:  # a new cache: start afresh
-            self._summ = None
-            self._summ = BlockSummaries(self.cache, self.sparse.block)
-            decode = self.cache.nbytes + self._summ.nbytes
-            self.peak_decode_kv_bytes = max(self.peak_decode_kv_bytes, decode)
-            self.peak_kv_bytes = max(self.peak_kv_bytes, decode + self.prefix.nbytes)
-        return plan_step(self.sparse, self._summ, lengths, self.sparse_counters)
-
-    def _move_rows(self, src: list[int], dst: list[int], length: int) -> None:
-        """Copy the KV of rows `src` onto rows `dst` (the draft's too)."""
-        self.cache.copy_rows(src, dst, length)
-        if self._summ is not None:
-            self._summ.move(src, dst)
-        if self.draft_cache is not None:
-            self.draft_cache.copy_rows(src, dst, length)
+        step = plan_step(self.sparse, self._summ, lengths, self.sparse_counters,
+                         [r.blocks for r in self._batch.rows], self.tables)
+        self._note_memory()  # the summaries grow with the pool
+        return step
 
     def _spec_step(self) -> None:
         """One speculative round: draft up to k tokens per row, verify them in one forward."""
         batch, dev = self._batch, self.device
-        rows = batch.rows
+        room = [max(0, min(self.spec.k, r.req.max_new - len(r.gen) - 1)) for r in batch.rows]
+        self._writable(max(room), 1 if self.draft is not None else 0)  # the draft rewrites pos - 1
+        rows = batch.rows  # preemption may have removed some
         room = [max(0, min(self.spec.k, r.req.max_new - len(r.gen) - 1)) for r in rows]
         q = None
         if self.draft is None:
@@ -499,13 +627,13 @@ class TorchEngine:
                 props.append(r.lookup.propose(r.req.ids + r.gen, m) if m else [])
             kk = max(len(p) for p in props)
             if kk == 0:
-                return self._decode_step()
+                return self._decode_step(writable=False)
             drafts = torch.tensor([p + [0] * (kk - len(p)) for p in props], device=dev)
             dlen_list = [len(p) for p in props]
         else:
             kk = max(room)
             if kk == 0:
-                return self._decode_step()
+                return self._decode_step(writable=False)
             drafts, q = self._draft(kk)
             dlen_list = room
         dlen = torch.tensor(dlen_list, device=dev)
@@ -521,7 +649,7 @@ class TorchEngine:
 
     def _draft(self, kk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """kk tokens per row from the draft model ([A, kk]) and the distributions drawn from."""
-        batch, d, dc = self._batch, self.draft, self.draft_cache
+        batch, d, dc = self._batch, self.draft, self._views[1]
         rows, window = batch.rows, self.draft.config.sliding_window
         prev = torch.tensor([r.gen[-2] if len(r.gen) > 1 else r.req.ids[-1] for r in rows],
                             device=self.device)
@@ -568,6 +696,10 @@ class TorchEngine:
             n = 0
             for m in range(kept[i] + 1):
                 t = toks[i][m]
+                forced = row.forced()
+                cut = forced is not None and forced != t  # a restarted row replays its stream:
+                if cut:  # the tokens after a changed one were verified for another prefix
+                    t = forced
                 row.gen.append(t)
                 n += 1
                 if want_lp[i]:
@@ -575,13 +707,14 @@ class TorchEngine:
                     kt = row.req.params.top_logprobs
                     if kt:
                         row.top.append({self._piece(x): v for v, x in zip(top[0][i][m][:kt], top[1][i][m][:kt])})
+                row.caught_up()
                 if t in self.eos:
                     done[i] = "stop"
                 elif row.req.stops and self._stop_hits([row]):
                     done[i] = "stop"
                 elif len(row.gen) >= row.req.max_new:
                     done[i] = "length"
-                if i in done:
+                if i in done or cut:
                     break
             used.append(n)
             if row.req is not last:
@@ -615,6 +748,10 @@ class TorchEngine:
         check = []
         last = None
         for i, (row, t) in enumerate(zip(rows, toks)):
+            forced = row.forced()
+            if forced is not None and forced != t:  # a restarted row replays what it streamed
+                t = forced
+                batch.next_tok[r0 + i] = t
             row.gen.append(t)
             if row.req is not last:  # rows of a request are adjacent: one signal per request
                 last = row.req
@@ -624,6 +761,7 @@ class TorchEngine:
                 k = row.req.params.top_logprobs
                 if k:
                     row.top.append({self._piece(x): v for v, x in zip(top_list[0][i][:k], top_list[1][i][:k])})
+            row.caught_up()
             if t in self.eos:
                 done[r0 + i] = "stop"
             elif row.req.stops:
@@ -664,7 +802,10 @@ class TorchEngine:
     def _finish(self, row: _Row, idx: int, reason: str) -> None:
         req, gen = row.req, row.gen
         computed = row.length - 1  # the last sampled token was never fed to the model
-        self.prefix.insert(req.ids + gen[:-1], self.cache.read(idx, 0, computed))
+        if self.prefix.capacity:
+            self.prefix.insert(req.ids + gen[:-1], self.pool.read_positions(row.blocks, 0, computed))
+        self._free_row(row)
+        self._crowded = False
         req.usage.completion_tokens += len(gen)
         req.usage.flops += self.shape.span_flops(len(req.ids), len(gen))
         ids = gen[:-1] if gen[-1] in self.eos else gen
@@ -676,6 +817,7 @@ class TorchEngine:
             top_logprobs=row.top[:keep] if p.top_logprobs else None)
         req.remaining -= 1
         if req.remaining == 0:
+            req.first_logits = None
             req.handle._finish(GenerationResult(list(req.completions), req.usage))
 
     def _piece(self, token: int) -> str:
@@ -684,9 +826,13 @@ class TorchEngine:
         return self._pieces[token]
 
     def stats(self) -> dict[str, int | float]:
-        """Memory of the KV cache and the prefix cache, in bytes, and prefix-cache occupancy;
+        """Memory of the KV pool and the prefix cache, in bytes, the pool's blocks (allocated,
+        referenced), preemptions and prefix-cache occupancy;
         under sparse_attention also what decode steps read (`sparse.SparseCounters`)."""
-        return {"kv_cache_bytes": self.cache.nbytes if self.cache else 0,
+        pool = self.pool
+        return {"kv_cache_bytes": pool.nbytes if pool else 0,
+                "kv_blocks": pool.n_blocks if pool else 0, "kv_blocks_used": pool.used if pool else 0,
+                "kv_block": self.kv_block, "preemptions": self.preemptions,
                 "prefix_cache_bytes": self.prefix.nbytes, "prefix_cache_tokens": len(self.prefix),
                 "prefix_cache_capacity_tokens": self.prefix.capacity,
                 "peak_kv_bytes": self.peak_kv_bytes,
