@@ -40,13 +40,13 @@ def default_gguf() -> str:
 
 
 def logits_diff(engine, ref) -> list[float]:
-    from ttscale.engine.kv_cache import KVCache
+    from ttscale.engine.paged import Plane, standalone
 
     cfg, out = engine.cfg, []
     for p in PROMPTS:
         ids = engine.tokenize(p)
         n = len(ids)
-        cache = KVCache(cfg.n_layer, 1, cfg.n_kv_head, n, cfg.head_dim, torch.float32, "cpu")
+        cache = standalone(Plane(cfg.n_layer, cfg.n_kv_head, cfg.head_dim, torch.float32), 1, n)
         pos = torch.arange(n)[None]
         mask = (torch.arange(n)[None, None, :] <= pos[:, :, None]).unsqueeze(1)
         with torch.inference_mode():
