@@ -229,3 +229,29 @@ def test_whether_to_probe_is_chosen_per_task():
     assert modes == {"a": "probe", "b": "blind"}
     spend = simulate(plan, both, 2 * n * 6e6)
     assert spend.mode == "a:probe,b:blind" and spend.flops.sum() <= 2 * n * 6e6 + 1e-6
+
+
+def test_online_planner_answers_with_the_plan_of_the_problems_task(random_model_dir):
+    """A plan whose pooled frontier answers greedily and whose countdown plan votes: countdown
+    problems are answered by the countdown plan, arith problems (no plan of their own) by the
+    pooled one."""
+    from ttscale.engine import load_generator
+    from ttscale.planner.solve import solve_with_plan
+    from ttscale.tasks import get_task
+
+    gen = load_generator(random_model_dir)
+    strategies = {"greedy()": {"strategy": "greedy", "params": {}, "source": "run"},
+                  "majority(n=3)": {"strategy": "majority", "params": {"n": 3}, "source": "run"}}
+    sampling = {"temperature": 1.0, "max_tokens": 16}
+
+    def plan_with(config: str) -> Plan:  # never probes: the probe costs more than any budget here
+        return Plan("random", 4, 1e15, [], [[Option("probe", 0, 0.0)]],
+                    [Option("none", 0, 0), Option(config, 1.0, 0.5)], strategies, sampling,
+                    {"bin_sizes": [4]})
+
+    plan = plan_with("greedy()")
+    plan.by_task = {"countdown": plan_with("majority(n=3)")}
+    for name, want in (("countdown", "majority(n=3)"), ("arith", "greedy()")):
+        task = get_task(name)
+        run = solve_with_plan(task.problems("test", 2, 2, seed=0), task, gen, plan, 1e12)
+        assert run.mode == "blind" and [a.config for a in run.answers] == [want, want]
