@@ -516,7 +516,7 @@ class TorchEngine:
             if not req.usage.prompt_tokens:  # the first admission
                 req.usage.prompt_tokens, req.usage.cached_tokens = len(req.ids), h
             req.usage.flops += self.shape.span_flops(h, len(req.ids) - h)
-            self.prefix.insert(req.ids, pool.read_positions(firsts[rank].blocks, 0, len(req.ids)))
+            self._cache_prefix(req.ids, firsts[rank].blocks)
         new_rows, source_of = list(firsts), list(range(len(firsts)))
         for rank, c in enumerate(order):  # the other samples share the first one's blocks
             req, js = chunks[c]
@@ -801,9 +801,7 @@ class TorchEngine:
 
     def _finish(self, row: _Row, idx: int, reason: str) -> None:
         req, gen = row.req, row.gen
-        computed = row.length - 1  # the last sampled token was never fed to the model
-        if self.prefix.capacity:
-            self.prefix.insert(req.ids + gen[:-1], self.pool.read_positions(row.blocks, 0, computed))
+        self._cache_prefix(req.ids + gen[:-1], row.blocks)  # the last token was never fed in
         self._free_row(row)
         self._crowded = False
         req.usage.completion_tokens += len(gen)
@@ -819,6 +817,12 @@ class TorchEngine:
         if req.remaining == 0:
             req.first_logits = None
             req.handle._finish(GenerationResult(list(req.completions), req.usage))
+
+    def _cache_prefix(self, tokens: list[int], blocks: list[int]) -> None:
+        """Offer the KV of `tokens` (held in `blocks`) to the prefix cache; nothing is read
+        from the pool when prefix caching is off."""
+        if self.prefix.capacity:
+            self.prefix.insert(tokens, self.pool.read_positions(blocks, 0, len(tokens)))
 
     def _piece(self, token: int) -> str:
         if token not in self._pieces:
