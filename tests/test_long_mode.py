@@ -6,7 +6,7 @@ import pytest
 from ttscale.errors import TTScaleError
 from ttscale.strategies import params_at_effort
 from ttscale.tasks import get_task
-from ttscale.tasks.effort import HIGH_PREFIX, apply_effort, check_effort
+from ttscale.tasks.effort import AUTO_PREFIX, HIGH_PREFIX, apply_effort, check_effort, chosen_mode
 from ttscale.tasks.long_arith import decompositions, operation_lines
 from ttscale.types import Problem
 
@@ -93,11 +93,12 @@ def test_countdown_oracle_flags_false_claims_not_exploration():
 
 
 def test_effort_errors_name_the_accepted_values():
-    with pytest.raises(TTScaleError, match="'medium'.*low, high"):
+    with pytest.raises(TTScaleError, match="'medium'.*low, high, auto"):
         check_effort("medium")
     generic = Problem("x", "gsm8k", 0, "q", "Question: q\n", "1")
-    with pytest.raises(TTScaleError, match="long mode"):
-        apply_effort(generic, "high")
+    for effort in ("high", "auto"):
+        with pytest.raises(TTScaleError, match=f"effort '{effort}' needs a task with a long mode"):
+            apply_effort(generic, effort)
     assert apply_effort(generic, "low") is generic
 
 
@@ -124,5 +125,31 @@ def test_chat_template_keeps_the_long_mode_prefix():
     render = lambda text: tok.apply_chat_template([{"role": "user", "content": text}],  # noqa: E731
                                                   tokenize=False)
     assert render("Think: 3+4*2") == "Think: 3+4*2\n"
+    assert render("Auto: 3+4*2") == "Auto: 3+4*2\n"
     assert render("3+4*2") == "Q: 3+4*2\n"
     assert render("Q: 3+4*2") == "Q: 3+4*2\n"
+
+
+@pytest.mark.parametrize("name", ["arith", "countdown"])
+def test_an_auto_solution_names_its_mode_first_and_is_checked_in_that_mode(name):
+    task = get_task(name)
+    for p in task.problems("train", 3, 20):
+        auto = apply_effort(p, "auto")
+        assert auto.prompt == AUTO_PREFIX + p.prompt[len("Q: "):] and auto.answer == p.answer
+        short, long = "low\n" + p.solution, auto.solution
+        assert long.startswith("high\n") and chosen_mode(short) == "low" and chosen_mode(long) == "high"
+        for text in (short, long):
+            assert task.is_correct(auto, text) and all(task.check_steps(auto, task.split_steps(text)))
+        # a chain under the other mode's name fails at its first step, the mode line itself is right
+        swapped = "high\n" + p.solution
+        assert task.check_steps(auto, task.split_steps(swapped))[:2] == [True, False]
+        assert chosen_mode(p.solution) is None
+        assert not task.check_steps(auto, task.split_steps(p.solution))[0]  # no mode line
+
+
+def test_auto_training_text_draws_both_modes_after_the_question():
+    task, rng = get_task("arith"), random.Random(0)
+    pairs = [task.sample_training_text(rng, 2, "auto") for _ in range(200)]
+    assert all(prompt.startswith(AUTO_PREFIX) for prompt, _ in pairs)
+    modes = [chosen_mode(solution) for _, solution in pairs]
+    assert 60 <= modes.count("high") <= 140 and modes.count("high") + modes.count("low") == 200

@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from ttscale.errors import TTScaleError
 from ttscale.train.rewards import RewardConfig
 from ttscale.tasks import get_task
+from ttscale.tasks.effort import chosen_mode
 from ttscale.train.rl import RLConfig, RLRunError, last_checkpoint, train_rl, training_problems
 
 
@@ -43,7 +44,7 @@ def read_log(out: Path) -> list[dict]:
     (dict(rollout="vllm"), "unknown rollout 'vllm'"),
     (dict(rollout="transformers", resample_flat=1), "resample_flat=1 is out of range"),
     (dict(effort="medium"), "unknown effort 'medium'"),
-    (dict(effort="policy", rollout="transformers"), "effort 'policy' needs rollout 'engine'"),
+    (dict(effort="policy"), "unknown effort 'policy'; accepted: low, high, auto"),
     (dict(rewards=RewardConfig(length_penalty=-0.5)), "length_penalty"),
 ])
 def test_bad_configuration_is_refused_before_any_work(random_model_dir, tmp_path, kw, match):
@@ -110,24 +111,38 @@ def test_resampling_leaves_fewer_flat_groups_in_the_batch(tmp_path):
     assert sampled >= 0.15 and kept <= sampled - 0.15, (sampled, kept)
 
 
-def test_with_effort_left_to_the_policy_it_learns_the_mode_that_pays(random_model_dir, tmp_path):
-    # Each sample's completion starts with the mode prefix the policy chose, then the question;
-    # a reward that pays the long mode (and only sees the `effort` column) teaches the choice.
-    seen = []
+@pytest.fixture(scope="module")
+def auto_tiny(tmp_path_factory) -> str:
+    """ttscale-tiny taught the auto prompts (150 SFT steps, about 10 s): after `Auto: <question>` it
+    names a mode, low or high, about half the time each."""
+    from ttscale.models.registry import resolve_model
+    from ttscale.train.sft import SFTConfig, train_sft
 
-    def pays_high(prompts, completions, effort, problem_id, **_):
-        seen.extend(zip(completions, effort))
-        return [1.0 if e == "high" else 0.0 for e in effort]
+    out = tmp_path_factory.mktemp("auto-tiny")
+    train_sft(SFTConfig(init_from=resolve_model("ttscale-tiny"), tasks=["arith"], levels=[1], steps=150,
+                        batch_size=8, block=128, warmup=2, lr=3e-3, auto_fraction=1.0), out, progress=False)
+    return str(out)
 
-    out = tmp_path / "effort"
-    train_rl(small(steps=12, effort="policy", max_completion_length=4), random_model_dir, out,
+
+def test_with_effort_auto_the_policy_names_its_mode_after_the_question_and_learns_the_one_that_pays(
+        auto_tiny, tmp_path):
+    seen: list[tuple[str, str]] = []
+
+    def pays_high(prompts, completions, **_):
+        seen.extend(zip(prompts, completions))
+        return [1.0 if chosen_mode(c) == "high" else 0.0 for c in completions]
+
+    out = tmp_path / "auto"
+    train_rl(small(steps=16, effort="auto", max_completion_length=8, generation_batch_size=32,
+                   learning_rate=1e-3), auto_tiny, out,
              reward_funcs=[pays_high], progress=False)
-    assert {e for _, e in seen} == {"low", "high"}
-    assert all(c.startswith("Think: " if e == "high" else "Q: ") for c, e in seen)
+    assert all(p.startswith("Auto: ") for p, _ in seen)  # the question comes first, then the choice
     log = read_log(out)
-    assert 0.2 < log[0]["p_high"] < 0.8  # a random model has no preference
-    assert log[-1]["p_high"] > log[0]["p_high"] + 0.15, [r["p_high"] for r in log]
-    assert "frac_high_L1" in log[0]
+    shares = [r["frac_high_arith_L1"] for r in log]
+    first = [chosen_mode(c) == "high" for _, c in seen[:32]]
+    assert shares[0] == pytest.approx(sum(first) / 32)  # the log counts what the rewards saw
+    assert 0.2 < shares[0] < 0.8, shares
+    assert sum(shares[-4:]) / 4 > sum(shares[:2]) / 2 + 0.25, shares
 
 
 def test_kl_is_logged_with_a_reference_and_flat_groups_are_counted(random_model_dir, tmp_path):

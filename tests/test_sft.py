@@ -78,3 +78,13 @@ def test_sft_cli_refuses_a_long_fraction_outside_zero_to_one(tmp_path, monkeypat
     assert code == 2
     assert "long_fraction=1.5 is out of range; accepted: 0 <= long_fraction <= 1" in err
     assert not (tmp_path / "m").exists()  # refused before any work
+
+
+def test_sft_cli_refuses_an_auto_fraction_that_leaves_no_room(tmp_path, monkeypatch, capsys):
+    from cli_helpers import run_cli
+
+    code, _, err = run_cli(monkeypatch, capsys, "train", "sft", "--out", str(tmp_path / "m"),
+                           "--long-fraction", "0.6", "--auto-fraction", "0.5")
+    assert code == 2
+    assert "auto_fraction=0.5 is out of range; accepted: 0 <= auto_fraction <= 1 - long_fraction = 0.4" in err
+    assert not (tmp_path / "m").exists()

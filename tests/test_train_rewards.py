@@ -9,7 +9,7 @@ from ttscale.errors import TTScaleError
 from ttscale.tasks import get_task
 from ttscale.types import Problem
 from ttscale.train.rewards import (RewardConfig, RewardFunctionError, checked, correctness,
-                                   kimi_length_rewards, oracle_reward_funcs, solution_text, step_credit,
+                                   kimi_length_rewards, oracle_reward_funcs, step_credit,
                                    total_rewards, well_formed, zero_std_fraction)
 
 ARITH = get_task("arith")
@@ -102,14 +102,15 @@ def test_trl_reward_functions_score_a_batch_like_total_rewards():
     assert total == pytest.approx(expected)
 
 
-def test_a_completion_that_starts_with_its_chosen_prompt_is_scored_on_what_follows():
-    # With the effort left to the policy, a completion is "<mode prefix><question>\n<solution>".
-    funcs, _ = oracle_reward_funcs({"arith": ARITH}, {P.id: P}, RewardConfig(correct=1.0, format=1.0))
-    completions = ["Q: 8-2+9+6\n" + RIGHT, "Think: 8-2+9+6\n" + WRONG_ANSWER, RIGHT]
-    cols = dict(prompts=[P.prompt] * 3, completions=completions, problem_id=[P.id] * 3)
-    assert [f(**cols) for f in funcs] == [[1.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
-    assert solution_text(P, "Think: 8-2+9+6\n=6+9+6\n") == "=6+9+6\n"
-    assert solution_text(P, "Q: 9-2\nA: 7\n") == "Q: 9-2\nA: 7\n"  # another question: left as it is
+def test_an_answer_to_an_auto_prompt_is_well_formed_only_with_its_mode_line():
+    from ttscale.tasks.effort import apply_effort
+
+    auto = apply_effort(P, "auto")
+    funcs, _ = oracle_reward_funcs({"arith": ARITH}, {auto.id: auto}, RewardConfig(correct=1.0, format=1.0))
+    completions = ["low\n" + RIGHT, "high\n" + WRONG_ANSWER, RIGHT]
+    cols = dict(prompts=[auto.prompt] * 3, completions=completions, problem_id=[auto.id] * 3)
+    assert [f(**cols) for f in funcs] == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
+    assert well_formed(ARITH, RIGHT, prompt=P.prompt) == 1.0  # a short prompt needs no mode line
 
 
 def test_zero_std_groups_are_counted():

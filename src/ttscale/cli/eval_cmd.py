@@ -34,7 +34,7 @@ def eval_cmd(
     kv_memory: Optional[str] = options.KV_MEMORY,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=f"Tokens per answer; default {MAX_TOKENS}, or {LONG_MAX_TOKENS} with --effort high."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=f"Tokens per answer; default {MAX_TOKENS}, or {LONG_MAX_TOKENS} with --effort high or auto."),
     effort: str = options.EFFORT,
     card: bool = typer.Option(False, "--card", help="Write each model's card (README.md) with this table."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: one object for one row, else {'rows': [...]}."),

@@ -38,7 +38,8 @@ KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's pag
 SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
                      "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
 EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long, "
-                      "step-checkable mode of built-in tasks (default max tokens raised to fit).")
+                      "step-checkable mode of built-in tasks (default max tokens raised to fit); "
+                      "auto: the model names its mode after the question (models trained for it).")
 SHOTS_FROM = typer.Option(None, "--shots-from", help="Train file of worked examples for "
                           "--shots (default for X_test.jsonl: X_train.jsonl beside it); never "
                           "the test file.")

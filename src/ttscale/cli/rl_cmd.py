@@ -16,7 +16,7 @@ def _command() -> str:
     return "ttscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str) -> None:
+def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str, effort: str = "low") -> None:
     """Evaluate the trained model on every level (training can also cost the untrained ones),
     write its card, print where it is and the table."""
     from ttscale.eval.evaluate import format_table
@@ -26,7 +26,8 @@ def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str) -
     if eval_problems <= 0:
         return
     rows = [r for t in task.split(",") if t.strip()
-            for r in evaluate_levels(out, t.strip(), None, split=split, num_problems=eval_problems, n=eval_n)]
+            for r in evaluate_levels(out, t.strip(), None, split=split, num_problems=eval_problems, n=eval_n,
+                                       effort=effort)]
     write_trained_card(out, rows, _command(), split)
     print(format_table(rows))
     print()
@@ -56,8 +57,8 @@ def rl(
                                                "or transformers (TRL's generate)."),
     resample_flat: int = typer.Option(0, help="Rounds of replacing all-right/all-wrong groups by fresh "
                                               "problems per step (engine rollout; 0: off)."),
-    effort: str = typer.Option("low", help="Thinking mode of the prompts: low, high, or policy "
-                                           "(each sample's mode is the policy's first action)."),
+    effort: str = typer.Option("low", help="Thinking mode of the prompts: low, high, or auto (the "
+                                           "policy names its mode on the line after the question)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -84,7 +85,7 @@ def rl(
     print(f"{summary['steps']} steps in {summary['wall_s'] / 60:.1f} min; last 10 steps: reward "
           f"{last['reward_mean']}, accuracy {last['accuracy']}, length {last['mean_length']}, "
           f"zero-std groups {last['frac_zero_std']}, KL {last['kl']}")
-    _finish(out, task, eval_problems, eval_n, eval_split)
+    _finish(out, task, eval_problems, eval_n, eval_split, effort)
 
 
 @train_app.command("distill")

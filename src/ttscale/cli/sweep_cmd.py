@@ -66,7 +66,7 @@ def sweep_cmd(
                                               "dimension; the first is the base)."),
     min_p: Optional[str] = typer.Option(None, "--min-p", help="min-p value(s) in [0, 1], e.g. "
                                         "0,0.1 (a grid dimension; 0 = off)."),
-    effort: Optional[str] = typer.Option(None, "--effort", help="Effort(s): low, high, e.g. "
+    effort: Optional[str] = typer.Option(None, "--effort", help="Effort(s): low, high, auto, e.g. "
                                          "low,high (a grid dimension)."),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens"),
     seed: Optional[int] = typer.Option(None, "--seed", help="Problems and sampling seed."),

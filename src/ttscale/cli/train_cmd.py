@@ -36,6 +36,8 @@ def sft(
     block: int = typer.Option(256, help="Tokens per sequence (512 fits long-mode chains)."),
     long_fraction: float = typer.Option(0.0, help="Share of examples in the long, step-checkable "
                                         "mode (--effort high), 0-1."),
+    auto_fraction: float = typer.Option(0.0, help="Share of examples asked with the mode left to the "
+                                        "model (--effort auto; either mode at random), 0-1."),
     lr: float = typer.Option(2e-3, help="Peak learning rate."),
     warmup: int = typer.Option(100, help="Warm-up steps."),
     seed: int = typer.Option(0),
@@ -55,12 +57,15 @@ def sft(
             raise unknown("level", lv, LEVELS)
     if not 0.0 <= long_fraction <= 1.0:
         raise out_of_range("long_fraction", long_fraction, "0 <= long_fraction <= 1")
+    if not 0.0 <= auto_fraction <= 1.0 - long_fraction:
+        raise out_of_range("auto_fraction", auto_fraction, f"0 <= auto_fraction <= 1 - long_fraction "
+                           f"= {1.0 - long_fraction:g}")
     if block < 64:
         raise out_of_range("block", block, ">= 64 tokens")
     cfg = SFTConfig(size=size, init_from=resolve_model(init_from) if init_from else None,
                     tasks=task or list(BUILTIN_TASKS), levels=level or list(LEVELS), steps=steps,
                     max_minutes=max_minutes, batch_size=batch_size, block=block,
-                    long_fraction=long_fraction, lr=lr, warmup=warmup, seed=seed, device=device)
+                    long_fraction=long_fraction, auto_fraction=auto_fraction, lr=lr, warmup=warmup, seed=seed, device=device)
     summary = train_sft(cfg, out)
     _record_command(out)
     print(f"wrote {out} ({summary['params']:,} parameters, {summary['steps']} steps, "

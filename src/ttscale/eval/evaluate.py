@@ -9,7 +9,7 @@ from ttscale.errors import TTScaleError
 from ttscale.strategies.base import Candidate
 from ttscale.strategies.voting import vote
 from ttscale.tasks import Task
-from ttscale.tasks.effort import effort_of
+from ttscale.tasks.effort import chosen_mode, effort_of
 from ttscale.types import GenerationRequest, Problem, SamplingParams
 
 MAX_TOKENS = 160
@@ -28,6 +28,8 @@ class EvalResult:
     mean_tokens: float  # mean completion tokens of the greedy solutions
     flops: float  # everything generated for this row
     effort: str = "low"  # the thinking mode the problems were asked in (tasks/effort.py)
+    # effort "auto": share of the greedy solutions that chose the long mode (else None)
+    greedy_long_share: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +72,8 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
                         for r in g_res) / k,
         flops=sum(r.usage.flops for r in results),
         effort=effort_of(problems[0].prompt) if problems else "low",
+        greedy_long_share=(sum(chosen_mode(r.completions[0].text) == "high" for r in g_res) / k
+                           if problems and effort_of(problems[0].prompt) == "auto" else None),
     )
 
 

@@ -17,12 +17,12 @@ CHARS = ["\n"] + [c for c in string.printable if c not in "\t\n\r\x0b\x0c"]
 
 # Renders the last user message as a task prompt ("Q: ...\n"), so a chat message holding a
 # problem of a built-in task is a valid prompt for the shipped models. A message that starts
-# with "Think: " keeps it: that prefix asks for the long mode (tasks/effort.py).
+# with "Think: " or "Auto: " keeps it: those ask for the long mode or leave it to the model (tasks/effort.py).
 CHAT_TEMPLATE = (
     "{%- set ns = namespace(q='') -%}"
     "{%- for m in messages -%}{%- if m['role'] == 'user' -%}{%- set ns.q = m['content'] | trim -%}"
     "{%- endif -%}{%- endfor -%}"
-    "{{- ns.q if ns.q.startswith('Q: ') or ns.q.startswith('Think: ') else 'Q: ' + ns.q -}}"
+    "{{- ns.q if ns.q.startswith('Q: ') or ns.q.startswith('Think: ') or ns.q.startswith('Auto: ') else 'Q: ' + ns.q -}}"
     "{{- '\n' -}}"
 )
 

@@ -18,7 +18,6 @@ import re
 
 from ttscale.tasks import long_arith
 from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask
-from ttscale.tasks.effort import effort_of
 from ttscale.types import Problem
 
 # level -> (operations, largest operand, largest intermediate value)
@@ -108,10 +107,10 @@ class Arith(BuiltinTask):
         assert state is not None
         return long_arith.long_solution(*state, rng=rng)
 
-    def check_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
+    def check_chain(self, problem: Problem, mode: str, steps: list[str]) -> list[bool]:
         state = _parse_expr(problem.question)
         assert state is not None
-        if effort_of(problem.prompt) == "high":
+        if mode == "high":
             return long_arith.check_long_steps(*state, steps)
         target = int(problem.answer)
         verdicts: list[bool] = []

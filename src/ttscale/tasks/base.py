@@ -7,7 +7,8 @@ import re
 from abc import ABC, abstractmethod
 
 from ttscale.errors import TTScaleError, unknown
-from ttscale.tasks.effort import HIGH_PREFIX, LOW_PREFIX, check_effort
+from ttscale.tasks.effort import (AUTO_PREFIX, HIGH_PREFIX, LOW_PREFIX, MODE_LINES, check_effort,
+                                  steps_in_mode)
 from ttscale.types import Problem
 
 SPLITS = ("train", "heldout", "test")
@@ -109,6 +110,16 @@ class BuiltinTask(Task):
         """The long-mode (`effort="high"`) solution of a problem; `rng` draws its free choices."""
         raise NotImplementedError(f"task {self.name!r} has no long mode")
 
+    def check_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
+        mode, chain = steps_in_mode(problem.prompt, steps)  # an auto solution's mode line is right
+        if mode is None:  # an auto solution that names no mode is wrong from its first step
+            return [False] * len(steps)
+        return [True] * (len(steps) - len(chain)) + self.check_chain(problem, mode, chain)
+
+    @abstractmethod
+    def check_chain(self, problem: Problem, mode: str, steps: list[str]) -> list[bool]:
+        """`check_steps` of a chain in `mode` ("low" / "high")."""
+
     def sample_training_text(self, rng: random.Random, level: int,
                              effort: str = "low") -> tuple[str, str]:
         """A (prompt, solution) pair from the train split at `effort`, for supervised fine-tuning."""
@@ -116,6 +127,10 @@ class BuiltinTask(Task):
         while True:
             p = self.generate(rng, level)
             if split_of(f"{self.name}|{p.question}") == "train":
+                mode = rng.choice(("low", "high")) if effort == "auto" else effort
+                chain = self.long_solution(p, rng) if mode == "high" else p.solution or ""
+                if effort == "auto":  # the mode is drawn at random: which pays is left to RL
+                    return AUTO_PREFIX + p.prompt[len(LOW_PREFIX):], MODE_LINES[mode] + chain
                 if effort == "high":
-                    return HIGH_PREFIX + p.prompt[len(LOW_PREFIX):], self.long_solution(p, rng)
-                return p.prompt, p.solution or ""
+                    return HIGH_PREFIX + p.prompt[len(LOW_PREFIX):], chain
+                return p.prompt, chain

@@ -20,14 +20,13 @@ from functools import lru_cache
 
 from ttscale.tasks import long_countdown
 from ttscale.tasks.base import ANSWER_PREFIX, BuiltinTask, Task
-from ttscale.tasks.effort import effort_of
 from ttscale.tasks.safe_eval import UnsafeExpression, parse
 from ttscale.types import Problem
 
 # level -> (how many numbers, largest number, largest target)
 LEVEL_PARAMS = {1: (2, 30, 199), 2: (3, 9, 99), 3: (3, 19, 199), 4: (4, 9, 99), 5: (5, 9, 199)}
 _STEP = re.compile(r"^\s*(\d{1,6})\s*([-+*/])\s*(\d{1,6})\s*=\s*(-?\d{1,12})\s*$")
-_PROMPT = re.compile(r"^(?:Q|Think): ([\d ]+) -> (\d+)\n$")
+_PROMPT = re.compile(r"^(?:Q|Think|Auto): ([\d ]+) -> (\d+)\n$")
 
 
 def _apply(a: int, op: str, b: int) -> Fraction | None:
@@ -164,9 +163,9 @@ class Countdown(BuiltinTask):
         return long_countdown.long_solution(numbers, target, parse_steps(problem.solution or ""),
                                             answer or "", rng=rng, max_value=max_value)
 
-    def check_steps(self, problem: Problem, steps: list[str]) -> list[bool]:
+    def check_chain(self, problem: Problem, mode: str, steps: list[str]) -> list[bool]:
         pool, target = self.numbers_and_target(problem)
-        if effort_of(problem.prompt) == "high":
+        if mode == "high":
             return long_countdown.check_long_steps(pool, target, steps,
                                                    lambda expr: self.check(problem, expr))
         pool = list(pool)

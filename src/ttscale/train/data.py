@@ -34,10 +34,12 @@ def example_ids(enc: CharEncoder, prompt: str, solution: str) -> tuple[list[int]
 
 
 def packed_batches(tasks: Sequence[str], levels: Sequence[int], batch_size: int, block: int,
-                   seed: int, long_fraction: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   seed: int, long_fraction: float = 0.0,
+                   auto_fraction: float = 0.0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless (input_ids, labels) batches of `block` tokens, examples packed back to back.
 
-    A `long_fraction` of the examples is in the long mode (`effort="high"`), the rest short.
+    A `long_fraction` of the examples is in the long mode (`effort="high"`), an `auto_fraction`
+    leaves the mode to the model (`effort="auto"`, either mode at random), the rest short.
     """
     rng = random.Random(seed)
     enc = CharEncoder()
@@ -48,7 +50,8 @@ def packed_batches(tasks: Sequence[str], levels: Sequence[int], batch_size: int,
     while True:
         while len(ids) < need:
             task = rng.choice(task_objs)
-            effort = "high" if rng.random() < long_fraction else "low"
+            r = rng.random()
+            effort = "high" if r < long_fraction else "auto" if r < long_fraction + auto_fraction else "low"
             prompt, solution = task.sample_training_text(rng, rng.choice(list(levels)), effort)
             i, l = example_ids(enc, prompt, solution)
             ids += i

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from ttscale.errors import TTScaleError, out_of_range
 from ttscale.tasks import Task
+from ttscale.tasks.effort import AUTO_PREFIX, chosen_mode
 from ttscale.types import Problem
 
 RewardFunc = Callable[..., list[float]]
@@ -56,11 +57,15 @@ def correctness(task: Task, problem: Problem, completion: str) -> float:
     return 1.0 if task.is_correct(problem, completion) else 0.0
 
 
-def well_formed(task: Task, completion: str, finished: bool = True) -> float:
+def well_formed(task: Task, completion: str, finished: bool = True, prompt: str = "") -> float:
     """1.0 when the completion stopped by itself and its last non-empty line is its only answer line.
 
-    Text after the answer, several answers, an empty answer or a truncated completion score 0.
+    Text after the answer, several answers, an empty answer or a truncated completion score 0, and
+    so does an answer to a prompt that leaves the mode to the model (`Auto: `) whose first line
+    names no mode.
     """
+    if prompt.startswith(AUTO_PREFIX) and chosen_mode(completion) is None:
+        return 0.0
     lines = [ln for ln in completion.split("\n") if ln.strip()]
     answers = [ln for ln in lines if ln.lstrip().startswith("A:")]
     if not finished or len(answers) != 1 or not lines[-1].lstrip().startswith("A:"):
@@ -152,23 +157,6 @@ def checked(fn: RewardFunc, name: str | None = None) -> RewardFunc:
     return wrapper
 
 
-def solution_text(problem: Problem, completion: str) -> str:
-    """The completion without a leading copy of the problem's prompt in either effort mode.
-
-    When the policy chooses the effort mode, its completion starts with the mode prefix and the
-    rest of the prompt (train/rollout.py); the rewards score only what follows.
-    """
-    from ttscale.tasks.effort import HIGH_PREFIX, LOW_PREFIX
-
-    for head in (LOW_PREFIX, HIGH_PREFIX):
-        if problem.prompt.startswith(head):
-            question = problem.prompt[len(head):]
-            for prefix in (LOW_PREFIX + question, HIGH_PREFIX + question):
-                if completion.startswith(prefix):
-                    return completion[len(prefix):]
-    return completion
-
-
 def _finished(ids: Sequence[int] | None, eos_id: int | None) -> bool:
     return True if ids is None or eos_id is None else (len(ids) > 0 and ids[-1] == eos_id)
 
@@ -199,14 +187,14 @@ def oracle_reward_funcs(tasks: Task | Mapping[str, Task], problems: dict[str, Pr
             raise RewardFunctionError(f"unknown problem_id {e.args[0]!r} in the batch") from None
 
     def own(problem_id, completions):
-        return [(p, solution_text(p, c)) for p, c in zip(lookup(problem_id), completions)]
+        return list(zip(lookup(problem_id), completions))
 
     def correct_fn(prompts, completions, problem_id, **_):
         return [correctness(task_of(p), p, c) for p, c in own(problem_id, completions)]
 
     def format_fn(prompts, completions, problem_id, completion_ids=None, **_):
         ids = completion_ids or [None] * len(completions)
-        return [well_formed(task_of(p), c, _finished(i, eos_id))
+        return [well_formed(task_of(p), c, _finished(i, eos_id), p.prompt)
                 for (p, c), i in zip(own(problem_id, completions), ids)]
 
     def partial_fn(prompts, completions, problem_id, **_):
@@ -244,7 +232,8 @@ def total_rewards(task: Task, problems: Sequence[Problem], completions: Sequence
     ok = [task.is_correct(p, c) for p, c in zip(problems, completions)]
     total = [cfg.correct * float(o) for o in ok]
     if cfg.format:
-        total = [t + cfg.format * well_formed(task, c, f) for t, c, f in zip(total, completions, finished)]
+        total = [t + cfg.format * well_formed(task, c, f, p.prompt)
+                 for t, p, c, f in zip(total, problems, completions, finished)]
     if cfg.partial:
         total = [t + cfg.partial * step_credit(task, p, c) for t, p, c in zip(total, problems, completions)]
     if cfg.length_penalty:

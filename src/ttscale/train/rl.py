@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.registry import resolve_model
 from ttscale.tasks import BuiltinTask, Task, get_task
-from ttscale.tasks.effort import EFFORTS, HIGH_PREFIX, LONG_MODE_TASKS, LOW_PREFIX, apply_effort
+from ttscale.tasks.effort import EFFORTS, LONG_MODE_TASKS, apply_effort
 from ttscale.train.rewards import (RewardConfig, RewardFunc, checked, oracle_reward_funcs,
                                    zero_std_fraction)
 from ttscale.types import Problem
@@ -35,7 +35,6 @@ from ttscale.types import Problem
 TRL_VERSION = "1.16.0"  # pinned in pyproject.toml; the trainer's internals changed across releases
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 ROLLOUTS = ("engine", "transformers")  # who samples the groups: our TorchEngine or TRL's generate()
-RL_EFFORTS = (*EFFORTS, "policy")  # "policy": each sample's mode is the policy's first action
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -69,7 +68,7 @@ class RLConfig:
     num_train_problems: int = 2000  # at most this many distinct training problems (then cycled)
     rollout: str = "engine"  # ROLLOUTS; "engine" is TorchEngine (train/rollout.py)
     resample_flat: int = 0  # rounds of replacing all-right / all-wrong groups by fresh problems (engine)
-    effort: str = "low"  # "low" / "high": the prompts' mode (tasks/effort.py); "policy": the policy picks
+    effort: str = "low"  # the prompts' mode (tasks/effort.py); "auto": the policy picks it after the question
     save_steps: int = 20  # checkpoint every this many steps (two are kept)
     seed: int = 0
     device: str = "cpu"
@@ -136,11 +135,8 @@ def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: d
     if cfg.resample_flat < 0 or (cfg.resample_flat and cfg.rollout != "engine"):
         raise out_of_range("resample_flat", cfg.resample_flat,
                            ">= 0, and 0 unless rollout='engine' (resampling happens in the engine rollout)")
-    if cfg.effort not in RL_EFFORTS:
-        raise unknown("effort", cfg.effort, RL_EFFORTS)
-    if cfg.effort == "policy" and cfg.rollout != "engine":
-        raise TTScaleError("effort 'policy' needs rollout 'engine' (the engine rollout lets the policy pick "
-                           f"the mode); got rollout {cfg.rollout!r}")
+    if cfg.effort not in EFFORTS:
+        raise unknown("effort", cfg.effort, EFFORTS)
     if cfg.effort != "low":
         for task in tasks:
             if task.name not in LONG_MODE_TASKS:
@@ -159,7 +155,6 @@ def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: d
     if model_config:
         ctx = model_config.get("max_position_embeddings")
         longest = 1 + max((len(p.prompt) for t in tasks for p in _sample_prompts(t, cfg)), default=0)
-        longest += len(HIGH_PREFIX) - len(LOW_PREFIX) if cfg.effort != "low" else 0  # "Think: " vs "Q: "
         if ctx and longest + cfg.max_completion_length > ctx:
             raise out_of_range("max_completion_length", cfg.max_completion_length,
                                f"<= {ctx - longest} (the model's context is {ctx} tokens and prompts "
@@ -167,7 +162,7 @@ def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: d
 
 
 def _sample_prompts(task: Task, cfg: RLConfig) -> list[Problem]:
-    return [p for lv in (cfg.levels if isinstance(task, BuiltinTask) else [None])
+    return [apply_effort(p, cfg.effort) for lv in (cfg.levels if isinstance(task, BuiltinTask) else [None])
             for p in task.problems(split="train", level=lv, n=8, seed=cfg.seed)]
 
 
@@ -189,8 +184,8 @@ def training_problems(tasks: Task | Sequence[Task], cfg: RLConfig) -> list[Probl
         except TTScaleError:  # a small level has fewer distinct problems: take them all
             out += _as_many_as(task, lv, cfg.seed, per_cell // 2)
     random.Random(cfg.seed).shuffle(out)
-    if cfg.effort == "high":
-        out = [apply_effort(p, "high") for p in out]
+    if cfg.effort != "low":
+        out = [apply_effort(p, cfg.effort) for p in out]
     return out
 
 
@@ -298,7 +293,7 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
 
         rollout = EngineRollout(problems, task_of, max_tokens=cfg.max_completion_length,
                                 temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                resample_flat=cfg.resample_flat, effort_by_policy=cfg.effort == "policy")
+                                resample_flat=cfg.resample_flat)
 
     class _Log(TrainerCallback):
         """One JSONL record per step, and the progress bar."""
@@ -467,15 +462,19 @@ def _guarded_trainer_class():
 # -- evaluation and the model card (shared with distillation) ----------------------------------
 def evaluate_levels(model_dir: str | Path, task: str, levels: Sequence[int] | None = None,
                     split: str = "heldout", num_problems: int = 50, n: int = 16, seed: int = 0,
-                    backend: str = "torch") -> list:
-    """Greedy, maj@n and pass@n per level on fixed problems of `split` (EvalResult rows)."""
+                    backend: str = "torch", effort: str = "low") -> list:
+    """Greedy, maj@n and pass@n per level on fixed problems of `split` asked at `effort`
+    (EvalResult rows)."""
     from ttscale.engine import load_generator
-    from ttscale.eval.evaluate import evaluate
+    from ttscale.eval.evaluate import MAX_TOKENS, evaluate
+    from ttscale.tasks.effort import max_tokens_for
 
     t = get_task(task)
     gen = load_generator(str(model_dir), backend=backend)
     lvls = list(levels) if levels else (list(t.levels) if isinstance(t, BuiltinTask) else [None])
-    return [evaluate(gen, t, t.problems(split=split, level=lv, n=num_problems, seed=seed), n=n, seed=seed)
+    return [evaluate(gen, t, [apply_effort(p, effort) for p in t.problems(split=split, level=lv, n=num_problems,
+                                                                           seed=seed)],
+                     n=n, seed=seed, max_tokens=max_tokens_for(effort, MAX_TOKENS))
             for lv in lvls]
 
 

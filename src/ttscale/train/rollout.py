@@ -17,14 +17,11 @@ so training drifts to the levels the policy sometimes but not always solves. The
 groups sampled is logged as `frac_flat_sampled`, per level as `frac_flat_sampled/L<level>`, and
 the number of groups sampled in the step as `groups_sampled`.
 
-Effort chosen by the policy (`effort="policy"`): the prompt's mode prefix (`Q: ` short,
-`Think: ` long; `tasks/effort.py`) becomes the policy's first action. Each sample's mode is
-drawn from the policy's own next-token distribution after BOS, restricted to the two prefixes'
-first tokens; the sample is then BOS | mode token | rest of the prompt | solution, where the
-mode token and the solution are the policy's (trained on) and the rest of the prompt is the
-environment's (`env_mask` 0). The rewards do not depend on the mode, so GRPO compares the modes
-inside each group by what they earn. The share of long-mode samples is logged per level
-(`frac_high/L<level>`).
+Effort chosen by the policy (`effort="auto"`): the prompts leave the mode to the model
+(`Auto: <question>`, tasks/effort.py), so each completion's first line, `low` or `high`, is the
+policy's choice made after reading the question, and the chain of that mode follows. The rewards
+do not depend on the mode, so GRPO compares the modes inside each group by what they earn. The
+share of long-mode samples is logged per level (`frac_high/L<level>`).
 """
 from __future__ import annotations
 
@@ -36,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ttscale.tasks import Task
-from ttscale.tasks.effort import HIGH_PREFIX, LOW_PREFIX
+from ttscale.tasks.effort import AUTO_PREFIX, chosen_mode
 from ttscale.types import GenerationRequest, Problem, SamplingParams
 
 
@@ -49,11 +46,11 @@ class EngineRollout:
 
     def __init__(self, problems: Sequence[Problem], tasks: Mapping[str, Task], *, max_tokens: int,
                  temperature: float, top_p: float, seed: int = 0, resample_flat: int = 0,
-                 effort_by_policy: bool = False, workdir: str | Path | None = None):
+                 workdir: str | Path | None = None):
         self.by_prompt = {p.prompt: p for p in problems}
         self.tasks = dict(tasks)
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
-        self.seed, self.resample_flat, self.effort_by_policy = seed, resample_flat, effort_by_policy
+        self.seed, self.resample_flat = seed, resample_flat
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ttscale-rollout-"))
         self._rng = random.Random(f"resample/{seed}")
@@ -63,7 +60,6 @@ class EngineRollout:
         self._next = {c: 0 for c in self._cells}
         self.informative = {c: 0.5 for c in self._cells}  # running share of groups with signal
         self._engine = None
-        self._high_share: float | None = None
         self._step = -1
         self._calls = 0
 
@@ -90,23 +86,14 @@ class EngineRollout:
             key = (p.task, p.level)
             self.informative[key] = 0.9 * self.informative[key] + 0.1 * (not f)
         self._log(trainer, seen, problems, samples)
-        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "env_mask", "problem_id",
-                                                "gen_length", "effort")}
+        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "problem_id", "gen_length")}
         for p, group in zip(problems, samples):
-            for ids, high, c in group:
+            for ids, c in group:
                 gen = list(c.token_ids) + ([eos] if c.finish_reason == "stop" else [])
-                if self.effort_by_policy:  # BOS is the prompt; the mode token starts the completion
-                    out["prompt_ids"].append(ids[:1])
-                    out["completion_ids"].append(ids[1:] + gen)
-                    out["env_mask"].append([1] + [0] * (len(ids) - 2) + [1] * len(gen))
-                else:
-                    out["prompt_ids"].append(ids)
-                    out["completion_ids"].append(gen)
+                out["prompt_ids"].append(ids)
+                out["completion_ids"].append(gen)
                 out["problem_id"].append(p.id)
                 out["gen_length"].append(len(gen))
-                out["effort"].append("high" if high else "low")
-        if not self.effort_by_policy:
-            del out["env_mask"]
         return {**out, "logprobs": None}
 
     def close(self) -> None:
@@ -135,65 +122,37 @@ class EngineRollout:
         self._engine = TorchEngine(self.workdir, device=str(trainer.accelerator.device),
                                    prefix_cache_bytes=32 * 2**20)
         self._step = step
-        self._high_share = None
 
     def _sample(self, problems: Sequence[Problem], sizes: Sequence[int]) -> list[list[tuple]]:
-        """Per problem, its samples as (prompt ids, long mode?, Completion)."""
+        """Per problem, its samples as (prompt ids, Completion)."""
         self._calls += 1
-        asks: list[tuple[int, str, bool, int]] = []  # (problem index, prompt, long mode?, n)
-        for i, (p, n) in enumerate(zip(problems, sizes)):
-            if not self.effort_by_policy:
-                asks.append((i, p.prompt, p.prompt.startswith(HIGH_PREFIX), n))
-                continue
-            highs = self._choose_modes(n)
-            question = p.prompt[len(LOW_PREFIX):] if p.prompt.startswith(LOW_PREFIX) else p.prompt
-            for high, k in ((False, n - highs), (True, highs)):
-                if k:
-                    asks.append((i, (HIGH_PREFIX if high else LOW_PREFIX) + question, high, k))
-        reqs = [GenerationRequest(prompt, SamplingParams(
-            n=k, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+        reqs = [GenerationRequest(p.prompt, SamplingParams(
+            n=n, temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
             seed=hash((self.seed, self._step, self._calls, j)) % 2**31))
-            for j, (_, prompt, _, k) in enumerate(asks)]
-        out: list[list[tuple]] = [[] for _ in problems]
-        for (i, prompt, high, _), r in zip(asks, self._engine.generate(reqs)):
+            for j, (p, n) in enumerate(zip(problems, sizes))]
+        out: list[list[tuple]] = []
+        for p, r in zip(problems, self._engine.generate(reqs)):
             if r.error:
-                raise RuntimeError(f"rollout of problem {problems[i].id!r} failed: {r.error}")
-            ids = self._engine.tokenize(prompt)
-            out[i] += [(ids, high, c) for c in r.completions]
+                raise RuntimeError(f"rollout of problem {p.id!r} failed: {r.error}")
+            ids = self._engine.tokenize(p.prompt)
+            out.append([(ids, c) for c in r.completions])
         return out
-
-    def _choose_modes(self, n: int) -> int:
-        """How many of n samples take the long mode, drawn from the policy's first token after BOS."""
-        if self._high_share is None:
-            self._high_share = self._policy_high_share()
-        return sum(self._rng.random() < self._high_share for _ in range(n))
-
-    def _policy_high_share(self) -> float:
-        """P(long prefix's first token) / P(either prefix's first token), after BOS."""
-        lo, hi = (self._engine.tokenize(x) for x in (LOW_PREFIX, HIGH_PREFIX))
-        lo_piece, hi_piece = (self._engine.detokenize(x[1:2]) for x in (lo, hi))
-        r = self._engine.generate([GenerationRequest(lo[:1], SamplingParams(
-            n=1, max_tokens=1, temperature=self.temperature, logprobs=True, top_logprobs=20,
-            seed=self._calls))])[0]
-        if r.error:
-            raise RuntimeError(f"choosing the effort mode failed: {r.error}")
-        top = r.completions[0].top_logprobs[0]
-        p_lo, p_hi = (math.exp(top[x]) if x in top else 0.0 for x in (lo_piece, hi_piece))
-        return p_hi / (p_lo + p_hi) if p_lo + p_hi > 0 else 0.5
 
     def _flat(self, problem: Problem, group: list) -> bool:
         task = self.tasks[problem.task]
-        right = {task.is_correct(problem, c.text) for _, _, c in group}
+        right = {task.is_correct(problem, c.text) for _, c in group}
         return len(right) == 1
 
     def _log(self, trainer, seen: list[tuple[Problem, bool]], problems: list[Problem],
              samples: list[list[tuple]]) -> None:
         metrics = trainer._metrics["train"]
-        if self.effort_by_policy:
-            metrics["p_high"].append(self._high_share)
-        for level in sorted({p.level for p in problems if p.level is not None} if self.effort_by_policy else ()):
-            highs = [high for p, g in zip(problems, samples) if p.level == level for _, high, _ in g]
-            metrics[f"frac_high/L{level}"].append(sum(highs) / len(highs))
+        modes: dict[str, list[bool]] = {}  # per task and level of the auto prompts: long mode chosen?
+        for p, group in zip(problems, samples):
+            if p.prompt.startswith(AUTO_PREFIX):
+                key = f"frac_high/{p.task}/L{p.level}" if p.level is not None else f"frac_high/{p.task}"
+                modes.setdefault(key, []).extend(chosen_mode(c.text) == "high" for _, c in group)
+        for key in sorted(modes):
+            metrics[key].append(sum(modes[key]) / len(modes[key]))
         metrics["groups_sampled"].append(len(seen))
         metrics["frac_flat_sampled"].append(sum(f for _, f in seen) / len(seen))
         for level in sorted({p.level for p, _ in seen if p.level is not None}):

@@ -38,6 +38,7 @@ class SFTConfig:
     batch_size: int = 32  # sequences per step
     block: int = 256  # tokens per sequence
     long_fraction: float = 0.0  # share of examples in the long mode (effort "high")
+    auto_fraction: float = 0.0  # share asked with the mode left to the model (effort "auto")
     lr: float = 2e-3
     min_lr_ratio: float = 0.1
     warmup: int = 100
@@ -107,7 +108,8 @@ def train_sft(cfg: SFTConfig, out: str | Path, progress: bool = True, batches=No
     # The data stream is seeded by (seed, step) so that a resumed run sees fresh, reproducible data.
     if batches is None:
         batches = packed_batches(cfg.tasks, cfg.levels, cfg.batch_size, cfg.block,
-                                 seed=cfg.seed * 1_000_003 + step, long_fraction=cfg.long_fraction)
+                                 seed=cfg.seed * 1_000_003 + step, long_fraction=cfg.long_fraction,
+                                 auto_fraction=cfg.auto_fraction)
     autocast = cfg.bf16 and (device.type == "cuda" or torch.backends.cpu.get_cpu_capability() in ("AVX512", "AVX512_BF16", "AMX"))
     t_start = time.time()
     last_ckpt = t_start
