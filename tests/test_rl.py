@@ -45,6 +45,8 @@ def read_log(out: Path) -> list[dict]:
     (dict(rollout="transformers", resample_flat=1), "resample_flat=1 is out of range"),
     (dict(effort="medium"), "unknown effort 'medium'"),
     (dict(effort="policy"), "unknown effort 'policy'; accepted: low, high, auto"),
+    (dict(learn="chain"), "unknown learn 'chain'; accepted: all, mode"),
+    (dict(learn="mode", effort="low"), "learn 'mode' trains the mode line of auto prompts"),
     (dict(rewards=RewardConfig(length_penalty=-0.5)), "length_penalty"),
 ])
 def test_bad_configuration_is_refused_before_any_work(random_model_dir, tmp_path, kw, match):
@@ -124,8 +126,9 @@ def auto_tiny(tmp_path_factory) -> str:
     return str(out)
 
 
+@pytest.mark.parametrize("learn", ["all", "mode"])
 def test_with_effort_auto_the_policy_names_its_mode_after_the_question_and_learns_the_one_that_pays(
-        auto_tiny, tmp_path):
+        auto_tiny, tmp_path, learn):
     seen: list[tuple[str, str]] = []
 
     def pays_high(prompts, completions, **_):
@@ -133,8 +136,8 @@ def test_with_effort_auto_the_policy_names_its_mode_after_the_question_and_learn
         return [1.0 if chosen_mode(c) == "high" else 0.0 for c in completions]
 
     out = tmp_path / "auto"
-    train_rl(small(steps=16, effort="auto", max_completion_length=8, generation_batch_size=32,
-                   learning_rate=1e-3), auto_tiny, out,
+    train_rl(small(steps=16, effort="auto", max_completion_length=12, generation_batch_size=32,
+                   learning_rate=1e-3, learn=learn), auto_tiny, out,
              reward_funcs=[pays_high], progress=False)
     assert all(p.startswith("Auto: ") for p, _ in seen)  # the question comes first, then the choice
     log = read_log(out)
@@ -143,6 +146,11 @@ def test_with_effort_auto_the_policy_names_its_mode_after_the_question_and_learn
     assert shares[0] == pytest.approx(sum(first) / 32)  # the log counts what the rewards saw
     assert 0.2 < shares[0] < 0.8, shares
     assert sum(shares[-4:]) / 4 > sum(shares[:2]) / 2 + 0.25, shares
+    lengths = [(r["trained_length"], r["mean_length"]) for r in log]
+    if learn == "mode":  # only the first line ("low\n": 4 tokens, "high\n": 5) carries gradient
+        assert all(trained <= 0.6 * whole for trained, whole in lengths), lengths
+    else:
+        assert all(trained == pytest.approx(whole) for trained, whole in lengths), lengths
 
 
 def test_kl_is_logged_with_a_reference_and_flat_groups_are_counted(random_model_dir, tmp_path):

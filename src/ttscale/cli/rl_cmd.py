@@ -59,6 +59,8 @@ def rl(
                                               "problems per step (engine rollout; 0: off)."),
     effort: str = typer.Option("low", help="Thinking mode of the prompts: low, high, or auto (the "
                                            "policy names its mode on the line after the question)."),
+    learn: str = typer.Option("all", help="Tokens GRPO trains: all, or mode (only the mode line of "
+                                          "--effort auto; the chains stay the parent's)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -73,7 +75,7 @@ def rl(
                    generation_batch_size=generation_batch_size, num_iterations=num_iterations,
                    max_completion_length=max_completion_length, temperature=temperature, scale_rewards=scale_rewards,
                    learning_rate=learning_rate, beta=beta, seed=seed, device=device, rollout=rollout,
-                   resample_flat=resample_flat, effort=effort,
+                   resample_flat=resample_flat, effort=effort, learn=learn,
                    rewards=RewardConfig(format=format_weight, partial=partial_credit,
                                         length_penalty=length_penalty))
     try:

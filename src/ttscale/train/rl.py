@@ -36,6 +36,7 @@ TRL_VERSION = "1.16.0"  # pinned in pyproject.toml; the trainer's internals chan
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo", "bnpo")
 ROLLOUTS = ("engine", "transformers")  # who samples the groups: our TorchEngine or TRL's generate()
 SCALE_REWARDS = ("group", "batch", "none")
+LEARN = ("all", "mode")  # which completion tokens GRPO trains (see RLConfig.learn)
 
 
 @dataclass
@@ -69,6 +70,9 @@ class RLConfig:
     rollout: str = "engine"  # ROLLOUTS; "engine" is TorchEngine (train/rollout.py)
     resample_flat: int = 0  # rounds of replacing all-right / all-wrong groups by fresh problems (engine)
     effort: str = "low"  # the prompts' mode (tasks/effort.py); "auto": the policy picks it after the question
+    # "all": every completion token; "mode": only the mode line of auto prompts (effort "auto"), so RL
+    # learns when to think longer and the chains stay the parent's (train/rollout.py)
+    learn: str = "all"
     save_steps: int = 20  # checkpoint every this many steps (two are kept)
     seed: int = 0
     device: str = "cpu"
@@ -137,6 +141,11 @@ def check_rl_config(cfg: RLConfig, tasks: Task | Sequence[Task], model_config: d
                            ">= 0, and 0 unless rollout='engine' (resampling happens in the engine rollout)")
     if cfg.effort not in EFFORTS:
         raise unknown("effort", cfg.effort, EFFORTS)
+    if cfg.learn not in LEARN:
+        raise unknown("learn", cfg.learn, LEARN)
+    if cfg.learn == "mode" and (cfg.effort != "auto" or cfg.rollout != "engine"):
+        raise TTScaleError(f"learn 'mode' trains the mode line of auto prompts with the engine rollout; got "
+                           f"effort {cfg.effort!r}, rollout {cfg.rollout!r} (accepted: effort 'auto', rollout 'engine')")
     if cfg.effort != "low":
         for task in tasks:
             if task.name not in LONG_MODE_TASKS:
@@ -293,7 +302,7 @@ def train_rl(cfg: RLConfig, model: str, out: str | Path, reward_funcs: Sequence[
 
         rollout = EngineRollout(problems, task_of, max_tokens=cfg.max_completion_length,
                                 temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed,
-                                resample_flat=cfg.resample_flat)
+                                resample_flat=cfg.resample_flat, mode_only=cfg.learn == "mode")
 
     class _Log(TrainerCallback):
         """One JSONL record per step, and the progress bar."""
@@ -402,7 +411,9 @@ def step_record(step: int, logs: dict, elapsed_s: float) -> dict:
     rec = {
         "step": step, "reward_mean": logs.get("reward"), "reward_std": logs.get("reward_std"),
         "accuracy": logs.get("rewards/correctness/mean", float("nan")),
-        "mean_length": logs.get("completions/mean_length"), "frac_zero_std": logs.get("frac_zero_std_groups", logs.get("frac_reward_zero_std")),
+        # whole completions (the engine rollout's own count; TRL counts only the trained tokens)
+        "mean_length": logs.get("gen_length", logs.get("completions/mean_length")),
+        "trained_length": logs.get("completions/mean_length"), "frac_zero_std": logs.get("frac_zero_std_groups", logs.get("frac_reward_zero_std")),
         "kl": logs.get("kl"), "loss": logs.get("loss"), "lr": logs.get("learning_rate"),
         "clip_ratio": logs.get("clip_ratio/region_mean"), "entropy": logs.get("entropy"),
         "truncated": logs.get("completions/clipped_ratio"), "elapsed_s": round(elapsed_s, 2),
@@ -413,8 +424,6 @@ def step_record(step: int, logs: dict, elapsed_s: float) -> dict:
     for k, v in logs.items():
         if k.startswith(("frac_flat_sampled/", "frac_high/")):
             rec[k.replace("/", "_")] = v
-        if k == "p_high":
-            rec["p_high"] = v
     for k, v in logs.items():
         if k.startswith("rewards/") and k.endswith("/mean") and k != "rewards/group_stats/mean":
             rec["reward_" + k.split("/")[1]] = v

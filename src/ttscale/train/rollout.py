@@ -21,7 +21,12 @@ Effort chosen by the policy (`effort="auto"`): the prompts leave the mode to the
 (`Auto: <question>`, tasks/effort.py), so each completion's first line, `low` or `high`, is the
 policy's choice made after reading the question, and the chain of that mode follows. The rewards
 do not depend on the mode, so GRPO compares the modes inside each group by what they earn. The
-share of long-mode samples is logged per level (`frac_high/L<level>`).
+share of long-mode samples is logged per task and level (`frac_high/<task>/L<level>`).
+
+With `mode_only`, only the mode line is trained (TRL's `env_mask` is 1 on the completion's first
+line, 0 on the chain): GRPO then learns when each mode pays and leaves the chains as the parent
+wrote them. The mean length of the whole completions is logged as `gen_length`, since TRL's own
+length counts only the trained tokens.
 """
 from __future__ import annotations
 
@@ -46,11 +51,11 @@ class EngineRollout:
 
     def __init__(self, problems: Sequence[Problem], tasks: Mapping[str, Task], *, max_tokens: int,
                  temperature: float, top_p: float, seed: int = 0, resample_flat: int = 0,
-                 workdir: str | Path | None = None):
+                 mode_only: bool = False, workdir: str | Path | None = None):
         self.by_prompt = {p.prompt: p for p in problems}
         self.tasks = dict(tasks)
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
-        self.seed, self.resample_flat = seed, resample_flat
+        self.seed, self.resample_flat, self.mode_only = seed, resample_flat, mode_only
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ttscale-rollout-"))
         self._rng = random.Random(f"resample/{seed}")
@@ -86,7 +91,8 @@ class EngineRollout:
             key = (p.task, p.level)
             self.informative[key] = 0.9 * self.informative[key] + 0.1 * (not f)
         self._log(trainer, seen, problems, samples)
-        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "problem_id", "gen_length")}
+        out: dict[str, list] = {k: [] for k in ("prompt_ids", "completion_ids", "problem_id", "gen_length",
+                                                "env_mask")}
         for p, group in zip(problems, samples):
             for ids, c in group:
                 gen = list(c.token_ids) + ([eos] if c.finish_reason == "stop" else [])
@@ -94,7 +100,20 @@ class EngineRollout:
                 out["completion_ids"].append(gen)
                 out["problem_id"].append(p.id)
                 out["gen_length"].append(len(gen))
+                if self.mode_only:
+                    head = self._first_line_tokens(gen)
+                    out["env_mask"].append([1] * head + [0] * (len(gen) - head))
+        trainer._metrics["train"]["gen_length"].append(sum(out["gen_length"]) / len(out["gen_length"]))
+        if not self.mode_only:
+            del out["env_mask"]
         return {**out, "logprobs": None}
+
+    def _first_line_tokens(self, ids: list[int]) -> int:
+        """How many of `ids` it takes to complete the first line (all of them if it never ends)."""
+        for k in range(1, len(ids) + 1):
+            if "\n" in self._engine.detokenize(ids[:k]):
+                return k
+        return len(ids)
 
     def close(self) -> None:
         self._engine = None

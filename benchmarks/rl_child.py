@@ -1,0 +1,104 @@
+"""Issue 18's table: a trained child against its parents, greedy, majority@n and pass@k per level.
+
+For each row (a model asked at an effort), on the same held-out problems of each (task, level):
+a greedy answer and `--n` samples at temperature 1 per problem, with task stops. Reported per
+level: greedy accuracy, majority@n, pass@k for k = 1, 2, 4, ... n (the unbiased estimator over
+the n samples), mean greedy tokens, and at effort "auto" the share of greedy and of sampled
+solutions that chose the long mode. One JSON line per (row, task, level) is appended to --out
+as soon as it is measured; a re-run skips what --out already holds.
+
+    python benchmarks/rl_child.py --row parent=ttscale-small:low --row child=runs/auto/rl:auto \\
+        --levels 3,4,5 --num-problems 200 --n 16 --out benchmarks/results/rl_child.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ttscale.engine import load_generator
+from ttscale.engine.task_stops import with_task_stops
+from ttscale.eval.evaluate import MAX_TOKENS, majority_answer
+from ttscale.eval.report import pass_at_k
+from ttscale.models.registry import resolve_policy
+from ttscale.tasks import get_task
+from ttscale.tasks.effort import apply_effort, check_effort, chosen_mode, effort_of, max_tokens_for
+from ttscale.types import GenerationRequest, SamplingParams
+
+
+def measure(gen, task, problems, n: int, seed: int, max_tokens: int) -> dict:
+    greedy = [GenerationRequest(p.prompt, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens))
+              for p in problems]
+    sampled = [GenerationRequest(p.prompt, SamplingParams(n=n, temperature=1.0, seed=seed + i,
+                                                          max_tokens=max_tokens))
+               for i, p in enumerate(problems)] if n else []
+    results = with_task_stops(gen, task).generate(greedy + sampled)
+    bad = next((r.error for r in results if r.error), None)
+    if bad:
+        raise RuntimeError(f"generation failed: {bad}")
+    g_res, s_res = results[: len(problems)], results[len(problems):]
+    k_all = len(problems)
+    auto = effort_of(problems[0].prompt) == "auto"
+    out = {"greedy_acc": sum(task.is_correct(p, r.completions[0].text) for p, r in zip(problems, g_res)) / k_all,
+           "mean_tokens": sum(len(r.completions[0].token_ids) for r in g_res) / k_all,
+           "flops_per_problem": sum(r.usage.flops for r in results) / k_all,
+           "greedy_long_share": sum(chosen_mode(r.completions[0].text) == "high" for r in g_res) / k_all
+           if auto else None}
+    if n:
+        right = [[task.check(p, task.extract_answer(c.text)) for c in r.completions] for p, r in zip(problems, s_res)]
+        maj = [task.check(p, majority_answer(task, [task.extract_answer(c.text) for c in r.completions]))
+               for p, r in zip(problems, s_res)]
+        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
+        out.update(maj_acc=sum(maj) / k_all,
+                   pass_at_k={k: sum(pass_at_k(n, sum(c), k) for c in right) / k_all for k in ks},
+                   sampled_long_share=sum(chosen_mode(c.text) == "high" for r in s_res for c in r.completions)
+                   / (k_all * n) if auto else None)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--row", action="append", required=True, help="NAME=MODEL:EFFORT (repeatable)")
+    ap.add_argument("--tasks", default="arith,countdown")
+    ap.add_argument("--levels", default="1,2,3,4,5")
+    ap.add_argument("--num-problems", type=int, default=200)
+    ap.add_argument("--n", type=int, default=16)
+    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_child.jsonl"))
+    a = ap.parse_args()
+    rows = []
+    for spec in a.row:
+        name, _, rest = spec.partition("=")
+        model, _, effort = rest.rpartition(":")
+        if not (name and model):
+            raise SystemExit(f"--row {spec!r} is not NAME=MODEL:EFFORT")
+        rows.append((name, resolve_policy(model), check_effort(effort)))
+    done = set()
+    if a.out.exists():
+        for line in a.out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["row"], r["model"], r["effort"], r["task"], r["level"], r["num_problems"], r["n"]))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    for name, model, effort in rows:
+        gen = load_generator(model)
+        for task_name in a.tasks.split(","):
+            task = get_task(task_name)
+            for level in (int(x) for x in a.levels.split(",")):
+                key = (name, model, effort, task_name, level, a.num_problems, a.n)
+                if key in done:
+                    continue
+                problems = [apply_effort(p, effort)
+                            for p in task.problems(a.split, level, a.num_problems, seed=a.seed)]
+                m = measure(gen, task, problems, a.n, a.seed, max_tokens_for(effort, MAX_TOKENS))
+                rec = dict(zip(("row", "model", "effort", "task", "level", "num_problems", "n"), key),
+                           split=a.split, seed=a.seed, **m)
+                with a.out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                print(f"{name:>12} {effort:>4} {task_name:>9} L{level} greedy {m['greedy_acc']:.3f} "
+                      f"maj {m.get('maj_acc', float('nan')):.3f} long {m['greedy_long_share']} "
+                      f"tokens {m['mean_tokens']:.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
