@@ -56,9 +56,41 @@ def measure(gen, task, problems, n: int, seed: int, max_tokens: int) -> dict:
     return out
 
 
+def table(path: Path, num_problems: int) -> str:
+    """Markdown: greedy accuracy per row (model, effort) and level, the long-mode share of an auto
+    row in brackets, the mean over levels 3-5 of both tasks, and mean greedy tokens."""
+    recs = [json.loads(line) for line in path.read_text().splitlines()]
+    recs = [r for r in recs if r["num_problems"] == num_problems]
+    cells: dict[tuple, dict] = {}
+    for r in recs:  # the last record of a cell wins (a rerun with --n 16 adds maj@16 to it)
+        cells[(r["row"], r["effort"], r["task"], r["level"])] = r
+    rows = list(dict.fromkeys((r["row"], r["effort"]) for r in recs))
+    tasks = list(dict.fromkeys(r["task"] for r in recs))
+    out = ["| row | effort | " + " | ".join(f"{t} L1-5" for t in tasks) + " | mean L3-5 | tokens |",
+           "|---|---|" + "---|" * (len(tasks) + 2)]
+    for row, effort in rows:
+        parts, hard, tokens = [], [], []
+        for t in tasks:
+            accs = []
+            for lv in range(1, 6):
+                c = cells.get((row, effort, t, lv))
+                if c is None:
+                    accs.append("-")
+                    continue
+                share = f" ({c['greedy_long_share']:.0%})" if c.get("greedy_long_share") is not None else ""
+                accs.append(f"{c['greedy_acc']:.1%}{share}")
+                tokens.append(c["mean_tokens"])
+                if lv >= 3:
+                    hard.append(c["greedy_acc"])
+            parts.append(" / ".join(accs))
+        mean = f"{sum(hard) / len(hard):.1%}" if len(hard) == 3 * len(tasks) else "-"
+        out.append(f"| {row} | {effort} | " + " | ".join(parts) + f" | {mean} | {sum(tokens) / len(tokens):.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--row", action="append", required=True, help="NAME=MODEL:EFFORT (repeatable)")
+    ap.add_argument("--row", action="append", default=[], help="NAME=MODEL:EFFORT (repeatable)")
     ap.add_argument("--tasks", default="arith,countdown")
     ap.add_argument("--levels", default="1,2,3,4,5")
     ap.add_argument("--num-problems", type=int, default=200)
@@ -66,7 +98,11 @@ def main() -> None:
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_child.jsonl"))
+    ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
     a = ap.parse_args()
+    if a.table:
+        print(table(a.out, a.num_problems))
+        return
     rows = []
     for spec in a.row:
         name, _, rest = spec.partition("=")

@@ -60,7 +60,7 @@ def rl(
     effort: str = typer.Option("low", help="Thinking mode of the prompts: low, high, or auto (the "
                                            "policy names its mode on the line after the question)."),
     learn: str = typer.Option("all", help="Tokens GRPO trains: all, or mode (only the mode line of "
-                                          "--effort auto; the chains stay the parent's)."),
+                                          "--effort auto; chain tokens are not trained)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),

@@ -78,10 +78,14 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
 
 
 def format_table(rows: list[EvalResult]) -> str:
-    """A Markdown table of evaluation rows."""
-    head = ("| model | task | level | effort | problems | greedy | maj@n | pass@n | n | tokens |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    """A Markdown table of evaluation rows (with the greedy long-mode share when a row has one)."""
+    auto = any(r.greedy_long_share is not None for r in rows)
+    head = ("| model | task | level | effort | problems | greedy | maj@n | pass@n | n | tokens |"
+            + (" greedy in long mode |" if auto else "") + "\n|---|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if auto else ""))
     lines = [head] + [
         f"| {r.model} | {r.task} | {r.level} | {r.effort} | {r.num_problems} | {r.greedy_acc:.1%} | "
-        f"{r.maj_acc:.1%} | {r.pass_at_n:.1%} | {r.n} | {r.mean_tokens:.0f} |" for r in rows]
+        f"{r.maj_acc:.1%} | {r.pass_at_n:.1%} | {r.n} | {r.mean_tokens:.0f} |"
+        + ((f" {r.greedy_long_share:.0%} |" if r.greedy_long_share is not None else " - |") if auto else "")
+        for r in rows]
     return "\n".join(lines)

@@ -71,7 +71,8 @@ class RLConfig:
     resample_flat: int = 0  # rounds of replacing all-right / all-wrong groups by fresh problems (engine)
     effort: str = "low"  # the prompts' mode (tasks/effort.py); "auto": the policy picks it after the question
     # "all": every completion token; "mode": only the mode line of auto prompts (effort "auto"), so RL
-    # learns when to think longer and the chains stay the parent's (train/rollout.py)
+    # learns when to think longer and no chain token is trained (they still drift through shared
+    # weights; train/rollout.py)
     learn: str = "all"
     save_steps: int = 20  # checkpoint every this many steps (two are kept)
     seed: int = 0
@@ -528,6 +529,7 @@ def write_trained_card(model_dir: str | Path, rows: Sequence, command: str, spli
         f"`{meta.get('parent')}` by {method.get(meta.get('method'), meta.get('method'))}.", "",
         "## Training", "",
         f"- parent: {meta.get('parent')}",
+        *[f"- stage {i} (before this one): `{c}`" for i, c in enumerate(meta.get("stages", []), 1)],
         f"- command: `{command}`",
         f"- data: {data}",
         f"- steps: {steps}",
@@ -535,8 +537,10 @@ def write_trained_card(model_dir: str | Path, rows: Sequence, command: str, spli
         f"(torch {meta.get('torch', '?')})", "",
         "## Accuracy", "",
         f"{split.capitalize()} split, fixed problems (seed {seed}). Greedy decoding; maj@n and pass@n from "
-        f"n samples at temperature 1.0. Reproduce with `ttscale eval --model {model_dir} --task {cfg.get('task')} "
-        f"--split {split} --seed {seed} "
+        f"n samples at temperature 1.0. Reproduce with `ttscale eval --model {model_dir} "
+        + "".join(f"--task {t} " for t in str(cfg.get("task", "")).split(",") if t)
+        + (f"--effort {rows[0].effort} " if rows and rows[0].effort != "low" else "")
+        + f"--split {split} --seed {seed} "
         f"--n {rows[0].n if rows else 16} --num-problems {rows[0].num_problems if rows else 0}`.", "",
         format_table(list(rows)), "", "Greedy solution length:", "", length_table(rows), "",
     ]

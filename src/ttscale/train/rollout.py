@@ -24,8 +24,9 @@ do not depend on the mode, so GRPO compares the modes inside each group by what 
 share of long-mode samples is logged per task and level (`frac_high/<task>/L<level>`).
 
 With `mode_only`, only the mode line is trained (TRL's `env_mask` is 1 on the completion's first
-line, 0 on the chain): GRPO then learns when each mode pays and leaves the chains as the parent
-wrote them. The mean length of the whole completions is logged as `gen_length`, since TRL's own
+line, 0 on the chain): GRPO learns when each mode pays and no chain token is trained. The chains
+still change through the weights they share with the mode line, and with Adam that drift grows
+with the mode's shift (measured in docs/results.md: it cost the long mode 20-40 points). The mean length of the whole completions is logged as `gen_length`, since TRL's own
 length counts only the trained tokens.
 """
 from __future__ import annotations
