@@ -8,6 +8,13 @@ Blocks are handed out from a free list and carry a reference count: the n sample
 `share` the prompt's blocks, and a block written while shared is first copied
 (`copy_on_write`), so no sample ever writes into another's KV.
 
+With a `BlockCache` (`engine.block_cache`, automatic prefix caching) a released block the
+cache has registered is not freed: it stays, unreferenced, in the cache's least-recently-used
+order, counts as free, and is evicted when `allocate` finds no free block (before the pool
+grows: cached blocks live in room the rows made, and the blocks rows use stay few and close,
+which `paged_attention` needs); a registered block is copied before any write, even by its
+only user.
+
 With a capacity (from `kv_memory`) the pool never holds more blocks; `allocate` then raises
 `PoolFull` and the engine preempts. Without one it grows as needed (never shrinks).
 
@@ -26,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ttscale.engine import paged_attention
+from ttscale.engine.block_cache import BlockCache
 
 SCRATCH = 0  # the block padding writes go to; never allocated, never read
 
@@ -52,11 +60,13 @@ class BlockPool:
     """Blocks of `block` positions for each plane; ids 1..capacity (0 is scratch).
 
     capacity: most blocks (None: grow as needed). extra_block_bytes: bytes kept beside each
-    block by others (sparse attention's summaries), counted in `block_bytes`.
+    block by others (sparse attention's summaries), counted in `block_bytes`. cache: the prefix
+    cache indexing the pool's blocks (None: none).
     """
 
     def __init__(self, planes: list[Plane], block: int, device: torch.device | str,
-                 capacity: int | None = None, extra_block_bytes: int = 0):
+                 capacity: int | None = None, extra_block_bytes: int = 0,
+                 cache: BlockCache | None = None):
         if block < 1:
             raise ValueError(f"block={block} is out of range; accepted: >= 1")
         self.planes, self.block, self.device = planes, block, torch.device(device)
@@ -65,6 +75,9 @@ class BlockPool:
         self.kv: list[torch.Tensor] = [self._new(p, 1) for p in planes]  # scratch only
         self.refs: list[int] = [0]  # per block id; the scratch block is never referenced
         self._free: list[int] = []
+        self.cache = cache
+        if cache is not None:
+            cache.attach(self)
 
     def _new(self, p: Plane, n: int) -> torch.Tensor:
         return torch.zeros(p.n_layer, 2, n, p.n_kv_head, self.block, p.head_dim, dtype=p.dtype,
@@ -80,18 +93,28 @@ class BlockPool:
         return sum(t.numel() * t.element_size() for t in self.kv)
 
     @property
+    def idle(self) -> int:
+        """Unreferenced blocks the prefix cache keeps (free to evict)."""
+        return len(self.cache.lru) if self.cache is not None else 0
+
+    @property
     def used(self) -> int:
         """Blocks referenced by some sequence."""
-        return self.n_blocks - len(self._free)
+        return self.n_blocks - len(self._free) - self.idle
 
     def n_free(self) -> int:
-        """Blocks `allocate` can still hand out (growing the pool where it may)."""
+        """Blocks `allocate` can still hand out (growing the pool where it may, evicting
+        unreferenced cached blocks)."""
         if self.capacity is None:
             return 1 << 62
         return self.capacity - self.used
 
     def allocate(self, n: int = 1) -> list[int]:
-        """n fresh blocks (reference count 1, contents undefined); PoolFull if the bound stops it."""
+        """n fresh blocks (reference count 1, contents undefined): free ones, else the least
+        recently used unreferenced cached ones, else new ones; PoolFull if the bound stops it."""
+        short = min(n - len(self._free), self.idle)
+        if short > 0:
+            self._free[:0] = [self.cache.evict() for _ in range(short)][::-1]  # LRU first
         if n > len(self._free):
             self._grow(n - len(self._free))
         ids = [self._free.pop() for _ in range(n)]
@@ -105,24 +128,61 @@ class BlockPool:
             assert self.refs[i] > 0, f"block {i} is free"
             self.refs[i] += 1
 
+    def take(self, ids: list[int]) -> None:
+        """One more sequence refers to cached blocks `ids` (unreferenced ones leave the LRU)."""
+        for i in ids:
+            if self.refs[i] == 0:
+                del self.cache.lru[i]
+            self.refs[i] += 1
+
     def release(self, ids: list[int]) -> None:
-        """A sequence drops blocks `ids`; a block nobody refers to is free again."""
+        """A sequence drops blocks `ids`; a block nobody refers to is free again, or idle in
+        the prefix cache when registered there (the last block first in its LRU)."""
+        idle = []
         for i in ids:
             assert self.refs[i] > 0, f"block {i} is free"
             self.refs[i] -= 1
             if self.refs[i] == 0:
-                self._free.append(i)
+                (idle if self.cache is not None and i in self.cache else self._free).append(i)
+        for i in reversed(idle):
+            self.cache.lru[i] = None
+
+    def put_free(self, ids: list[int]) -> None:
+        """Unreferenced blocks the prefix cache forgot become free."""
+        self._free.extend(ids)
+
+    def shared(self, i: int) -> bool:
+        """Whether a write into block `i` must copy it first (others refer to it, or the prefix
+        cache holds it)."""
+        return self.refs[i] > 1 or (self.cache is not None and i in self.cache)
 
     def copy_on_write(self, i: int) -> int:
-        """A block the caller may write: `i` itself when only it refers to it, else a copy (the
-        caller's reference moves from `i` to the copy)."""
-        if self.refs[i] == 1:
+        """A block the caller may write: `i` itself when only it refers to it and it is not
+        cached, else a copy (the caller's reference moves from `i` to the copy)."""
+        if not self.shared(i):
             return i
         new = self.allocate(1)[0]
-        for t in self.kv:
-            t[:, :, new] = t[:, :, i]
+        self.copy_blocks([i], [new])
         self.release([i])
         return new
+
+    def copy_blocks(self, src: list[int], dst: list[int]) -> None:
+        """Blocks `dst` take the contents of blocks `src` (every plane)."""
+        s = torch.tensor(src, device=self.device)
+        d = torch.tensor(dst, device=self.device)
+        for t in self.kv:
+            t[:, :, d] = t[:, :, s]
+
+    def gather_blocks(self, ids: list[int]) -> list[torch.Tensor]:
+        """A copy of the contents of blocks `ids`, per plane (for `put_blocks`)."""
+        idx = torch.tensor(ids, device=self.device)
+        return [t.index_select(2, idx) for t in self.kv]
+
+    def put_blocks(self, ids: list[int], saved: list[torch.Tensor]) -> None:
+        """Blocks `ids` take contents `gather_blocks` saved."""
+        idx = torch.tensor(ids, device=self.device)
+        for t, x in zip(self.kv, saved):
+            t[:, :, idx] = x
 
     def _grow(self, need: int) -> None:
         n = self.n_blocks
@@ -136,23 +196,6 @@ class BlockPool:
         self.refs += [0] * grow
         self._free = list(range(n + grow, n, -1)) + self._free
         # lowest ids are handed out first (pop from the end): keeps a sequence's blocks close
-
-    def read_positions(self, ids: list[int], start: int, end: int, plane: int = 0) -> torch.Tensor:
-        """[n_layer, 2, n_kv_head, end - start, head_dim]: positions start..end-1 of a sequence
-        whose block table is `ids`."""
-        t = self.kv[plane]
-        nb = -(-end // self.block)
-        idx = torch.tensor(ids[:nb], dtype=torch.long, device=self.device)
-        g = t.index_select(2, idx)  # [L, 2, nb, kvh, block, hd]
-        g = g.permute(0, 1, 3, 2, 4, 5).flatten(3, 4)
-        return g[:, :, :, start:end]
-
-    def write_positions(self, ids: list[int], start: int, kv: torch.Tensor, plane: int = 0) -> None:
-        """Store `kv` (as `read_positions` returns it) at positions start.. of table `ids`."""
-        p = torch.arange(start, start + kv.shape[3])
-        blk = torch.tensor(ids, dtype=torch.long)[p // self.block].to(self.device)
-        off = (p % self.block).to(self.device)
-        self.kv[plane][:, :, blk, :, off] = kv.permute(3, 0, 1, 2, 4).to(self.kv[plane].dtype)
 
 
 @dataclass

@@ -4,18 +4,21 @@ A step scheduler runs it (continuous batching across calls): `submit` queues a r
 returns a `RequestHandle`; each `step` admits waiting requests into free rows, then decodes
 one token for every running row; `generate` submits a list and steps until all are done.
 The KV lives in fixed-size blocks of one pool (`engine.paged`), each sequence with its block
-table; `kv_memory` bounds the pool.
+table; `kv_memory` bounds the pool. The prefix cache is blocks of the same pool
+(`engine.block_cache`): registered blocks no row refers to stay there until evicted.
   1. admit requests while rows and blocks are free: look up each prompt's longest cached
-     prefix, copy it in, prefill only the new tokens (prompts of similar length batched
-     together, a long prompt in chunks of `prefill_tokens`, one prefill per prompt however
-     large n is); the n samples share the prompt's blocks (reference counts);
+     prefix, take references on its full blocks (copy the block after them when a cached one
+     starts with the next tokens), prefill only the new tokens (prompts of similar length
+     batched together, a long prompt in chunks of `prefill_tokens`, one prefill per prompt
+     however large n is), register the prompt's full blocks; the n samples share the
+     prompt's blocks (reference counts);
   2. decode all rows together, one token per row per step, each row at its own position; a
      row about to write into a shared block copies it first (copy-on-write), and when the pool
      has no block left the youngest rows are preempted: their blocks are freed and they start
      again later (see `_preempt`: outputs are those of an unbounded run);
-  3. a row that ends (EOS, stop string, max_tokens, context) stores its computed tokens in the
-     prefix cache, frees its blocks (the last row's table moves into the hole) and admission
-     resumes.
+  3. a row that ends (EOS, stop string, max_tokens, context) registers its blocks (computed
+     tokens, the partly filled last block included) in the prefix cache, releases them (the
+     last row's table moves into the hole) and admission resumes.
 Threads: see `engine.scheduler` (submit and handles from any thread, one driving thread).
 """
 from __future__ import annotations
@@ -27,10 +30,10 @@ from pathlib import Path
 
 import torch
 
+from ttscale.engine.block_cache import BlockCache
 from ttscale.engine.flops import ModelShape
 from ttscale.engine.loader import load_model
 from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane
-from ttscale.engine.prefix_cache import PrefixCache
 from ttscale.engine.sampling import RowParams, check_params, normalize_stop, sample, sample_key
 from ttscale.engine.scheduler import RequestHandle, _Batch, _Request, _Row
 from ttscale.engine.sparse import (BlockSummaries, SparseAttention, SparseCounters, parse_sparse,
@@ -61,7 +64,10 @@ class TorchEngine:
 
     max_batch_size: most sequences decoded at once (rows); more samples wait their turn.
     max_seq_len: cap on the context (default: the model's max_position_embeddings).
-    prefix_cache_bytes: memory bound of the prefix cache (0 switches prefix caching off).
+    prefix_cache_bytes: most bytes of the KV pool the prefix cache's blocks may hold, in use
+    by rows or not (less than one block, 0 say, switches prefix caching off). They live in the
+    pool's room: unreferenced ones are evicted when rows need blocks, before the pool grows
+    (or, under `kv_memory`, before a row is preempted).
     prefill_tokens: padded tokens per prefill forward when batching prompts together; a longer
     prompt is prefilled in chunks of this many tokens, each attending to the earlier ones.
     compile: run the forward through torch.compile.
@@ -132,9 +138,8 @@ class TorchEngine:
             self.kv_blocks = kv_memory // self.block_bytes - 1  # the scratch block is counted
         self.shape = ModelShape(self.model.n_params(), self.cfg.n_layer, self.cfg.d_model)
         self.max_batch_size, self.prefill_tokens = max_batch_size, prefill_tokens
-        dt = self.model.embed.weight.dtype
-        self.prefix = PrefixCache(self.cfg.n_layer, self.cfg.n_kv_head, self.cfg.head_dim, dt,
-                                  self.device, prefix_cache_bytes)
+        self.prefix = BlockCache(self.kv_block, self.block_bytes, self.kv_token_bytes, prefix_cache_bytes)
+        self.prefill_computed = 0  # prompt positions the target model computed (cache misses)
         self.pool: BlockPool | None = None  # made at the first admission
         self._width = -(-(self.context_length + 1 + (self.spec.k if self.spec else 0)) // self.kv_block) + 1
         self.tables = torch.full((max_batch_size, self._width), SCRATCH, dtype=torch.long, device=self.device)
@@ -142,8 +147,8 @@ class TorchEngine:
         self._born = 0  # rows admitted so far (a row's age)
         self.preemptions = 0  # rows preempted because the pool was full
         self._crowded = False  # a row was preempted and none has finished since: admit nobody
-        self.peak_kv_bytes = 0  # decoding KV and prefix cache
-        self.peak_decode_kv_bytes = 0  # decoding KV (what kv_memory bounds)
+        self.peak_kv_bytes = 0  # the pool (prefix cache included) and sparse summaries
+        self.peak_decode_kv_bytes = 0  # the same: what kv_memory bounds
         self._forward = torch.compile(self.model.forward, dynamic=True) if compile else self.model.forward
         self._pieces: dict[int, str] = {}
         # the step scheduler: submitted requests wait in the inbox (filled from any thread),
@@ -261,6 +266,7 @@ class TorchEngine:
         involved.update({id(r): r for r in self._admitting})
         self._batch, self._admitting = _Batch(self.device), []
         self.pool, self._summ, self._views = None, None, []  # no row holds a block: start afresh
+        self.prefix.attach(None)  # its blocks went with the pool
         reqs = list(involved.values())
         for req in reqs:
             if req in self._pending:
@@ -329,7 +335,8 @@ class TorchEngine:
         """The pool (made at the first admission, and again after a failed step)."""
         if self.pool is None:
             self.pool = BlockPool(self._planes, self.kv_block, self.device, self.kv_blocks,
-                                  self.block_bytes - sum(p.block_bytes(self.kv_block) for p in self._planes))
+                                  self.block_bytes - sum(p.block_bytes(self.kv_block) for p in self._planes),
+                                  self.prefix)
             self._views = [PagedKV(self.pool, self.tables, self.context_length, plane)
                            for plane in range(len(self._planes))]
             self._summ = BlockSummaries(self.pool) if self.sparse else None
@@ -351,7 +358,7 @@ class TorchEngine:
     def _note_memory(self) -> None:
         decode = self.pool.nbytes + (self._summ.nbytes if self._summ is not None else 0)
         self.peak_decode_kv_bytes = max(self.peak_decode_kv_bytes, decode)
-        self.peak_kv_bytes = max(self.peak_kv_bytes, decode + self.prefix.nbytes)
+        self.peak_kv_bytes = max(self.peak_kv_bytes, decode)
 
     def _set_tables(self, first: int, rows: list[_Row]) -> None:
         """Write the block tables of rows first.. into `tables` (the rest of each row: scratch)."""
@@ -371,8 +378,9 @@ class TorchEngine:
 
     def _writable(self, ahead: int, back: int = 0) -> None:
         """Give every row blocks it may write for positions length-1-back .. length-1+ahead:
-        new blocks past its table, copies of blocks it shares (copy-on-write). When the pool
-        lacks blocks the youngest rows are preempted until the rest fit."""
+        new blocks past its table, copies of blocks it shares or the prefix cache holds
+        (copy-on-write). When the pool lacks blocks the youngest rows are preempted until the
+        rest fit."""
         pool, bs, last = self.pool, self.kv_block, self.context_length - 1
         while True:
             rows = self._batch.rows
@@ -381,9 +389,10 @@ class TorchEngine:
             wanting: dict[int, int] = {}  # shared block -> rows about to write it
             for r, (c0, c1) in zip(rows, spans):
                 for b in r.blocks[max(c0, 0):c1 + 1]:
-                    if pool.refs[b] > 1:
+                    if pool.shared(b):
                         wanting[b] = wanting.get(b, 0) + 1
-            copies = sum(n - (n == pool.refs[b]) for b, n in wanting.items())  # the last keeps it
+            # the last writer keeps a block unless the prefix cache holds it
+            copies = sum(n - (n == pool.refs[b] and b not in self.prefix) for b, n in wanting.items())
             if new + copies <= pool.n_free() or len(rows) <= 1:
                 break
             self._preempt(max(range(len(rows)), key=lambda i: rows[i].born))
@@ -392,7 +401,7 @@ class TorchEngine:
             touched = False
             for c in range(max(c0, 0), min(c1 + 1, len(r.blocks))):
                 b = r.blocks[c]
-                if pool.refs[b] > 1:
+                if pool.shared(b):
                     nb = pool.copy_on_write(b)
                     if self._summ is not None:
                         self._summ.forget([nb])
@@ -485,8 +494,8 @@ class TorchEngine:
             running.setdefault(id(r.req), r)
         # a request with a running sample shares its prompt blocks; the others are prefilled
         fresh = [c for c in range(len(chunks)) if id(chunks[c][0]) not in running]
-        hits = {c: self.prefix.match(chunks[c][0].ids[:-1]) for c in fresh}
-        fresh.sort(key=lambda c: len(chunks[c][0].ids) - len(hits[c]))
+        hits = {c: self._lookup(chunks[c][0].ids) for c in fresh}  # before any allocation
+        fresh.sort(key=lambda c: len(chunks[c][0].ids) - hits[c][2])
         order = fresh + [c for c in range(len(chunks)) if c not in hits]
         a0 = len(batch.rows)
         firsts = []  # the first new row of each chunk, in `order`
@@ -495,28 +504,30 @@ class TorchEngine:
             row = self._new_row(req, js[0])
             src = running.get(id(req))
             if src is None:
-                row.blocks = self._alloc(-(-len(req.ids) // bs))
+                taken, saved, _ = hits[c]
+                row.blocks = taken + self._alloc(-(-len(req.ids) // bs) - len(taken))
+                if saved is not None:
+                    pool.put_blocks(row.blocks[len(taken):len(taken) + saved[0].shape[2]], saved)
             else:
                 row.blocks = src.blocks[:-(-len(req.ids) // bs)]
                 pool.share(row.blocks)
             firsts.append(row)
         self._set_tables(a0, firsts)
-        for rank, c in enumerate(fresh):
-            if hits[c]:
-                pool.write_positions(firsts[rank].blocks, 0, self.prefix.gather(hits[c]))
-        items = [(chunks[c][0].ids, len(hits[c])) for c in fresh]
+        items = [(chunks[c][0].ids, hits[c][2]) for c in fresh]
         if items:
+            self.prefill_computed += sum(len(ids) - h for ids, h in items)
             logits = self._prefill(items, a0, self._views[0])
             if self.draft is not None:  # the draft computes whole prompts (no prefix cache)
                 self._prefill([(ids, 0) for ids, _ in items], a0, self._views[1],
                               self.draft.model.forward, self.draft.config.sliding_window)
         for rank, c in enumerate(fresh):
-            req, h = chunks[c][0], len(hits[c])
+            req, h = chunks[c][0], hits[c][2]
             req.first_logits = logits[rank]
             if not req.usage.prompt_tokens:  # the first admission
                 req.usage.prompt_tokens, req.usage.cached_tokens = len(req.ids), h
             req.usage.flops += self.shape.span_flops(h, len(req.ids) - h)
-            self._cache_prefix(req.ids, firsts[rank].blocks)
+            # its full blocks (decode writes only past the prompt; the last block waits for finish)
+            self.prefix.register(req.ids[:len(req.ids) // bs * bs], firsts[rank].blocks)
         new_rows, source_of = list(firsts), list(range(len(firsts)))
         for rank, c in enumerate(order):  # the other samples share the first one's blocks
             req, js = chunks[c]
@@ -535,6 +546,21 @@ class TorchEngine:
         self._admitting = []
         self._accept(a0, first, row_logits)
         self._note_memory()
+
+    def _lookup(self, ids: list[int]) -> tuple[list[int], list[torch.Tensor] | None, int]:
+        """The prefix cache's hit for prompt `ids` (its last token is always computed):
+        (cached full blocks, referenced now for the row; the KV of the blocks to copy into the
+        row's next blocks, or None; positions cached). With a draft model every hit is copied:
+        the draft prefills whole prompts into blocks of the row's own."""
+        if not self.prefix.max_blocks:
+            return [], None, 0
+        full, part, m = self.prefix.match(ids[:-1])
+        h = len(full) * self.kv_block + m
+        copy = [part] if part is not None else []
+        if self.draft is not None:
+            full, copy = [], full + copy
+        self.pool.take(full)
+        return full, (self.pool.gather_blocks(copy) if copy else None), h
 
     def _new_row(self, req: _Request, j: int) -> _Row:
         self._born += 1
@@ -801,7 +827,7 @@ class TorchEngine:
 
     def _finish(self, row: _Row, idx: int, reason: str) -> None:
         req, gen = row.req, row.gen
-        self._cache_prefix(req.ids + gen[:-1], row.blocks)  # the last token was never fed in
+        self.prefix.register(req.ids + gen[:-1], row.blocks)  # the last token was never fed in
         self._free_row(row)
         self._crowded = False
         req.usage.completion_tokens += len(gen)
@@ -818,27 +844,27 @@ class TorchEngine:
             req.first_logits = None
             req.handle._finish(GenerationResult(list(req.completions), req.usage))
 
-    def _cache_prefix(self, tokens: list[int], blocks: list[int]) -> None:
-        """Offer the KV of `tokens` (held in `blocks`) to the prefix cache; nothing is read
-        from the pool when prefix caching is off."""
-        if self.prefix.capacity:
-            self.prefix.insert(tokens, self.pool.read_positions(blocks, 0, len(tokens)))
-
     def _piece(self, token: int) -> str:
         if token not in self._pieces:
             self._pieces[token] = self.tokenizer.decode([token], skip_special_tokens=False)
         return self._pieces[token]
 
     def stats(self) -> dict[str, int | float]:
-        """Memory of the KV pool and the prefix cache, in bytes, the pool's blocks (allocated,
-        referenced), preemptions and prefix-cache occupancy;
+        """Memory of the KV pool in bytes (the prefix cache's blocks included), its blocks
+        (allocated, referenced by rows), preemptions, prompt positions computed by prefill;
+        the prefix cache's part of the pool (bytes and positions of its registered blocks,
+        referenced or not; the bound in positions; blocks only it keeps; evictions);
         under sparse_attention also what decode steps read (`sparse.SparseCounters`)."""
         pool = self.pool
         return {"kv_cache_bytes": pool.nbytes if pool else 0,
                 "kv_blocks": pool.n_blocks if pool else 0, "kv_blocks_used": pool.used if pool else 0,
                 "kv_block": self.kv_block, "preemptions": self.preemptions,
+                "prefill_tokens_computed": self.prefill_computed,
                 "prefix_cache_bytes": self.prefix.nbytes, "prefix_cache_tokens": len(self.prefix),
                 "prefix_cache_capacity_tokens": self.prefix.capacity,
+                "prefix_cache_blocks": self.prefix.n_blocks,
+                "prefix_cache_blocks_idle": pool.idle if pool else 0,
+                "prefix_cache_evictions": self.prefix.evictions,
                 "peak_kv_bytes": self.peak_kv_bytes,
                 **({"sparse_" + k: v for k, v in self.sparse_counters.as_dict().items()}
                    if self.sparse else {})}
