@@ -10,18 +10,11 @@ from ttscale.engine import TorchEngine
 from ttscale.engine.block_cache import BlockCache
 from ttscale.engine.paged import BlockPool, Plane
 from ttscale.types import GenerationRequest as Req, SamplingParams as SP
+from test_engine_paged import _assert_same
 
 PLANE = Plane(n_layer=2, n_kv_head=1, head_dim=3, dtype=torch.float32)
 LONG = "Q: " + "+".join(str(i % 89) for i in range(14)) + "\n"  # 36 tokens
 OTHER = "Q: " + "*".join(str(i % 7) for i in range(14)) + "\n"
-
-
-def _assert_same(ref, got):
-    for a, b in zip(ref, got):
-        assert a.error is None and b.error is None
-        assert [c.token_ids for c in a.completions] == [c.token_ids for c in b.completions]
-        for ca, cb in zip(a.completions, b.completions):
-            assert max((abs(x - y) for x, y in zip(ca.logprobs, cb.logprobs)), default=0) < 1e-4
 
 
 def _assert_unreferenced(eng: TorchEngine):
