@@ -26,12 +26,12 @@ share of long-mode samples is logged per task and level (`frac_high/<task>/L<lev
 With `mode_only`, only the mode line is trained (TRL's `env_mask` is 1 on the completion's first
 line, 0 on the chain): GRPO learns when each mode pays and no chain token is trained. The chains
 still change through the weights they share with the mode line, and with Adam that drift grows
-with the mode's shift (measured in docs/results.md: it cost the long mode 20-40 points). The mean length of the whole completions is logged as `gen_length`, since TRL's own
-length counts only the trained tokens.
+with the mode's shift (measured in docs/results.md: the chains lost 20-55 points). The mean
+length of the whole completions is logged as `gen_length`, since TRL's own length counts only
+the trained tokens.
 """
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import tempfile
