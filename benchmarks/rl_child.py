@@ -17,42 +17,18 @@ import json
 from pathlib import Path
 
 from ttscale.engine import load_generator
-from ttscale.engine.task_stops import with_task_stops
-from ttscale.eval.evaluate import MAX_TOKENS, majority_answer
-from ttscale.eval.report import pass_at_k
+from ttscale.eval.evaluate import MAX_TOKENS, evaluate
 from ttscale.models.registry import resolve_policy
 from ttscale.tasks import get_task
-from ttscale.tasks.effort import apply_effort, check_effort, chosen_mode, effort_of, max_tokens_for
-from ttscale.types import GenerationRequest, SamplingParams
+from ttscale.tasks.effort import apply_effort, check_effort, max_tokens_for
 
 
 def measure(gen, task, problems, n: int, seed: int, max_tokens: int) -> dict:
-    greedy = [GenerationRequest(p.prompt, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens))
-              for p in problems]
-    sampled = [GenerationRequest(p.prompt, SamplingParams(n=n, temperature=1.0, seed=seed + i,
-                                                          max_tokens=max_tokens))
-               for i, p in enumerate(problems)] if n else []
-    results = with_task_stops(gen, task).generate(greedy + sampled)
-    bad = next((r.error for r in results if r.error), None)
-    if bad:
-        raise RuntimeError(f"generation failed: {bad}")
-    g_res, s_res = results[: len(problems)], results[len(problems):]
-    k_all = len(problems)
-    auto = effort_of(problems[0].prompt) == "auto"
-    out = {"greedy_acc": sum(task.is_correct(p, r.completions[0].text) for p, r in zip(problems, g_res)) / k_all,
-           "mean_tokens": sum(len(r.completions[0].token_ids) for r in g_res) / k_all,
-           "flops_per_problem": sum(r.usage.flops for r in results) / k_all,
-           "greedy_long_share": sum(chosen_mode(r.completions[0].text) == "high" for r in g_res) / k_all
-           if auto else None}
+    r = evaluate(gen, task, problems, n=n, seed=seed, max_tokens=max_tokens)
+    out = {"greedy_acc": r.greedy_acc, "mean_tokens": r.mean_tokens,
+           "flops_per_problem": r.flops / max(len(problems), 1), "greedy_long_share": r.greedy_long_share}
     if n:
-        right = [[task.check(p, task.extract_answer(c.text)) for c in r.completions] for p, r in zip(problems, s_res)]
-        maj = [task.check(p, majority_answer(task, [task.extract_answer(c.text) for c in r.completions]))
-               for p, r in zip(problems, s_res)]
-        ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
-        out.update(maj_acc=sum(maj) / k_all,
-                   pass_at_k={k: sum(pass_at_k(n, sum(c), k) for c in right) / k_all for k in ks},
-                   sampled_long_share=sum(chosen_mode(c.text) == "high" for r in s_res for c in r.completions)
-                   / (k_all * n) if auto else None)
+        out.update(maj_acc=r.maj_acc, pass_at_k=r.pass_at_k, sampled_long_share=r.sampled_long_share)
     return out
 
 

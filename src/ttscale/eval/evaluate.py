@@ -1,6 +1,7 @@
 """Greedy, majority-vote and pass@n accuracy of a model on a task level: the family's yardstick."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from ttscale.engine.base import Generator
@@ -28,11 +29,20 @@ class EvalResult:
     mean_tokens: float  # mean completion tokens of the greedy solutions
     flops: float  # everything generated for this row
     effort: str = "low"  # the thinking mode the problems were asked in (tasks/effort.py)
-    # effort "auto": share of the greedy solutions that chose the long mode (else None)
+    # effort "auto": share of the greedy / sampled solutions that chose the long mode (else None)
     greedy_long_share: float | None = None
+    sampled_long_share: float | None = None
+    pass_at_k: dict[int, float] | None = None  # unbiased pass@k for k = 1, 2, 4, ... <= n
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def majority_answer(task: Task, answers: list[str | None]) -> str | None:
@@ -44,7 +54,8 @@ def majority_answer(task: Task, answers: list[str | None]) -> str | None:
 
 def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int = 16,
              temperature: float = 1.0, seed: int = 0, max_tokens: int = MAX_TOKENS) -> EvalResult:
-    """Greedy accuracy, maj@n and pass@n of `generator` on `problems`, in one batched call."""
+    """Greedy accuracy, maj@n, pass@n and pass@k (k <= n) of `generator` on `problems`, in one
+    batched call (at effort "auto" also the shares of answers in the long mode)."""
     greedy = [GenerationRequest(p.prompt, SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens))
               for p in problems]
     sampled = [GenerationRequest(p.prompt, SamplingParams(n=n, temperature=temperature, seed=seed + i,
@@ -56,24 +67,29 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], n: int =
             raise TTScaleError(f"generation failed: {r.error}")
     g_res, s_res = results[: len(problems)], results[len(problems):]
     greedy_ok = [task.is_correct(p, r.completions[0].text) for p, r in zip(problems, g_res)]
-    maj_ok, pass_ok = [], []
+    maj_ok, right = [], []  # per problem: majority right?, how many samples right
     for p, r in zip(problems, s_res):
         answers = [task.extract_answer(c.text) for c in r.completions]
         maj_ok.append(task.check(p, majority_answer(task, answers)))
-        pass_ok.append(any(task.check(p, a) for a in answers))
+        right.append(sum(task.check(p, a) for a in answers))
     k = max(len(problems), 1)
+    auto = bool(problems) and effort_of(problems[0].prompt) == "auto"
     return EvalResult(
         model=generator.model_name, task=getattr(task, "name", "?"),
         level=problems[0].level if problems else None, num_problems=len(problems), n=n,
         greedy_acc=sum(greedy_ok) / k, maj_acc=sum(maj_ok) / k if sampled else float("nan"),
-        pass_at_n=sum(pass_ok) / k if sampled else float("nan"),
+        pass_at_n=sum(c > 0 for c in right) / k if sampled else float("nan"),
         # token ids where the backend returns them, else its usage count (OpenAI servers)
         mean_tokens=sum(len(r.completions[0].token_ids) or r.usage.completion_tokens
                         for r in g_res) / k,
         flops=sum(r.usage.flops for r in results),
         effort=effort_of(problems[0].prompt) if problems else "low",
         greedy_long_share=(sum(chosen_mode(r.completions[0].text) == "high" for r in g_res) / k
-                           if problems and effort_of(problems[0].prompt) == "auto" else None),
+                           if auto else None),
+        sampled_long_share=(sum(chosen_mode(c.text) == "high" for r in s_res for c in r.completions)
+                            / (k * n) if auto and sampled else None),
+        pass_at_k=({j: sum(pass_at_k(n, c, j) for c in right) / k for j in (1, 2, 4, 8, 16, 32, 64, 128)
+                    if j <= n} if sampled else None),
     )
 
 

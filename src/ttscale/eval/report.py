@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ttscale.errors import TTScaleError
+from ttscale.eval.evaluate import pass_at_k
 from ttscale.eval.store import load_results, load_samples, split_side
 from ttscale.eval.heldout import cv_choose, problem_matrix
 from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law, leave_one_out
@@ -89,13 +90,6 @@ def latency_headline(records: Sequence[dict[str, Any]], model: str, folds: int =
         out[f"within_{mult}x"] = {"accuracy": cv["accuracy"], "wall_s": cv["cost"],
                                   "config": max(set(picked), key=picked.count) if picked else None}
     return out
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct: 1 - C(n-c, k) / C(n, k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def coverage_curve(samples: Sequence[dict[str, Any]], model: str) -> list[dict[str, float]]:

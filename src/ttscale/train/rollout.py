@@ -110,11 +110,9 @@ class EngineRollout:
         return {**out, "logprobs": None}
 
     def _first_line_tokens(self, ids: list[int]) -> int:
-        """How many of `ids` it takes to complete the first line (all of them if it never ends)."""
-        for k in range(1, len(ids) + 1):
-            if "\n" in self._engine.detokenize(ids[:k]):
-                return k
-        return len(ids)
+        """How many of `ids` it takes to complete the first line (all of them if it never ends);
+        one token decoded at a time (a newline is one byte, whole in the token holding it)."""
+        return next((k + 1 for k, t in enumerate(ids) if "\n" in self._engine.detokenize([t])), len(ids))
 
     def close(self) -> None:
         self._engine = None

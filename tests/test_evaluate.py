@@ -1,0 +1,16 @@
+"""The family's yardstick: greedy, maj@n, pass@n and pass@k from one batched call."""
+from ttscale.engine.torch_engine import TorchEngine
+from ttscale.eval.evaluate import evaluate, pass_at_k
+from ttscale.models.registry import resolve_model
+from ttscale.tasks import get_task
+
+
+def test_pass_at_k_is_the_unbiased_estimate_and_reaches_pass_at_n():
+    task = get_task("countdown")
+    r = evaluate(TorchEngine(resolve_model("ttscale-tiny")), task, task.problems("test", 2, 12), n=4)
+    assert sorted(r.pass_at_k) == [1, 2, 4]
+    assert r.pass_at_k[4] == r.pass_at_n  # k = n: some sample right
+    assert r.pass_at_k[1] <= r.pass_at_k[2] <= r.pass_at_k[4]
+    assert 0 < r.pass_at_k[1] < r.pass_at_k[4]  # the tiny model is sometimes right at this level
+    assert pass_at_k(4, 1, 2) == 0.5 and pass_at_k(4, 3, 2) == 1.0
+    assert r.greedy_long_share is None and r.sampled_long_share is None  # short prompts name no mode
