@@ -32,11 +32,11 @@ def measure(gen, task, problems, n: int, seed: int, max_tokens: int) -> dict:
     return out
 
 
-def table(path: Path, num_problems: int) -> str:
+def table(path: Path, num_problems: int, split: str) -> str:
     """Markdown: greedy accuracy per row (model, effort) and level, the long-mode share of an auto
     row in brackets, the mean over levels 3-5 of both tasks, and mean greedy tokens."""
     recs = [json.loads(line) for line in path.read_text().splitlines()]
-    recs = [r for r in recs if r["num_problems"] == num_problems]
+    recs = [r for r in recs if r["num_problems"] == num_problems and r["split"] == split]
     cells: dict[tuple, dict] = {}
     for r in recs:  # the last record of a cell wins (a rerun with --n 16 adds maj@16 to it)
         cells[(r["row"], r["effort"], r["task"], r["level"])] = r
@@ -74,10 +74,10 @@ def main() -> None:
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rl_child.jsonl"))
-    ap.add_argument("--table", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--table", action="store_true", help="print the table of --out (--split, --num-problems) and stop")
     a = ap.parse_args()
     if a.table:
-        print(table(a.out, a.num_problems))
+        print(table(a.out, a.num_problems, a.split))
         return
     rows = []
     for spec in a.row:
@@ -86,25 +86,25 @@ def main() -> None:
         if not (name and model):
             raise SystemExit(f"--row {spec!r} is not NAME=MODEL:EFFORT")
         rows.append((name, resolve_policy(model), check_effort(effort)))
+    fields = ("row", "model", "effort", "task", "level", "num_problems", "n", "split", "seed")
     done = set()
     if a.out.exists():
         for line in a.out.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["row"], r["model"], r["effort"], r["task"], r["level"], r["num_problems"], r["n"]))
+            done.add(tuple(r[f] for f in fields))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     for name, model, effort in rows:
         gen = load_generator(model)
         for task_name in a.tasks.split(","):
             task = get_task(task_name)
             for level in (int(x) for x in a.levels.split(",")):
-                key = (name, model, effort, task_name, level, a.num_problems, a.n)
+                key = (name, model, effort, task_name, level, a.num_problems, a.n, a.split, a.seed)
                 if key in done:
                     continue
                 problems = [apply_effort(p, effort)
                             for p in task.problems(a.split, level, a.num_problems, seed=a.seed)]
                 m = measure(gen, task, problems, a.n, a.seed, max_tokens_for(effort, MAX_TOKENS))
-                rec = dict(zip(("row", "model", "effort", "task", "level", "num_problems", "n"), key),
-                           split=a.split, seed=a.seed, **m)
+                rec = dict(zip(fields, key), **m)
                 with a.out.open("a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(f"{name:>12} {effort:>4} {task_name:>9} L{level} greedy {m['greedy_acc']:.3f} "
