@@ -80,8 +80,13 @@ def main() -> None:
             p.terminate()
             p.wait()
     same = [r["answer"] for r in one["problems"]] == [r["answer"] for r in many["problems"]]
+    # Sampled completions differ between the two runs wherever the servers' seeded sampling does
+    # not reproduce (llama.cpp), and so does the work: throughput is completion tokens per second.
+    one_tok, many_tok = (sum(r["completion_tokens"] for r in o["problems"]) for o in (one, many))
     print(f"{args.num_problems} problems, majority n={args.n}, {args.model}: one server "
-          f"{one_s:.1f} s, {len(urls)} servers {all_s:.1f} s -> {one_s / all_s:.2f}x; "
+          f"{one_s:.1f} s ({one_tok} tokens, {one_tok / one_s:.1f} tok/s), {len(urls)} servers "
+          f"{all_s:.1f} s ({many_tok} tokens, {many_tok / all_s:.1f} tok/s) -> wall {one_s / all_s:.2f}x, "
+          f"throughput {(many_tok / all_s) / (one_tok / one_s):.2f}x; "
           f"accuracy {one['accuracy']:.3f} vs {many['accuracy']:.3f}; same answers: {same}")
 
 

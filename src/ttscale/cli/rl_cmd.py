@@ -22,6 +22,9 @@ def _finish(out: Path, task: str, eval_problems: int, eval_n: int, split: str, e
     from ttscale.eval.evaluate import format_table
     from ttscale.train.rl import evaluate_levels, length_table, write_trained_card
 
+    from ttscale.cli.train_cmd import _record_command
+
+    _record_command(out)  # the card rewrites it; without one the lineage of a child still needs it
     print(f"wrote {out}")
     if eval_problems <= 0:
         return

@@ -158,6 +158,7 @@ def summarize(task: Task, problems: Sequence[Problem], solutions: Sequence[Solut
             "tokens": s.cost.tokens, "policy_flops": s.cost.policy_flops,
             "verifier_flops": s.cost.verifier_flops, "policy_tokens": s.cost.policy_tokens,
             "verifier_tokens": s.cost.verifier_tokens, "wall_s": s.cost.wall_s,
+            "completion_tokens": s.cost.policy_completion_tokens,
             "verifier_cpu_s": s.cost.verifier_cpu_s,  # a model-free verifier (the checker)
             "num_candidates": len(s.candidates),
         })
