@@ -42,10 +42,11 @@ def table(path: Path, num_problems: int, split: str) -> str:
         cells[(r["row"], r["effort"], r["task"], r["level"])] = r
     rows = list(dict.fromkeys((r["row"], r["effort"]) for r in recs))
     tasks = list(dict.fromkeys(r["task"] for r in recs))
-    out = ["| row | effort | " + " | ".join(f"{t} L1-5" for t in tasks) + " | mean L3-5 | tokens |",
-           "|---|---|" + "---|" * (len(tasks) + 2)]
+    out = ["| row | effort | " + " | ".join(f"{t} L1-5" for t in tasks)
+           + " | mean L3-5 | mean L1-5 | tokens | tokens per correct |",
+           "|---|---|" + "---|" * (len(tasks) + 4)]
     for row, effort in rows:
-        parts, hard, tokens = [], [], []
+        parts, hard, tokens, accs_all = [], [], [], []
         for t in tasks:
             accs = []
             for lv in range(1, 6):
@@ -56,11 +57,17 @@ def table(path: Path, num_problems: int, split: str) -> str:
                 share = f" ({c['greedy_long_share']:.0%})" if c.get("greedy_long_share") is not None else ""
                 accs.append(f"{c['greedy_acc']:.1%}{share}")
                 tokens.append(c["mean_tokens"])
+                accs_all.append(c["greedy_acc"])
                 if lv >= 3:
                     hard.append(c["greedy_acc"])
             parts.append(" / ".join(accs))
         mean = f"{sum(hard) / len(hard):.1%}" if len(hard) == 3 * len(tasks) else "-"
-        out.append(f"| {row} | {effort} | " + " | ".join(parts) + f" | {mean} | {sum(tokens) / len(tokens):.0f} |")
+        full = len(accs_all) == 5 * len(tasks)
+        mean_all = f"{sum(accs_all) / len(accs_all):.1%}" if full else "-"
+        # every cell has the same number of problems: total greedy tokens over total right answers
+        per_correct = f"{sum(tokens) / sum(accs_all):.0f}" if full and sum(accs_all) else "-"
+        out.append(f"| {row} | {effort} | " + " | ".join(parts) + f" | {mean} | {mean_all} | "
+                   f"{sum(tokens) / len(tokens):.0f} | {per_correct} |")
     return "\n".join(out)
 
 

@@ -59,6 +59,7 @@ class QuirkyProxy:
         self.drop_logprobs = False
         self.hang_s = 0.0  # wait this long before answering (a slow or stuck upstream)
         self.calls = 0
+        self.active = self.max_active = 0  # calls being answered now, and at most at once
         self.bodies: list[dict[str, Any]] = []
         app = FastAPI()
 
@@ -70,6 +71,14 @@ class QuirkyProxy:
 
         @app.post("/v1/{path:path}")
         async def forward(path: str, request: Request) -> JSONResponse:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                return await answer(path, request)
+            finally:
+                self.active -= 1
+
+        async def answer(path: str, request: Request) -> JSONResponse:
             self.calls += 1
             body = await request.json()
             self.bodies.append(body)

@@ -184,6 +184,24 @@ def test_two_base_urls_share_the_load(server, engine):
     assert proxies[0].calls + proxies[1].calls == 8
 
 
+def test_endpoint_concurrency_sends_each_request_to_the_first_server_that_frees(server, engine):
+    """Capped at one request per server, a slow server is given only what it can take at once:
+    the rest wait on the client and go to the fast server as it frees (sent eagerly, half of
+    them would queue at the slow one)."""
+    slow, fast = QuirkyProxy(server.url), QuirkyProxy(server.url)
+    slow.hang_s = 1.0
+    with ServerThread(slow.app) as a, ServerThread(fast.app) as b:
+        with remote([a.url, b.url], engine, max_concurrency=10, endpoint_concurrency=1) as gen:
+            results = gen.generate([GenerationRequest(PROMPT, greedy(max_tokens=4, seed=i))
+                                    for i in range(10)])
+    assert all(r.error is None for r in results)
+    assert slow.calls + fast.calls == 10
+    assert slow.max_active == 1 and fast.max_active == 1
+    assert slow.calls <= 3 < fast.calls
+    with pytest.raises(TTScaleError, match="endpoint_concurrency=0"):
+        remote(server.url, engine, endpoint_concurrency=0)
+
+
 def test_one_bad_request_does_not_fail_the_batch(server, engine):
     with remote(server.url, engine) as gen:
         bad, good = gen.generate([GenerationRequest(PROMPT, SamplingParams(top_p=0.0)),

@@ -31,6 +31,7 @@ def eval_cmd(
     d_model: Optional[int] = options.D_MODEL,
     timeout: Optional[float] = options.TIMEOUT,
     max_retries: Optional[int] = options.MAX_RETRIES,
+    endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
@@ -47,7 +48,7 @@ def eval_cmd(
                          max_tokens=max_tokens, effort=effort,
                          generator_options=options.generator_options(
                              backend, base_url, shape_from, n_params, n_layer, d_model,
-                             timeout, max_retries, kv_memory))
+                             timeout, max_retries, kv_memory, endpoint_concurrency))
     if as_json:
         out = [{k: None if v != v else v for k, v in r.to_dict().items()}  # NaN: unknown
                for r in rows]

@@ -31,6 +31,10 @@ TIMEOUT = typer.Option(None, "--timeout", help="Seconds one request to the serve
 MAX_RETRIES = typer.Option(None, "--max-retries", help="Retries of a failed request (openai; "
                            "default 4), with exponential backoff: on 429, 5xx, a dropped "
                            "connection or a connect timeout (10 s); 0: none.")
+ENDPOINT_CONCURRENCY = typer.Option(None, "--endpoint-concurrency", help="Requests in flight "
+                                    "per server (openai; default: no per-server cap). 2 suits "
+                                    "servers that generate one request at a time (llama.cpp): "
+                                    "the rest wait here and go to whichever server frees first.")
 KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's paged KV "
                          "pool may take, e.g. 512M or 2G (K, M, G, T: powers of 1024): when it "
                          "is full the youngest sequences are preempted and recomputed, outputs "
@@ -80,11 +84,15 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
                       n_params: Optional[int], n_layer: Optional[int],
                       d_model: Optional[int], timeout: Optional[float] = None,
                       max_retries: Optional[int] = None,
-                      kv_memory: Optional[str] = None) -> dict[str, Any]:
+                      kv_memory: Optional[str] = None,
+                      endpoint_concurrency: Optional[int] = None) -> dict[str, Any]:
     """The `generator_options` of the Python API from the shared options; server options are
     refused for local backends, engine options for the others."""
     check_timeout("--timeout", timeout)
     check_retries("--max-retries", max_retries)
+    if endpoint_concurrency is not None and endpoint_concurrency < 1:
+        raise TTScaleError(f"--endpoint-concurrency {endpoint_concurrency!r} is out of range; "
+                           "accepted: an integer >= 1")
     kv = parse_size("--kv-memory", kv_memory)
     if kv is not None and backend != "torch":
         raise TTScaleError(f"--kv-memory applies only to --backend torch (the own engine's KV "
@@ -92,8 +100,8 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
     urls = [u.strip() for part in base_url for u in part.split(",") if u.strip()]
     shape = {k: v for k, v in (("shape_from", shape_from), ("n_params", n_params),
                                ("n_layer", n_layer), ("d_model", d_model)) if v is not None}
-    server = {k: v for k, v in (("timeout", timeout), ("max_retries", max_retries))
-              if v is not None}
+    server = {k: v for k, v in (("timeout", timeout), ("max_retries", max_retries),
+                                ("endpoint_concurrency", endpoint_concurrency)) if v is not None}
     if backend != "openai":
         given = (["--base-url"] if urls else []) + [f"--{k.replace('_', '-')}"
                                                     for k in (*shape, *server)]

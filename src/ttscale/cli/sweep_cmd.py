@@ -78,6 +78,7 @@ def sweep_cmd(
     d_model: Optional[int] = options.D_MODEL,
     timeout: Optional[float] = options.TIMEOUT,
     max_retries: Optional[int] = options.MAX_RETRIES,
+    endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
@@ -127,7 +128,8 @@ def sweep_cmd(
     cfg.backend = backend
     cfg.shots, cfg.shots_from = shots, shots_from
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
-                                            d_model, timeout, max_retries, kv_memory)
+                                            d_model, timeout, max_retries, kv_memory,
+                                            endpoint_concurrency)
     generators = None
     if gen_options:  # a server's options, or a local engine's (--kv-memory)
         generators = {m: make_generator(m, backend, **gen_options)

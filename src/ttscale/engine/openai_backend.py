@@ -2,7 +2,8 @@
 Ollama, `ttscale serve`) behind the Generator protocol.
 
 Requests run asynchronously on a private event loop thread with bounded concurrency, spread
-over several base URLs (least-loaded first), retried with exponential backoff on 429, 5xx,
+over several base URLs (least-loaded first; with `endpoint_concurrency` a request waits here
+until a server has a free slot, so that it goes to whichever server frees first), retried with exponential backoff on 429, 5xx,
 dropped connections and connect timeouts. A request that ran out of `timeout` (the read timeout,
 one answer's wait) is not retried: the same generation would be as slow again, and `max_retries`
 attempts of it would fail only after max_retries + 1 timeouts. An error of one request lands in its own result; the batch never raises.
@@ -70,18 +71,26 @@ class OpenAIGenerator:
     `chat=True` a text prompt is sent to /v1/chat/completions as one user message (whole
     answers only: a strategy that extends partial solutions needs the completions endpoint).
     `extra_body` is merged into every request body (e.g. vLLM's `{"repetition_penalty": 1.1}`).
+    `endpoint_concurrency` caps the requests in flight per server (None: only `max_concurrency`
+    overall). A server that generates one request at a time (llama.cpp's) queues the rest on its
+    side, bound to it when sent; with a cap of 2 they wait here instead and take the first server
+    that frees, so no server idles at the end while another works through its queue.
     """
 
     def __init__(self, base_urls: str | Sequence[str], model: str, n_params: int = 0,
                  n_layer: int = 0, d_model: int = 0, api_key: str | None = None, chat: bool = False,
                  max_concurrency: int = 16, timeout: float = 600.0, max_retries: int = 4,
                  backoff: float = 0.5, context_length: int | None = None,
-                 extra_body: dict[str, Any] | None = None) -> None:
+                 extra_body: dict[str, Any] | None = None,
+                 endpoint_concurrency: int | None = None) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise TTScaleError("OpenAIGenerator needs at least one base URL")
         if max_concurrency < 1:
             raise TTScaleError(f"max_concurrency={max_concurrency} is out of range; accepted: >= 1")
+        if endpoint_concurrency is not None and endpoint_concurrency < 1:
+            raise TTScaleError(f"endpoint_concurrency={endpoint_concurrency} is out of range; "
+                               "accepted: >= 1, or None for no per-server cap")
         if max_retries < 0:
             raise TTScaleError(f"max_retries={max_retries} is out of range; accepted: >= 0")
         if not timeout > 0:
@@ -97,6 +106,7 @@ class OpenAIGenerator:
         self.shape: ModelShape | UnknownShape = ModelShape(*shape) if any(shape) else UnknownShape()
         self.chat = chat
         self.max_concurrency = max_concurrency
+        self.endpoint_concurrency = endpoint_concurrency
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff = backoff
@@ -109,6 +119,7 @@ class OpenAIGenerator:
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
+        self._freed: asyncio.Condition | None = None  # a server slot came free (endpoint_concurrency)
         self._start_lock = threading.Lock()
 
     # -- the private event loop ----------------------------------------------------------------
@@ -126,6 +137,7 @@ class OpenAIGenerator:
                         limits=httpx.Limits(max_connections=self.max_concurrency * 2,
                                             max_keepalive_connections=self.max_concurrency))
                     self._sem = asyncio.Semaphore(self.max_concurrency)
+                    self._freed = asyncio.Condition()
                     ready.set()
                     loop.run_forever()
 
@@ -250,13 +262,33 @@ class OpenAIGenerator:
             raise UpstreamError(f"GET {ep.base}/models failed: {e}") from None
         return DEFAULT_CONTEXT
 
-    def _pick(self, avoid: _Endpoint | None = None) -> _Endpoint:
-        """The least-loaded endpoint (ties rotate), avoiding `avoid` when there is a choice."""
-        pool = [e for e in self.endpoints if e is not avoid] or self.endpoints
+    def _pick(self, avoid: _Endpoint | None = None) -> _Endpoint | None:
+        """The least-loaded endpoint with a free slot (ties rotate), avoiding `avoid` when there
+        is a choice; None when every endpoint is at `endpoint_concurrency`."""
+        cap = self.endpoint_concurrency
+        pool = [e for e in self.endpoints if cap is None or e.in_flight < cap]
+        pool = [e for e in pool if e is not avoid] or pool
+        if not pool:
+            return None
         self._rr += 1
         k = self._rr % len(pool)
         rotated = pool[k:] + pool[:k]
         return min(rotated, key=lambda e: e.in_flight)
+
+    async def _acquire(self, avoid: _Endpoint | None) -> _Endpoint:
+        """Take a slot on the least-loaded endpoint, waiting for one to free under the cap."""
+        assert self._freed is not None
+        async with self._freed:
+            while (ep := self._pick(avoid)) is None:
+                await self._freed.wait()
+            ep.in_flight += 1
+            return ep
+
+    async def _release(self, ep: _Endpoint) -> None:
+        assert self._freed is not None
+        async with self._freed:
+            ep.in_flight -= 1
+            self._freed.notify()
 
     async def _post(self, ep: _Endpoint, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """One POST; raises UpstreamError saying whether a retry may help."""
@@ -289,14 +321,13 @@ class OpenAIGenerator:
         ep: _Endpoint | None = None
         for attempt in range(self.max_retries + 1):
             async with self._sem:
-                ep = self._pick(avoid=ep if last is not None else None)
-                ep.in_flight += 1
+                ep = await self._acquire(avoid=ep if last is not None else None)
                 try:
                     return await self._post(ep, ep.base + path, body), ep
                 except UpstreamError as e:
                     last = e
                 finally:
-                    ep.in_flight -= 1
+                    await self._release(ep)
             if not last.retryable or attempt == self.max_retries:
                 break
             delay = self.backoff * 2 ** attempt * (0.75 + 0.5 * random.random())
