@@ -7,6 +7,7 @@ llama.cpp ones of scripts/llamacpp_server.sh) with --base-url, repeated, and --m
 they serve, plus --shape-from for FLOPs.
 
     python benchmarks/endpoints.py [--model ttscale-small] [--servers 2] [--num-problems 12]
+        [--endpoint-concurrency 2]
 """
 from __future__ import annotations
 
@@ -34,13 +35,16 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
     raise RuntimeError(f"{url} did not become ready in {timeout:.0f} s")
 
 
-def timed_solve(urls: list[str], args: argparse.Namespace) -> tuple[float, dict]:
+def timed_solve(urls: list[str], args: argparse.Namespace, cap: int = 0,
+                num_problems: int | None = None) -> tuple[float, dict]:
     t0 = time.perf_counter()
     level = None if args.task.endswith(".jsonl") else args.level  # JSONL tasks have no levels
-    out = run_solve(args.model, task=args.task, level=level, num_problems=args.num_problems,
+    out = run_solve(args.model, task=args.task, level=level,
+                    num_problems=num_problems or args.num_problems,
                     strategy="majority", params={"n": args.n, "max_tokens": args.max_tokens},
                     backend="openai", generator_options={
-                        "base_url": urls, "shape_from": args.shape_from or args.model},
+                        "base_url": urls, "shape_from": args.shape_from or args.model,
+                        **({"endpoint_concurrency": cap} if cap else {})},
                     shots=args.shots)
     return time.perf_counter() - t0, out
 
@@ -57,6 +61,9 @@ def main() -> None:
     ap.add_argument("--num-problems", type=int, default=12)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--endpoint-concurrency", default="0",
+                    help="requests in flight per server in the several-server run, 0 for no cap; "
+                         "several separated by commas run one after the other (e.g. 2,0)")
     args = ap.parse_args()
     procs = []
     urls = list(args.base_url)
@@ -72,19 +79,26 @@ def main() -> None:
     try:
         for u in urls:
             wait_ready(u)
-        timed_solve(urls[:1], args)  # warm-up: caches, lazy starts
+        timed_solve(urls, args, num_problems=2)  # warm-up of every server: caches, lazy starts
         one_s, one = timed_solve(urls[:1], args)
-        all_s, many = timed_solve(urls, args)
+        runs = [(int(c), *timed_solve(urls, args, int(c))) for c in args.endpoint_concurrency.split(",")]
     finally:
         for p in procs:
             p.terminate()
             p.wait()
+    for cap, all_s, many in runs:
+        report(args, len(urls), cap, one_s, one, all_s, many)
+
+
+def report(args: argparse.Namespace, servers: int, cap: int, one_s: float, one: dict, all_s: float,
+           many: dict) -> None:
     same = [r["answer"] for r in one["problems"]] == [r["answer"] for r in many["problems"]]
     # Sampled completions differ between the two runs wherever the servers' seeded sampling does
     # not reproduce (llama.cpp), and so does the work: throughput is completion tokens per second.
     one_tok, many_tok = (sum(r["completion_tokens"] for r in o["problems"]) for o in (one, many))
     print(f"{args.num_problems} problems, majority n={args.n}, {args.model}: one server "
-          f"{one_s:.1f} s ({one_tok} tokens, {one_tok / one_s:.1f} tok/s), {len(urls)} servers "
+          f"{one_s:.1f} s ({one_tok} tokens, {one_tok / one_s:.1f} tok/s), {servers} servers "
+          f"(per-server cap {cap or 'none'}) "
           f"{all_s:.1f} s ({many_tok} tokens, {many_tok / all_s:.1f} tok/s) -> wall {one_s / all_s:.2f}x, "
           f"throughput {(many_tok / all_s) / (one_tok / one_s):.2f}x; "
           f"accuracy {one['accuracy']:.3f} vs {many['accuracy']:.3f}; same answers: {same}")
