@@ -96,7 +96,8 @@ def rl(
 @train_app.command("distill")
 def distill(
     model: str = typer.Option(..., help="Starting policy: a shipped model name or a directory."),
-    task: str = typer.Option(..., help="Built-in task: arith or countdown."),
+    task: str = typer.Option(..., help="Built-in task: arith, countdown, or both separated by a comma "
+                                       "(arith,countdown: problems spread over tasks and levels)."),
     out: Path = typer.Option(..., help="Output model directory (finished rounds are kept and skipped on a rerun)."),
     rounds: int = typer.Option(2, help="Expert-iteration rounds."),
     level: Optional[list[int]] = typer.Option(None, help="Training level (repeatable); default: 1-5."),
@@ -106,6 +107,10 @@ def distill(
     problems_per_round: int = typer.Option(200, help="Training problems searched per round (all levels)."),
     sft_steps: int = typer.Option(150, help="Fine-tuning steps per round."),
     learning_rate: float = typer.Option(1e-4, help="Peak fine-tuning learning rate."),
+    effort: str = typer.Option("low", help="Thinking mode of every problem searched, fine-tuned on and "
+                                           "evaluated: low, or high (the long, step-checked chains)."),
+    block: Optional[int] = typer.Option(None, help="Tokens per fine-tuning sequence; default 256, or 512 "
+                                                   "with --effort high (long chains reach about 500)."),
     seed: int = typer.Option(0),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     eval_problems: int = typer.Option(50, help="Held-out problems per level for the card (0: no card)."),
@@ -118,12 +123,20 @@ def distill(
     cfg = DistillConfig(task=task, levels=level or [1, 2, 3, 4, 5], rounds=rounds, strategy=strategy,
                         scorer=scorer, scorer_model=scorer_model, problems_per_round=problems_per_round,
                         sft_steps=sft_steps, learning_rate=learning_rate, seed=seed,
-                        device=device)
+                        device=device, effort=effort, block=block)
     summary = run(cfg, model, out)
     for r in summary["rounds"]:
         if r["round"] == 0:
-            print(f"round 0 (parent): held-out greedy accuracy {r['accuracy']:.1%}")
+            print(f"round 0 (parent): held-out greedy accuracy {r['accuracy']:.1%}{_per_task(r)}")
             continue
         print(f"round {r['round']}: solved {r['solved']:.1%} of {r['problems']} training problems "
-              f"({r['kept']} verified solutions kept); policy greedy accuracy {r['accuracy']:.1%}")
-    _finish(out, task, eval_problems, eval_n, eval_split)
+              f"({r['kept']} verified solutions kept); policy greedy accuracy {r['accuracy']:.1%}{_per_task(r)}")
+    _finish(out, task, eval_problems, eval_n, eval_split, effort)
+
+
+def _per_task(row: dict) -> str:
+    """` (arith 40.0%, countdown 60.0%)`: a round's accuracy per task, when it has several."""
+    acc = row.get("accuracy_per_task_level", {})
+    if len(acc) < 2:
+        return ""
+    return " (" + ", ".join(f"{t} {sum(a.values()) / len(a):.1%}" for t, a in acc.items()) + ")"

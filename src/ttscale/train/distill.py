@@ -1,9 +1,11 @@
 """Distilling search into the policy: expert iteration in the ReST-EM style (arXiv:2312.06585).
 
-Each round: (E) the current policy solves fresh training problems with a tree search (beam
-search or MCTS, guided by the oracle's step check or a learned PRM); only solutions that the
-task's oracle verifies are kept; (M) the parent model is fine-tuned on them with the SFT
-trainer. Fine-tuning the parent rather than the last policy each round is ReST-EM's guard
+Each round: (E) the current policy solves fresh training problems of one or more tasks with a
+tree search (beam search or MCTS, guided by the oracle's step check or a learned PRM); only
+solutions that the task's oracle verifies are kept; (M) the parent model is fine-tuned on them
+with the SFT trainer. At effort "high" every problem is asked in the long thinking mode
+(`Think: ...`, tasks/effort.py), so the search, the fine-tuning data and the evaluation are all
+in that mode. Fine-tuning the parent rather than the last policy each round is ReST-EM's guard
 against drift. Per round the fraction of problems solved and the policy's held-out greedy
 accuracy are reported. Finished rounds are kept on disk, so a rerun continues where it stopped.
 """
@@ -15,18 +17,22 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.registry import resolve_model
-from ttscale.tasks import BuiltinTask, Task, get_task
+from ttscale.tasks import BUILTIN_TASKS, Task, get_task
+from ttscale.tasks.effort import apply_effort, max_tokens_for
 from ttscale.types import Problem
 
 STRATEGIES = ("beam_search", "mcts")
 SCORERS = ("oracle", "prm")
+EFFORTS = ("low", "high")  # "auto" would need the mode line searched too
+LONG_MAX_DEPTH = 64  # steps of a long-mode chain: arith level 5 takes up to about 50 lines
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -35,7 +41,7 @@ MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "to
 class DistillConfig:
     """Settings of an expert-iteration run; recorded in `training.json` and the model card."""
 
-    task: str = "arith"
+    task: str = "arith"  # a built-in task, or several separated by commas (arith,countdown)
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     rounds: int = 2
     strategy: str = "beam_search"  # the search that finds solutions: beam_search or mcts
@@ -47,29 +53,53 @@ class DistillConfig:
     sft_steps: int = 150  # fine-tuning steps per round (fewer when `epochs` of the data come first)
     epochs: float = 4.0  # at most this many passes over a round's verified solutions
     batch_size: int = 16
-    block: int = 256
+    block: int | None = None  # tokens per fine-tuning sequence; None: 256, or 512 at effort "high"
     learning_rate: float = 1e-4  # fresh AdamW on a converged model: 3e-4 cost tiny 10 points (docs/results.md)
     eval_problems: int = 30  # held-out problems per level for the per-round greedy accuracy
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
     backend: str = "torch"
+    effort: str = "low"  # the thinking mode every problem is asked in: low, or high (the long chains)
+
+    def __post_init__(self) -> None:
+        if self.block is None:  # long-mode examples reach about 500 tokens
+            self.block = 512 if self.effort == "high" else 256
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.strip() for t in self.task.split(",") if t.strip()]
 
 
-def check_distill_config(cfg: DistillConfig, task: Task) -> None:
+def distill_tasks(cfg: DistillConfig) -> list[Task]:
+    """The run's built-in tasks, in the order given; anything else is a TTScaleError."""
+    names = cfg.task_names
+    for name in names or [cfg.task]:
+        if name not in BUILTIN_TASKS:
+            raise TTScaleError(f"distillation needs built-in tasks (tree search steps and fresh problems); "
+                               f"got {name!r}; accepted: arith, countdown, or both separated by a comma")
+    if len(set(names)) != len(names):
+        raise TTScaleError(f"task {cfg.task!r} names a task twice; accepted: each task once")
+    return [get_task(n) for n in names]
+
+
+def check_distill_config(cfg: DistillConfig, tasks: Sequence[Task]) -> None:
     """Reject a configuration that cannot run, before any work starts."""
     if cfg.strategy not in STRATEGIES:
         raise unknown("search strategy", cfg.strategy, STRATEGIES)
     if cfg.scorer not in SCORERS:
         raise unknown("scorer", cfg.scorer, SCORERS)
-    if not isinstance(task, BuiltinTask):
-        raise TTScaleError(f"distillation needs a built-in task (tree search steps and fresh problems); "
-                           f"got {cfg.task!r}; accepted: arith, countdown")
-    if not cfg.levels:
-        raise TTScaleError(f"no levels given; accepted: some of {list(task.levels)}")
-    for lv in cfg.levels:
-        if lv not in task.levels:
-            raise unknown("level", lv, task.levels)
+    if cfg.effort == "auto":
+        raise TTScaleError("effort 'auto' is not supported by distillation (the mode line would need "
+                           "searching too); accepted: low, high")
+    if cfg.effort not in EFFORTS:
+        raise unknown("effort", cfg.effort, EFFORTS)
+    for task in tasks:
+        if not cfg.levels:
+            raise TTScaleError(f"no levels given; accepted: some of {list(task.levels)}")
+        for lv in cfg.levels:
+            if lv not in task.levels:
+                raise unknown("level", lv, task.levels)
     for name in ("rounds", "problems_per_round", "keep_per_problem", "sft_steps", "batch_size", "block"):
         if int(getattr(cfg, name)) < 1:
             raise out_of_range(name, getattr(cfg, name), ">= 1")
@@ -79,14 +109,25 @@ def check_distill_config(cfg: DistillConfig, task: Task) -> None:
         v = getattr(cfg, name)
         if not (math.isfinite(v) and v > 0):
             raise out_of_range(name, v, "a finite number > 0")
-    from ttscale.strategies import get_params
+    search_params(cfg)  # a bad search parameter fails here, with its name
 
-    get_params(cfg.strategy, cfg.search_params)  # a bad search parameter fails here, with its name
+
+def search_params(cfg: DistillConfig) -> Any:
+    """The search's checked parameters at `cfg.effort`: at "high", room for long chains (as
+    `params_at_effort` gives, and `LONG_MAX_DEPTH` steps); a value the caller gave is kept."""
+    from ttscale.strategies import params_at_effort
+
+    params = params_at_effort(cfg.strategy, cfg.search_params, cfg.effort)
+    if cfg.effort == "high" and "max_depth" not in cfg.search_params:
+        params = replace(params, max_depth=max(params.max_depth, LONG_MAX_DEPTH))
+    return params
 
 
 # -- E step: search and keep what the oracle verifies ------------------------------------------
 def verified_solutions(task: Task, problem: Problem, solution, keep: int) -> list[str]:
-    """Up to `keep` distinct candidates of a search `Solution` that the oracle verifies.
+    """Up to `keep` distinct candidates of a search `Solution` that the oracle verifies: the
+    answer is right and every step checks in the mode the prompt asks for (a short chain under a
+    long-mode prompt is not kept).
 
     The search's own choice comes first, then candidates by score. Whatever scorer guided the
     search, nothing unverified is kept.
@@ -96,7 +137,7 @@ def verified_solutions(task: Task, problem: Problem, solution, keep: int) -> lis
     out: list[str] = []
     for t in texts:
         t = t.strip("\n") + "\n"
-        if t not in out and task.is_correct(problem, t):
+        if t not in out and task.is_correct(problem, t) and all(task.check_steps(problem, task.split_steps(t))):
             out.append(t)
         if len(out) >= keep:
             break
@@ -105,21 +146,42 @@ def verified_solutions(task: Task, problem: Problem, solution, keep: int) -> lis
 
 def search_round(task: Task, problems: Sequence[Problem], generator, cfg: DistillConfig, scorer,
                  progress: bool = False) -> tuple[list[dict], dict]:
-    """Solve `problems` with the configured search; the verified examples and round statistics."""
+    """Solve `problems` (asked at `cfg.effort`) of `task` with the configured search; the verified
+    examples and round statistics."""
     from tqdm import tqdm
 
-    from ttscale.strategies import get_params, solve
+    from ttscale.strategies import solve
 
-    params = get_params(cfg.strategy, cfg.search_params)
+    params = search_params(cfg)
     examples, solved, flops = [], 0, 0.0
-    for p in tqdm(problems, disable=not progress, desc=f"search ({cfg.strategy})"):
+    for p in tqdm(problems, disable=not progress, desc=f"search {task.name} ({cfg.strategy})"):
         sol = solve(p, task, generator, cfg.strategy, params, scorer)
         flops += sol.cost.flops
         kept = verified_solutions(task, p, sol, cfg.keep_per_problem)
         solved += bool(kept)
-        examples += [{"problem_id": p.id, "level": p.level, "prompt": p.prompt, "solution": s} for s in kept]
+        examples += [{"problem_id": p.id, "task": p.task, "level": p.level, "prompt": p.prompt, "solution": s}
+                     for s in kept]
     stats = {"problems": len(problems), "solved": solved / max(len(problems), 1), "kept": len(examples),
              "search_flops": flops}
+    return examples, stats
+
+
+def search_tasks(tasks: Sequence[Task], problems: Sequence[Problem], generator, cfg: DistillConfig,
+                 progress: bool = False) -> tuple[list[dict], dict]:
+    """`search_round` over each task's share of `problems`: the examples of all tasks, and the
+    statistics over all problems with the fraction solved per task."""
+    from ttscale.rewards import get_scorer
+
+    examples, per_task = [], {}
+    for task in tasks:
+        scorer = get_scorer(cfg.scorer, task=task, generator=generator, model=cfg.scorer_model)
+        found, per_task[task.name] = search_round(task, [p for p in problems if p.task == task.name],
+                                                  generator, cfg, scorer, progress)
+        examples += found
+    n = sum(s["problems"] for s in per_task.values())
+    stats = {"problems": n, "solved": sum(s["solved"] * s["problems"] for s in per_task.values()) / max(n, 1),
+             "kept": len(examples), "search_flops": sum(s["search_flops"] for s in per_task.values()),
+             "solved_per_task": {t: s["solved"] for t, s in per_task.items()}}
     return examples, stats
 
 
@@ -160,23 +222,38 @@ def finetune_steps(examples: Sequence[tuple[str, str]], cfg: DistillConfig) -> i
 
 
 # -- the loop ----------------------------------------------------------------------------------
-def _greedy_accuracy(model_dir: str, task: Task, cfg: DistillConfig) -> dict[int, float]:
+def _greedy_accuracy(model_dir: str, tasks: Sequence[Task], cfg: DistillConfig) -> dict[str, dict[int, float]]:
+    """Held-out greedy accuracy per task and level, the problems asked at `cfg.effort`."""
     if cfg.eval_problems == 0:
         return {}
     from ttscale.engine import load_generator
-    from ttscale.eval.evaluate import evaluate
+    from ttscale.eval.evaluate import MAX_TOKENS, evaluate
 
     gen = load_generator(model_dir, backend=cfg.backend, device=cfg.device)
-    return {lv: evaluate(gen, task, task.problems("heldout", lv, cfg.eval_problems, cfg.seed), n=0).greedy_acc
-            for lv in cfg.levels}
+    max_tokens = min(max_tokens_for(cfg.effort, MAX_TOKENS), gen.context_length)
+    return {t.name: {lv: evaluate(gen, t, [apply_effort(p, cfg.effort) for p in
+                                           t.problems("heldout", lv, cfg.eval_problems, cfg.seed)],
+                                  n=0, max_tokens=max_tokens).greedy_acc for lv in cfg.levels}
+            for t in tasks}
 
 
-def _round_problems(task: Task, cfg: DistillConfig, r: int) -> list[Problem]:
-    per = _spread(cfg.problems_per_round, len(cfg.levels))
-    out = [p for lv, k in zip(cfg.levels, per) if k
-           for p in task.problems("train", lv, k, seed=cfg.seed * 1000 + r)]
+def _accuracy(acc: dict[str, dict[int, float]]) -> dict:
+    """A round's accuracy record: the mean over all tasks and levels, per level (the mean over
+    tasks) and per task and level."""
+    levels = next(iter(acc.values()), {})
+    return {"accuracy": _mean([a for per in acc.values() for a in per.values()]),
+            "accuracy_per_level": {lv: sum(per[lv] for per in acc.values()) / len(acc) for lv in levels},
+            "accuracy_per_task_level": acc}
+
+
+def _round_problems(tasks: Sequence[Task], cfg: DistillConfig, r: int) -> list[Problem]:
+    """Round `r`'s fresh train problems, spread over tasks x levels, asked at `cfg.effort`."""
+    cells = [(t, lv) for t in tasks for lv in cfg.levels]
+    per = _spread(cfg.problems_per_round, len(cells))
+    out = [p for (t, lv), k in zip(cells, per) if k
+           for p in t.problems("train", lv, k, seed=cfg.seed * 1000 + r)]
     random.Random(cfg.seed * 1000 + r).shuffle(out)
-    return out
+    return [apply_effort(p, cfg.effort) for p in out]
 
 
 def _spread(total: int, k: int) -> list[int]:
@@ -203,13 +280,12 @@ def distill(cfg: DistillConfig, model: str, out: str | Path, progress: bool = Tr
     held-out greedy accuracy (round 0 is the parent).
     """
     from ttscale.engine import load_generator
-    from ttscale.rewards import get_scorer
     from ttscale.train.sft import SFTConfig, train_sft
 
     out = Path(out)
     parent = resolve_model(model)
-    task = get_task(cfg.task)
-    check_distill_config(cfg, task)
+    tasks = distill_tasks(cfg)
+    check_distill_config(cfg, tasks)
     if cfg.scorer == "prm" and cfg.scorer_model:
         resolve_model(cfg.scorer_model)
     if cfg.threads:
@@ -236,20 +312,18 @@ def distill(cfg: DistillConfig, model: str, out: str | Path, progress: bool = Tr
             f.write(json.dumps(row) + "\n")
 
     if not rows:
-        acc = _greedy_accuracy(parent, task, cfg)
-        record({"round": 0, "model": Path(parent).name, "accuracy": _mean(acc), "accuracy_per_level": acc})
+        record({"round": 0, "model": Path(parent).name, **_accuracy(_greedy_accuracy(parent, tasks, cfg))})
     for r in range(len(rows), cfg.rounds + 1):
         prev = out / f"round-{r - 1}"
         policy = parent if r == 1 else str(prev if prev.exists() else out)
         generator = load_generator(policy, backend=cfg.backend, device=cfg.device)
-        scorer = get_scorer(cfg.scorer, task=task, generator=generator, model=cfg.scorer_model)
-        examples, stats = search_round(task, _round_problems(task, cfg, r), generator, cfg, scorer, progress)
+        examples, stats = search_tasks(tasks, _round_problems(tasks, cfg, r), generator, cfg, progress)
         (out / f"data-round-{r}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
         round_dir = out / f"round-{r}"
         pairs = [(e["prompt"], e["solution"]) for e in examples]
         if pairs:
             steps = finetune_steps(pairs, cfg)
-            sft = SFTConfig(init_from=parent, tasks=[cfg.task], levels=list(cfg.levels), steps=steps,
+            sft = SFTConfig(init_from=parent, tasks=cfg.task_names, levels=list(cfg.levels), steps=steps,
                             batch_size=cfg.batch_size, block=cfg.block, lr=cfg.learning_rate,
                             warmup=max(1, steps // 10), seed=cfg.seed + r, device=cfg.device)
             train_sft(sft, round_dir, progress=progress,
@@ -261,8 +335,7 @@ def distill(cfg: DistillConfig, model: str, out: str | Path, progress: bool = Tr
                 if (Path(policy) / f).exists():
                     shutil.copy2(Path(policy) / f, round_dir / f)
             (round_dir / "training.json").write_text(json.dumps({"steps": 0}) + "\n")
-        acc = _greedy_accuracy(str(round_dir), task, cfg)
-        record({"round": r, **stats, "sft_steps": steps, "accuracy": _mean(acc), "accuracy_per_level": acc})
+        record({"round": r, **stats, "sft_steps": steps, **_accuracy(_greedy_accuracy(str(round_dir), tasks, cfg))})
 
     final = out / f"round-{cfg.rounds}"
     for f in MODEL_FILES:
@@ -282,8 +355,8 @@ def distill(cfg: DistillConfig, model: str, out: str | Path, progress: bool = Tr
     return summary
 
 
-def _mean(acc: dict) -> float | None:
-    return round(sum(acc.values()) / len(acc), 4) if acc else None
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
 
 
 def _params(model_dir: Path) -> int:

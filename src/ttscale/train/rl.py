@@ -482,9 +482,10 @@ def evaluate_levels(model_dir: str | Path, task: str, levels: Sequence[int] | No
     t = get_task(task)
     gen = load_generator(str(model_dir), backend=backend)
     lvls = list(levels) if levels else (list(t.levels) if isinstance(t, BuiltinTask) else [None])
+    max_tokens = min(max_tokens_for(effort, MAX_TOKENS), gen.context_length)  # a short-context parent
     return [evaluate(gen, t, [apply_effort(p, effort) for p in t.problems(split=split, level=lv, n=num_problems,
                                                                            seed=seed)],
-                     n=n, seed=seed, max_tokens=max_tokens_for(effort, MAX_TOKENS))
+                     n=n, seed=seed, max_tokens=max_tokens)
             for lv in lvls]
 
 
@@ -518,8 +519,9 @@ def write_trained_card(model_dir: str | Path, rows: Sequence, command: str, spli
                 f"length penalty {r.get('length_penalty')}; beta {cfg.get('beta')}")
         steps = f"{meta.get('steps')} GRPO steps ({meta.get('completion_tokens', 0):,} completion tokens sampled)"
     else:
-        data = (f"{cfg.get('task')} levels {cfg.get('levels')}, train split; solutions found by "
-                f"{cfg.get('strategy')} with the {cfg.get('scorer')} scorer, kept only when the oracle verifies them")
+        data = (f"{cfg.get('task')} levels {cfg.get('levels')}, train split, effort {cfg.get('effort', 'low')}; "
+                f"solutions found by {cfg.get('strategy')} with the {cfg.get('scorer')} scorer, kept only when "
+                f"the oracle verifies them")
         steps = f"{meta.get('rounds_done')} rounds of {cfg.get('sft_steps')} fine-tuning steps"
     lines = [
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [ttscale]", "---",
