@@ -14,9 +14,9 @@ from ttscale.errors import TTScaleError
 from ttscale.rewards import get_scorer
 from ttscale.strategies import Candidate, Solution, solve
 from ttscale.tasks import get_task
-from ttscale.tasks.effort import apply_effort
+from ttscale.tasks.effort import LONG_MAX_DEPTH, apply_effort
 from ttscale.train.data import IGNORE
-from ttscale.train.distill import (LONG_MAX_DEPTH, DistillConfig, distill, packed_examples, search_params,
+from ttscale.train.distill import (DistillConfig, distill, packed_examples, search_params,
                                    search_round, verified_solutions)
 from ttscale.types import Completion, Cost, GenerationResult, Problem, Usage
 

@@ -102,10 +102,15 @@ def test_effort_errors_name_the_accepted_values():
     assert apply_effort(generic, "low") is generic
 
 
-def test_high_effort_raises_only_a_default_token_limit():
-    assert params_at_effort("majority", {"n": 4}, "high").max_tokens >= 768
-    assert params_at_effort("majority", {"n": 4, "max_tokens": 300}, "high").max_tokens == 300
+@pytest.mark.parametrize("effort", ["high", "auto"])
+def test_long_efforts_raise_only_default_token_and_step_limits(effort):
+    assert params_at_effort("majority", {"n": 4}, effort).max_tokens >= 768
+    assert params_at_effort("majority", {"n": 4, "max_tokens": 300}, effort).max_tokens == 300
     assert params_at_effort("majority", {"n": 4}, "low").max_tokens < 768
+    # a tree search over long chains needs as many steps as the chains have (arith level 5: ~50)
+    assert params_at_effort("beam_search", {"n": 4}, effort).max_depth >= 50
+    assert params_at_effort("beam_search", {"n": 4, "max_depth": 20}, effort).max_depth == 20
+    assert params_at_effort("beam_search", {"n": 4}, "low").max_depth == 12
 
 
 def test_countdown_traces_never_retry_a_move_from_the_same_state():

@@ -19,7 +19,7 @@ from ttscale.strategies import beam, hybrid, mcts, rebase  # noqa: F401  (regist
 from ttscale.strategies import cascade  # noqa: F401  (registration)
 from ttscale.strategies.base import STRATEGIES, Candidate, Meter, Solution, register
 from ttscale.tasks.base import Task
-from ttscale.tasks.effort import apply_effort, check_effort, max_tokens_for
+from ttscale.tasks.effort import LONG_MAX_DEPTH, apply_effort, check_effort, max_tokens_for
 from ttscale.types import Problem
 
 ParamsLike = Mapping[str, Any] | Any | None
@@ -91,15 +91,19 @@ def get_params(strategy: str, params: ParamsLike = None, **kw: Any) -> Any:
 
 
 def params_at_effort(strategy: str, params: ParamsLike, effort: str) -> Any:
-    """`strategy`'s checked parameters, with room for long chains at effort "high".
+    """`strategy`'s checked parameters, with room for long chains at effort "high" or "auto".
 
-    A `max_tokens` the caller gave is kept; the default one is raised to LONG_MAX_TOKENS.
+    A `max_tokens` or `max_depth` the caller gave is kept; the defaults are raised to
+    LONG_MAX_TOKENS tokens and (tree searches) LONG_MAX_DEPTH steps.
     """
     checked = get_params(strategy, params)
     given = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params or {})
-    if (check_effort(effort) == "high" and "max_tokens" not in given
-            and hasattr(checked, "max_tokens")):
+    if check_effort(effort) == "low":
+        return checked
+    if "max_tokens" not in given and hasattr(checked, "max_tokens"):
         checked = dataclasses.replace(checked, max_tokens=max_tokens_for(effort, checked.max_tokens))
+    if "max_depth" not in given and hasattr(checked, "max_depth"):
+        checked = dataclasses.replace(checked, max_depth=max(checked.max_depth, LONG_MAX_DEPTH))
     return checked
 
 

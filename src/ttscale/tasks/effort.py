@@ -26,6 +26,7 @@ AUTO_PREFIX = "Auto: "
 MODE_LINES = {"low": "low\n", "high": "high\n"}  # an auto completion's first line
 LONG_MODE_TASKS = ("arith", "countdown")
 LONG_MAX_TOKENS = 768  # the longest long-mode reference solution (arith level 5) is about 510
+LONG_MAX_DEPTH = 64  # steps of a long-mode chain for a tree search: arith level 5 takes up to about 50 lines
 
 
 def max_tokens_for(effort: str, short_default: int) -> int:

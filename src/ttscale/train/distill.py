@@ -17,7 +17,7 @@ import random
 import shutil
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ from ttscale.types import Problem
 STRATEGIES = ("beam_search", "mcts")
 SCORERS = ("oracle", "prm")
 EFFORTS = ("low", "high")  # "auto" would need the mode line searched too
-LONG_MAX_DEPTH = 64  # steps of a long-mode chain: arith level 5 takes up to about 50 lines
 MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
@@ -113,14 +112,11 @@ def check_distill_config(cfg: DistillConfig, tasks: Sequence[Task]) -> None:
 
 
 def search_params(cfg: DistillConfig) -> Any:
-    """The search's checked parameters at `cfg.effort`: at "high", room for long chains (as
-    `params_at_effort` gives, and `LONG_MAX_DEPTH` steps); a value the caller gave is kept."""
+    """The search's checked parameters at `cfg.effort`: at "high", room for long chains
+    (`params_at_effort`); a value the caller gave is kept."""
     from ttscale.strategies import params_at_effort
 
-    params = params_at_effort(cfg.strategy, cfg.search_params, cfg.effort)
-    if cfg.effort == "high" and "max_depth" not in cfg.search_params:
-        params = replace(params, max_depth=max(params.max_depth, LONG_MAX_DEPTH))
-    return params
+    return params_at_effort(cfg.strategy, cfg.search_params, cfg.effort)
 
 
 # -- E step: search and keep what the oracle verifies ------------------------------------------
