@@ -55,9 +55,9 @@ def lineage(model_dir: str | Path) -> tuple[str | None, list[str]]:
         if prev is None:
             return None, stages[::-1]
         shipped = _shipped_name(prev)
-        if shipped is None and not Path(prev).is_dir():
-            return prev, stages[::-1]
-        here = Path(prev) if shipped is None else Path(next(m.path for m in list_models() if m.name == shipped))
+        if shipped is not None or not Path(prev).is_dir():
+            return shipped or prev, stages[::-1]
+        here = Path(prev)
 
 
 def ship_model(src: str | Path, name: str, root: str | Path | None = None) -> Path:

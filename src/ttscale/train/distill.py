@@ -26,7 +26,7 @@ import torch
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.registry import resolve_model
 from ttscale.tasks import BUILTIN_TASKS, Task, get_task
-from ttscale.tasks.effort import apply_effort, max_tokens_for
+from ttscale.tasks.effort import apply_effort
 from ttscale.types import Problem
 
 STRATEGIES = ("beam_search", "mcts")
@@ -222,14 +222,11 @@ def _greedy_accuracy(model_dir: str, tasks: Sequence[Task], cfg: DistillConfig) 
     """Held-out greedy accuracy per task and level, the problems asked at `cfg.effort`."""
     if cfg.eval_problems == 0:
         return {}
-    from ttscale.engine import load_generator
-    from ttscale.eval.evaluate import MAX_TOKENS, evaluate
+    from ttscale.train.rl import evaluate_levels
 
-    gen = load_generator(model_dir, backend=cfg.backend, device=cfg.device)
-    max_tokens = min(max_tokens_for(cfg.effort, MAX_TOKENS), gen.context_length)
-    return {t.name: {lv: evaluate(gen, t, [apply_effort(p, cfg.effort) for p in
-                                           t.problems("heldout", lv, cfg.eval_problems, cfg.seed)],
-                                  n=0, max_tokens=max_tokens).greedy_acc for lv in cfg.levels}
+    return {t.name: {lv: r.greedy_acc for lv, r in zip(cfg.levels, evaluate_levels(
+                model_dir, t.name, cfg.levels, split="heldout", num_problems=cfg.eval_problems, n=0,
+                seed=cfg.seed, backend=cfg.backend, effort=cfg.effort, device=cfg.device))}
             for t in tasks}
 
 

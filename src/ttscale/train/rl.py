@@ -472,7 +472,7 @@ def _guarded_trainer_class():
 # -- evaluation and the model card (shared with distillation) ----------------------------------
 def evaluate_levels(model_dir: str | Path, task: str, levels: Sequence[int] | None = None,
                     split: str = "heldout", num_problems: int = 50, n: int = 16, seed: int = 0,
-                    backend: str = "torch", effort: str = "low") -> list:
+                    backend: str = "torch", effort: str = "low", device: str = "cpu") -> list:
     """Greedy, maj@n and pass@n per level on fixed problems of `split` asked at `effort`
     (EvalResult rows)."""
     from ttscale.engine import load_generator
@@ -480,7 +480,7 @@ def evaluate_levels(model_dir: str | Path, task: str, levels: Sequence[int] | No
     from ttscale.tasks.effort import max_tokens_for
 
     t = get_task(task)
-    gen = load_generator(str(model_dir), backend=backend)
+    gen = load_generator(str(model_dir), backend=backend, device=device)
     lvls = list(levels) if levels else (list(t.levels) if isinstance(t, BuiltinTask) else [None])
     max_tokens = min(max_tokens_for(effort, MAX_TOKENS), gen.context_length)  # a short-context parent
     return [evaluate(gen, t, [apply_effort(p, effort) for p in t.problems(split=split, level=lv, n=num_problems,
