@@ -60,3 +60,29 @@ def test_countdown_explains_a_hostile_answer():
     assert task.explain(p, "9**9**9**9") == "powers are not allowed; use + - * / and parentheses"
     assert not task.is_correct(p, "A: " + "(" * 5000 + "2*5" + ")" * 5000)
     assert task.is_correct(p, "A: 2*5")
+
+
+@pytest.mark.parametrize("a, b", [
+    ("29+19", "19+29"), ("(29)+19", "29+19"), ("3*(4+5)", "(5+4)*3"), ("10-(3-2)", "2+10-3"),
+    ("8/(2/3)", "3*8/2"), ("(1+2)+3", "3+(2+1)"), ("-3+5", "5-3"),
+])
+def test_answers_equal_up_to_order_share_one_vote_key(a, b):
+    task = Countdown()
+    assert task.answer_key(a) == task.answer_key(b)
+
+
+@pytest.mark.parametrize("a, b", [
+    ("3*(4+5)", "3*4+3*5"), ("10-3", "3-10"), ("8/2", "2/8"), ("50-2", "29+19"), ("2*3", "2+3"),
+])
+def test_different_expressions_keep_different_vote_keys(a, b):
+    task = Countdown()
+    assert task.answer_key(a) != task.answer_key(b)
+
+
+def test_countdown_majority_counts_reordered_answers_together():
+    from ttscale.eval.evaluate import majority_answer
+
+    # three ways of writing one answer outvote two copies of another
+    answers = ["19+29", "29+19", "(19+29)", "50-2", "50-2"]
+    assert majority_answer(Countdown(), answers) == "19+29"
+    assert Countdown().answer_key("no expression here") == "no expression here"

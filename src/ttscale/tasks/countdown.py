@@ -155,6 +155,16 @@ class Countdown(BuiltinTask):
     def check(self, problem: Problem, answer: str | None) -> bool:
         return self.explain(problem, answer) is None
 
+    def answer_key(self, answer: str | None) -> str | None:
+        """The expression's normal form up to commutativity and associativity (`19+29` and
+        `29+19` vote together; safe_eval's module doc); unparsable answers as written."""
+        if answer is None:
+            return None
+        try:
+            return parse(answer).form
+        except UnsafeExpression:
+            return answer.strip()
+
     def long_solution(self, problem: Problem, rng: random.Random | None = None) -> str:
         """The long-mode (`effort="high"`) search trace; `rng` draws its dead ends (None: none)."""
         numbers, target = self.numbers_and_target(problem)

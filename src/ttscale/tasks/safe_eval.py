@@ -4,6 +4,12 @@ Model output is untrusted: it is parsed by a recursive-descent parser over + - *
 parentheses on exact rationals, never by `eval`. Length, nesting depth, digits per number and
 the magnitude of every intermediate value are bounded, so hostile input (huge powers, deep
 nesting, junk) is rejected quickly with a reason instead of hanging or exhausting memory.
+
+The parser also writes each expression's normal form up to commutativity and associativity
+(`Parsed.form`): the terms of a sum and the factors of a product, with their signs and
+exponents, sorted, so `19+29`, `29+19` and `(29)+19` share one form while `(a+b)*c` and
+`a*c+b*c` keep two. Votes use it (`Countdown.answer_key`): the same answer written in another
+order is the same answer. It never evaluates against a target, so it is not a checker.
 """
 from __future__ import annotations
 
@@ -32,6 +38,33 @@ class Parsed:
     value: Fraction
     numbers: tuple[int, ...]  # the literals used, in order of appearance
     ops: int  # number of binary operations
+    form: str  # the normal form up to commutativity and associativity (module doc)
+
+
+# A node of the form: a number, or a sum / product of (sign or exponent, node) items.
+_Node = tuple
+
+
+def _form(node: _Node) -> str:
+    """The normal form of a node: nested sums (products) flattened into one, items sorted."""
+    if node[0] == "n":
+        return str(node[1])
+    kind, items = node[0], []
+
+    def flatten(sign: int, child: _Node) -> None:
+        if child[0] == kind:
+            for s, c in child[1]:
+                flatten(sign * s, c)
+        else:
+            items.append((sign, _form(child)))
+
+    flatten(1, node)
+    plus, minus, left, right = ("+", "-", "(", ")") if kind == "s" else ("*", "/", "[", "]")
+    return left + "".join(sorted((plus if s > 0 else minus) + f for s, f in items)) + right
+
+
+def _combine(kind: str, items: list[tuple[int, _Node]]) -> _Node:
+    return items[0][1] if len(items) == 1 and items[0][0] == 1 else (kind, items)
 
 
 def _tokenize(text: str) -> list[str]:
@@ -78,20 +111,24 @@ class _Parser:
             raise UnsafeExpression(f"intermediate value exceeds {MAX_MAGNITUDE:.0e}")
         return v
 
-    def expr(self, depth: int) -> Fraction:
-        v = self.term(depth)
+    # each rule returns (value, node of the normal form)
+    def expr(self, depth: int) -> tuple[Fraction, _Node]:
+        v, node = self.term(depth)
+        items = [(1, node)]
         while self.peek() in ("+", "-"):
             op = self.take()
-            rhs = self.term(depth)
+            rhs, rnode = self.term(depth)
             self.ops += 1
             v = self.check(v + rhs if op == "+" else v - rhs)
-        return v
+            items.append((1 if op == "+" else -1, rnode))
+        return v, _combine("s", items)
 
-    def term(self, depth: int) -> Fraction:
-        v = self.factor(depth)
+    def term(self, depth: int) -> tuple[Fraction, _Node]:
+        v, node = self.factor(depth)
+        items = [(1, node)]
         while self.peek() in ("*", "/"):
             op = self.take()
-            rhs = self.factor(depth)
+            rhs, rnode = self.factor(depth)
             self.ops += 1
             if op == "/":
                 if rhs == 0:
@@ -99,9 +136,10 @@ class _Parser:
                 v = self.check(v / rhs)
             else:
                 v = self.check(v * rhs)
-        return v
+            items.append((1 if op == "*" else -1, rnode))
+        return v, _combine("p", items)
 
-    def factor(self, depth: int) -> Fraction:
+    def factor(self, depth: int) -> tuple[Fraction, _Node]:
         if depth > MAX_DEPTH:
             raise UnsafeExpression(f"nesting deeper than {MAX_DEPTH}")
         tok = self.take()
@@ -111,20 +149,21 @@ class _Parser:
                 raise UnsafeExpression("unbalanced parentheses")
             return v
         if tok == "-":
-            return -self.factor(depth + 1)
+            v, node = self.factor(depth + 1)
+            return -v, ("s", [(-1, node)])
         if tok.isdigit():
             self.numbers.append(int(tok))
-            return Fraction(int(tok))
+            return Fraction(int(tok)), ("n", int(tok))
         raise UnsafeExpression(f"unexpected {tok!r}")
 
 
 def parse(text: str) -> Parsed:
     """Parse and evaluate `text` exactly; raise UnsafeExpression with a reason on bad input."""
     p = _Parser(_tokenize(text))
-    value = p.expr(0)
+    value, node = p.expr(0)
     if p.peek() is not None:
         raise UnsafeExpression(f"unexpected {p.peek()!r} after the expression")
-    return Parsed(value, tuple(p.numbers), p.ops)
+    return Parsed(value, tuple(p.numbers), p.ops, _form(node))
 
 
 def evaluate(text: str) -> Fraction:
