@@ -67,6 +67,26 @@ def test_allocation_matches_brute_force_on_a_small_batch():
         assert got.expected_accuracy >= best - worst_step - 1e-9
 
 
+def test_an_overrun_costs_later_problems_upgrades_not_their_answers():
+    """Four problems, each allotted the dear option; the first spends twice its allotment.
+    The problem after it is downgraded to the cheap answer, never to answering nothing,
+    while the budget left still covers it; the total stays within the budget."""
+    from ttscale.planner.allocate import NO_ANSWER, Ledger
+
+    frontier = [Option(NO_ANSWER, 0.0, 0.0), Option("cheap", 1.0, 0.5), Option("dear", 10.0, 0.9)]
+    ledger = Ledger([frontier] * 4, budget=40.0, ranks=[0, 1, 2, 3])
+    assert ledger.choice == [2, 2, 2, 2]
+    spent = []
+    for i, cost in zip(range(4), [20.0, 10.0, 10.0, 10.0]):
+        k = ledger.upgrade(i)
+        pay = min(cost if k == 2 else frontier[k].cost, ledger.limit(i))
+        ledger.charge(i, pay)
+        spent.append((frontier[k].config, pay))
+    assert NO_ANSWER not in [c for c, _ in spent], spent
+    assert [c for c, _ in spent] == ["dear", "cheap", "cheap", "dear"], spent
+    assert sum(p for _, p in spent) <= 40.0 + 1e-9
+
+
 def test_simulated_planner_never_spends_more_than_its_budget():
     table = synthetic_table()
     plan = fit_plan(table)

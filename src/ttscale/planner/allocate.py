@@ -9,8 +9,10 @@ never by position, so which problems go without when the budget runs short does 
 on how the batch happens to be sorted. Execution is sequential:
 whatever a problem does not spend (an adaptive stopping rule that stopped early, samples that
 were shorter than expected) goes back to a pool that later problems may upgrade with, at the
-same marginal price. A `BudgetGuard` checks the worst case of every generation call before it
-is made, so the total spent never exceeds the budget.
+same marginal price; what a problem overspends is taken back from later problems' upgrades,
+down to their cheapest option that answers, never to answering nothing (only the guard may
+stop a call, when the budget itself runs out). A `BudgetGuard` checks the worst case of every
+generation call before it is made, so the total spent never exceeds the budget.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from ttscale.rewards.base import ScoreBatch, Scorer
 from ttscale.types import Completion, GenerationRequest, GenerationResult, Problem
 
 ZERO_COST_SCORERS = ("oracle", "likelihood", "self-certainty")
+NO_ANSWER = "none"  # the free option without a probe: answer nothing
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,10 @@ class Ledger:
     The pool is the budget minus what was spent minus the allotments of problems not yet run.
     `upgrade(i)` spends a positive pool on further frontier steps whose gain per FLOP is at
     least the allocation's marginal price, and downgrades problem i while the pool is
-    negative (an earlier problem overran); `limit(i)` is the most problem i may spend: its
+    negative (an earlier problem overran), but not below its cheapest option that answers
+    when the allocation gave it one: an overrun of a few FLOPs elsewhere must not cost a
+    problem its whole answer (the guard still stops any call the budget cannot cover);
+    `limit(i)` is the most problem i may spend: its
     allotment twice over plus the free pool, never more than what is left of the budget;
     `charge(i, spent)` settles it.
     """
@@ -126,7 +132,8 @@ class Ledger:
 
     def upgrade(self, i: int) -> int:
         h = self.frontiers[i]
-        while self.pool < -1e-9 and self.choice[i] > 0:
+        floor = 1 if self.choice[i] > 0 and h[0].config == NO_ANSWER else 0
+        while self.pool < -1e-9 and self.choice[i] > floor:
             j = self.choice[i]
             self.pool += h[j].cost - h[j - 1].cost
             self.choice[i] = j - 1

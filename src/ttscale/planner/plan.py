@@ -26,14 +26,13 @@ from typing import Any
 import numpy as np
 
 from ttscale.errors import TTScaleError
-from ttscale.planner.allocate import Ledger, Option, allocate, efficient_frontier, tie_ranks
+from ttscale.planner.allocate import NO_ANSWER, Ledger, Option, allocate, efficient_frontier, tie_ranks
 from ttscale.planner.difficulty import (PROBE_SAMPLES, assign_bin, difficulty, num_bins,
                                         quantile_edges)
 from ttscale.planner.samples import (NEEDS_SCORES, SampleSet, rounds_of, sample_order, select,
                                      setting_id, split_setting)
 
 PROBE = "probe"  # the free option once the probe is paid: majority vote of the probe samples
-NO_ANSWER = "none"  # the free option without a probe: answer nothing
 
 
 def config_id(strategy: str, params: dict[str, Any]) -> str:
