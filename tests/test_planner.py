@@ -275,3 +275,31 @@ def test_online_planner_answers_with_the_plan_of_the_problems_task(random_model_
         task = get_task(name)
         run = solve_with_plan(task.problems("test", 2, 2, seed=0), task, gen, plan, 1e12)
         assert run.mode == "blind" and [a.config for a in run.answers] == [want, want]
+
+
+def test_whether_to_probe_is_decided_on_held_out_problems():
+    """A probe that says nothing: difficulty is noise and 100 configurations are coin flips.
+    In-sample, each bin's best coin looks better than the pooled best, so comparing the
+    expected allocations probes; on held-out problems the bins' picks are coin flips that
+    also paid for the probe (which leaves some problems without a configuration), and the
+    plan answers blind."""
+    from dataclasses import replace
+
+    from ttscale.planner.plan import choose_modes
+
+    rng = np.random.default_rng(5)
+    n, j = 120, 100
+    configs = [f"c{i}()" for i in range(j)]
+    raw = np.full((n, j), 4e6)
+    table = Table("m", [f"p{i}" for i in range(n)], [0] * n, [1] * n,
+                  rng.choice([0.0, 0.25, 0.5, 0.75], size=n), np.full(n, 1e6), np.zeros(n), configs,
+                  {c: {"strategy": c[:-2], "params": {}, "source": "run"} for c in configs},
+                  (rng.random((n, j)) < 0.5).astype(float), raw, raw.copy(), np.full((n, j), np.nan))
+    plan = fit_plan(table)
+    budget = n * 4.5e6
+    bins = [plan.bin_of(d) for d in table.difficulty]
+    in_sample = replace(plan, probe_gain=[])
+    assert choose_modes([in_sample] * n, bins, ["t"] * n, budget) == {"t": "probe"}
+    assert plan.prefers_probe(4.5e6) is False
+    assert choose_modes([plan] * n, bins, ["t"] * n, budget) == {"t": "blind"}
+    assert Plan.from_dict(plan.to_dict()).probe_gain == plan.probe_gain

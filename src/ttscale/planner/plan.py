@@ -204,11 +204,22 @@ class Plan:
     probe_latency: float = 0.0  # mean wall seconds of the probe
     latency_budget: float | None = None  # seconds per problem the frontiers were cut to
     by_task: dict[str, "Plan"] = field(default_factory=dict)  # a plan per task (fitted apart)
+    # [per-problem budget, held-out accuracy of probing first minus answering blind]: whether
+    # the probe pays, measured on calibration problems the sub-plans were not fitted on
+    probe_gain: list[list[float]] = field(default_factory=list)
 
     def for_task(self, task: str) -> "Plan":
         """The plan fitted on `task`'s problems alone, where there is one; else this plan.
         A problem's task is known when it is asked, so planning per task uses no answer key."""
         return self.by_task.get(task, self)
+
+    def prefers_probe(self, per_problem_budget: float) -> bool | None:
+        """Whether probing first paid on held-out calibration problems at the measured budget
+        nearest (in log scale) to `per_problem_budget`; None where it was not measured."""
+        if not self.probe_gain or per_problem_budget <= 0:
+            return None
+        _, gain = min(self.probe_gain, key=lambda bg: abs(math.log(bg[0] / per_problem_budget)))
+        return gain > 0
 
     @property
     def can_probe(self) -> bool:
@@ -283,19 +294,26 @@ class Plan:
             raise TTScaleError(f"{path} is not a ttscale plan ({e})") from None
 
 
+HELD_OUT_FOLDS = 3  # inner folds that measure whether the probe pays (`held_out_probe_gain`)
+HELD_OUT_MIN_PROBLEMS = 24  # fewer calibration problems: the in-sample rule of `choose_modes`
+
+
 def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = None,
-             latency_budget: float | None = None) -> Plan:
+             latency_budget: float | None = None, measure_probe: bool = True) -> Plan:
     """Fit a plan on the instances of `table` (its calibration problems). Every option keeps
     its expected latency (probe included when probed); with `latency_budget` (seconds per
     problem) only options within it are planned with (`Plan.with_latency_budget`). When the
     table holds several tasks, a plan is also fitted on each task's instances alone
     (`Plan.by_task`): the modes and configurations that pay differ between tasks (the long
-    mode on arith, short-mode sampling on countdown), and a problem's task is known."""
+    mode on arith, short-mode sampling on countdown), and a problem's task is known.
+    A plan of one task also records whether probing first pays, measured on held-out
+    calibration problems (`held_out_probe_gain`; `measure_probe=False` skips it)."""
     if len(table) == 0:
         raise TTScaleError("no calibration instances to fit a plan on")
     tasks = sorted(set(table.tasks))
     by_task = {} if len(tasks) < 2 else {
-        t: fit_plan(table.subset(np.array([x == t for x in table.tasks])), max_bins, sampling)
+        t: fit_plan(table.subset(np.array([x == t for x in table.tasks])), max_bins, sampling,
+                    measure_probe=measure_probe)
         for t in tasks}
     n_problems = len(set(table.problems))
     edges = quantile_edges(table.difficulty.tolist(), num_bins(n_problems, max_bins))
@@ -321,7 +339,29 @@ def fit_plan(table: Table, max_bins: int = 5, sampling: dict[str, Any] | None = 
                 table.strategies, dict(sampling or {}),
                 {"problems": n_problems, "instances": len(table), "bin_sizes": sizes},
                 options, blind_options, float(table.probe_latency.mean()), by_task=by_task)
+    if measure_probe and len(tasks) == 1 and n_problems >= HELD_OUT_MIN_PROBLEMS:
+        plan.probe_gain = held_out_probe_gain(table, max_bins)
     return plan.with_latency_budget(latency_budget) if latency_budget is not None else plan
+
+
+def held_out_probe_gain(table: Table, max_bins: int = 5, k: int = HELD_OUT_FOLDS,
+                        seed: int = 0) -> list[list[float]]:
+    """[per-problem budget, accuracy of probing first minus answering blind] on a grid of
+    budgets, each problem answered by a plan fitted on the other folds (k-fold by problem).
+    Deciding it in-sample, as `choose_modes` does without it, favours the probe: its bins
+    hold a fifth of the problems each, and the best configuration of a small bin looks
+    better on the problems it was picked on than it is."""
+    folds = folds_of(table.problems, k, seed)
+    budgets = budget_grid(table, 12)
+    gain = np.zeros(len(budgets))
+    for f in range(k):
+        sub = fit_plan(table.subset(folds != f), max_bins, measure_probe=False)
+        test = table.subset(folds == f)
+        for j, b in enumerate(budgets):
+            probed = simulate(sub, test, b * len(test), seed * 1000 + f, mode="probe")
+            blind = simulate(sub, test, b * len(test), seed * 1000 + f, mode="blind")
+            gain[j] += probed.correct.sum() - blind.correct.sum()
+    return [[b, float(g / len(table))] for b, g in zip(budgets, gain)]
 
 
 # -- spending a budget on a batch (offline, from the table) ----------------------------------
@@ -349,12 +389,18 @@ MAX_MODE_GROUPS = 4  # tasks whose probe-or-not choice is searched jointly (2^4 
 
 def choose_modes(plans: Sequence[Plan], bins: Sequence[int], groups: Sequence[str], budget: float,
                  ranks: Sequence[int] | None = None) -> dict[str, str]:
-    """Per task ("group"), whether to probe first: the joint choice whose allocation of the
-    whole budget buys the most expected accuracy (`plans[i]`, `bins[i]`: instance i's plan
-    and probe bin). Ties go to probing. More than `MAX_MODE_GROUPS` tasks: one mode for all."""
+    """Per task ("group"), whether to probe first. A task whose plan measured it on held-out
+    problems (`Plan.prefers_probe` at the batch's budget per problem) follows that; for the
+    others, the joint choice whose allocation of the whole budget buys the most expected
+    accuracy (`plans[i]`, `bins[i]`: instance i's plan and probe bin), ties to probing.
+    More than `MAX_MODE_GROUPS` tasks: one mode for all."""
     names = sorted(set(groups))
     plan_of = {g: p for g, p in zip(groups, plans)}
-    choices = list(itertools.product(("probe", "blind"), repeat=len(names)))
+    per_problem = budget / max(len(groups), 1)
+    held_out = {g: plan_of[g].prefers_probe(per_problem) for g in names}
+    allowed = [("blind",) if held_out[g] is False else ("probe",) if held_out[g] else ("probe", "blind")
+               for g in names]
+    choices = list(itertools.product(*allowed))
     if len(names) > MAX_MODE_GROUPS:
         choices = [("probe",) * len(names), ("blind",) * len(names)]
     best, best_acc = {g: "blind" for g in names}, -1.0
@@ -373,20 +419,22 @@ def choose_modes(plans: Sequence[Plan], bins: Sequence[int], groups: Sequence[st
     return best
 
 
-def simulate(plan: Plan, table: Table, budget: float, seed: int = 0) -> Spend:
+def simulate(plan: Plan, table: Table, budget: float, seed: int = 0, mode: str | None = None) -> Spend:
     """Spend `budget` FLOPs on the instances of `table` as `solve_with_plan` would, using the
     measured outcomes; realized costs (not expectations) are charged, and a configuration
     that would overrun what is left is stopped by the guard (the probe's vote answers).
     Each instance follows its task's plan (`Plan.for_task`); whether a task's problems are
     probed first is chosen per task (`choose_modes`), the budget is shared by all.
     Every tie (who is probed, who runs first among equally difficult problems, who is
-    upgraded among equal gains) is broken by a draw seeded by `seed`, never by position."""
+    upgraded among equal gains) is broken by a draw seeded by `seed`, never by position.
+    `mode` ("probe" or "blind") imposes one mode on every task instead."""
     n = len(table)
     col = {c: j for j, c in enumerate(table.configs)}
     plans = [plan.for_task(t) for t in table.tasks]
     bins = [p.bin_of(d) for p, d in zip(plans, table.difficulty)]
     rank = tie_ranks(n, seed)
-    modes = choose_modes(plans, bins, table.tasks, budget, rank)
+    modes = ({t: mode for t in table.tasks} if mode is not None
+             else choose_modes(plans, bins, table.tasks, budget, rank))
     probe_mode = np.array([modes[t] == "probe" for t in table.tasks], dtype=bool)
     correct, flops, choice = np.zeros(n), np.zeros(n), [NO_ANSWER] * n
     spent_probe = 0.0
