@@ -4,9 +4,10 @@ Ollama, `ttscale serve`) behind the Generator protocol.
 Requests run asynchronously on a private event loop thread with bounded concurrency, spread
 over several base URLs (least-loaded first; with `endpoint_concurrency` a request waits here
 until a server has a free slot, so that it goes to whichever server frees first), retried with
-exponential backoff on 429, 5xx, dropped connections and connect timeouts. A request that ran out of `timeout` (the read timeout,
-one answer's wait) is not retried: the same generation would be as slow again, and `max_retries`
-attempts of it would fail only after max_retries + 1 timeouts. An error of one request lands in its own result; the batch never raises.
+exponential backoff on 429, 5xx, dropped connections and connect timeouts. A request that ran
+out of `timeout` (the read timeout, one answer's wait) is not retried: the same generation would
+be as slow again, and `max_retries` attempts of it would fail only after max_retries + 1
+timeouts. An error of one request lands in its own result; the batch never raises.
 FLOPs are counted from the model shape the user gives (`shape_from`: a HF config or a GGUF
 file's header, or n_params/n_layer/d_model), since a remote model cannot be inspected; with
 none given they are unknown (NaN). A server that ignores `n` gets n separate requests.

@@ -141,12 +141,15 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
     est_bins = [b for b, s in enumerate(sizes) for _ in range(round(s * n / max(sum(sizes), 1)))][:n]
     est_bins += [len(plan.bins) // 2] * (n - len(est_bins))
     rank = tie_ranks(n, seed)
-    # probe first where that paid on held-out calibration problems (`Plan.prefers_probe`);
-    # a plan that did not measure it compares the two expected allocations, as offline
-    held_out = plan.prefers_probe(budget / n)
-    probed = plan.can_probe and budget >= n * plan.probe_cost and (held_out if held_out is not None else allocate(
-        [plan.bins[b] for b in est_bins], budget - n * plan.probe_cost, ranks=rank).expected_accuracy >=
-        allocate([plan.blind] * n, budget, ranks=rank).expected_accuracy)
+    probed = plan.can_probe and budget >= n * plan.probe_cost
+    if probed:
+        # probe first where that paid on held-out calibration problems (`Plan.prefers_probe`);
+        # a plan that did not measure it compares the two expected allocations, as offline
+        held_out = plan.prefers_probe(budget / n)
+        probed = held_out if held_out is not None else (
+            allocate([plan.bins[b] for b in est_bins], budget - n * plan.probe_cost,
+                     ranks=rank).expected_accuracy
+            >= allocate([plan.blind] * n, budget, ranks=rank).expected_accuracy)
     k = plan.probe_samples
     probes: list[SampleSet | None] = [None] * n
     diffs: list[float | None] = [None] * n
