@@ -23,6 +23,7 @@ def eval_cmd(
     n: int = typer.Option(8, "--n", help="Samples per problem for maj@n and pass@n (0: greedy only)."),
     split: str = typer.Option("test", help="train, heldout or test."),
     seed: int = typer.Option(0, help="Problem and sampling seed."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature of the n samples (> 0)."),
     backend: str = options.BACKEND,
     base_url: list[str] = options.BASE_URL,
     shape_from: Optional[str] = options.SHAPE_FROM,
@@ -45,7 +46,7 @@ def eval_cmd(
     rows = evaluate_grid(models=model, tasks=task, levels=level, num_problems=num_problems, n=n,
                          split=split, seed=seed, backend=backend, write_cards=card,
                          progress=not as_json, shots=shots, shots_from=shots_from,
-                         max_tokens=max_tokens, effort=effort,
+                         max_tokens=max_tokens, effort=effort, temperature=temperature,
                          generator_options=options.generator_options(
                              backend, base_url, shape_from, n_params, n_layer, d_model,
                              timeout, max_retries, kv_memory, endpoint_concurrency))

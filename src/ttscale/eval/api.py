@@ -21,8 +21,10 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
                   write_cards: bool = False, progress: bool = False, shots: int = 0,
                   shots_from: str | None = None, max_tokens: int | None = None,
                   generator_options: dict[str, Any] | None = None,
-                  effort: str = "low") -> list[EvalResult]:
+                  effort: str = "low", temperature: float = 1.0) -> list[EvalResult]:
     """Evaluate every (model, task, level); with `write_cards`, update each model's card.
+
+    The n samples per problem are drawn at `temperature` (> 0; greedy is always measured too).
 
     `effort` asks the problems in the short ("low") or the long ("high") mode; `max_tokens`
     defaults to a limit that fits the mode's chains.
@@ -34,6 +36,9 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
         raise out_of_range("num_problems", num_problems, ">= 1")
     if n < 0:
         raise out_of_range("n", n, ">= 0")
+    if not temperature > 0:
+        raise out_of_range("temperature", temperature, "> 0 (the samples; greedy is measured "
+                           "anyway)")
     max_tokens = max_tokens or max_tokens_for(check_effort(effort), MAX_TOKENS)
     options = dict(generator_options or {})
     if backend == "openai":
@@ -65,12 +70,14 @@ def evaluate_grid(models: list[str] | None = None, tasks: list[str] | None = Non
         gen = generators[mp]
         problems = [apply_effort(p, effort)
                     for p in t.problems(split=split, level=lv, n=num_problems, seed=seed)]
-        rows.append(evaluate(gen, t, problems, n=n, seed=seed, max_tokens=max_tokens))
+        rows.append(evaluate(gen, t, problems, n=n, temperature=temperature, seed=seed,
+                             max_tokens=max_tokens))
     if write_cards:
         for mp in model_paths:
             name = mp.rstrip("/").split("/")[-1]
             cmd = (f"ttscale eval --model {name} --num-problems {num_problems} --n {n} --split {split} "
-                   f"--seed {seed}" + (f" --effort {effort}" if effort != "low" else ""))
+                   f"--seed {seed}" + (f" --effort {effort}" if effort != "low" else "")
+                   + (f" --temperature {temperature}" if temperature != 1.0 else ""))
             write_card(mp, [r for r in rows if r.model == generators[mp].model_name],
                        eval_command=cmd)
     return rows
