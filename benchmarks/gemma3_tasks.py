@@ -180,9 +180,9 @@ def report(out: Path) -> str:
         lines.append(f"\ncoverage fit pass@k = exp(a k^b): not fitted ({fit.error})")
     else:
         loo = leave_one_out(fit_coverage, ks, cov)
+        held = f"{loo['rmse']:.4f} over {loo['points']} points" if loo["rmse"] is not None else "none"
         lines.append(f"\ncoverage fit pass@k = exp(a k^b): a = {fit.params['a']:.3f}, b = "
-                     f"{fit.params['b']:.3f}, in-sample R² {fit.r2:.3f}; leave-one-k-out RMSE "
-                     f"{loo['rmse']:.4f} over {loo['points']} points" if loo["rmse"] is not None else "none")
+                     f"{fit.params['b']:.3f}, in-sample R² {fit.r2:.3f}; leave-one-k-out RMSE {held}")
     return "\n".join(lines)
 
 
