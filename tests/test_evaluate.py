@@ -1,4 +1,8 @@
 """The family's yardstick: greedy, maj@n, pass@n and pass@k from one batched call."""
+import json
+
+from cli_helpers import run_cli
+
 from ttscale.engine.torch_engine import TorchEngine
 from ttscale.eval.evaluate import evaluate, pass_at_k
 from ttscale.models.registry import resolve_model
@@ -19,10 +23,6 @@ def test_pass_at_k_is_the_unbiased_estimate_and_reaches_pass_at_n():
 def test_eval_samples_at_the_temperature_it_is_given(monkeypatch, capsys):
     """`--temperature` reaches the samples: near 0 every sample is the greedy answer, so maj@n
     and pass@n equal greedy; at 1.0 they do not (tiny, countdown level 2)."""
-    import json
-
-    from cli_helpers import run_cli
-
     common = ["eval", "--model", "ttscale-tiny", "--task", "countdown", "--level", "2",
               "--num-problems", "12", "--n", "4", "--json"]
     rows = {}
