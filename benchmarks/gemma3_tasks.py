@@ -35,15 +35,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ttscale.eval.evaluate import pass_at_k
+
 RESULTS = Path(__file__).parent / "results"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gsm8k_test.jsonl"
 TOP_LOGPROBS = 20
 SCORES = ("likelihood", "self_certainty", "deepconf")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Chance that at least one of k samples drawn from n (c of them correct) is correct."""
-    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def default_out(data: str, level: int | None) -> Path:
@@ -171,7 +168,7 @@ def report(out: Path) -> str:
             f"{table[rule, k]:.1%} ± {se(table[rule, k]):.1%}" for k in ks) + " |")
     if per_sample is not None:
         g_flops = sum(r["greedy_flops"] for r in recs) / n
-        lines.append(f"| policy FLOPs per problem | " + " | ".join(
+        lines.append("| policy FLOPs per problem | " + " | ".join(
             f"{k * per_sample:.2g}" for k in ks) + f" |\n\ngreedy: {g_flops:.2g} FLOPs per problem "
             "(sampling FLOPs at k are k samples' share of the K-sample request)")
     cov = [table["pass", k] for k in ks]
