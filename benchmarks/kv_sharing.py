@@ -29,9 +29,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", default="16,32,64,128")
     args = ap.parse_args()
     path = resolve_model(args.model)
+    prompt = None
     for m in (int(x) for x in args.max_tokens.split(",")):
         engine = TorchEngine(path, prefix_cache_bytes=0)  # fresh: its own peak
-        prompt = long_prompt(engine.tokenize, args.prompt_tokens)
+        prompt = prompt or long_prompt(engine.tokenize, args.prompt_tokens)
         t = time.perf_counter()
         out = engine.generate([GenerationRequest(prompt, SamplingParams(
             n=args.n, temperature=1.0, max_tokens=m, seed=0))])[0]
