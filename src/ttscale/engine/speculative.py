@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ttscale.engine.sampling import RowParams, _filter, uniform_noise
+from ttscale.engine.sampling import RowParams, _filter, gumbel_argmax, uniform_noise
 from ttscale.errors import TTScaleError, out_of_range, unknown
 
 NGRAM = "ngram"
@@ -92,8 +92,7 @@ def target_probs(logits: torch.Tensor, rp: RowParams) -> torch.Tensor:
 
 def draw(probs: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor, salt: int) -> torch.Tensor:
     """One token per row of `probs` [A, V] (Gumbel-max on log-probabilities)."""
-    u = uniform_noise(keys ^ salt, steps, probs.shape[-1])
-    return (probs.log() - torch.log(-torch.log(u))).argmax(-1)
+    return gumbel_argmax(probs.log(), keys ^ salt, steps)
 
 
 def accept(logits: torch.Tensor, drafts: torch.Tensor, dlen: torch.Tensor, q: torch.Tensor | None,
