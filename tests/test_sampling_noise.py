@@ -15,7 +15,8 @@ def _rows(rows: int, temperature: float = 1.0) -> RowParams:
 
 def test_a_token_far_below_the_best_is_never_drawn_in_a_large_vocabulary():
     """Token 0 holds all but e^-30 of the mass; in a 262k vocabulary (Gemma 3) the noise's top
-    value used to round to 1.0, an infinite noise, and a random token won one row in 60."""
+    value used to round to 1.0, an infinite noise, and a random token won one row in 64
+    (262,144 / 2**24) at every step."""
     vocab, rows = 262_144, 16
     logits = torch.full((rows, vocab), -30.0)
     logits[:, 0] = 0.0

@@ -95,7 +95,7 @@ def sample_key(seed: int | None, index: int) -> int:
 
 # The largest float32 below 1. The top 24-bit value, (2**24 - 0.5) / 2**24, rounds to 1.0 in
 # float32, whose Gumbel noise is infinite: that token would win whatever its probability. With
-# a 262k vocabulary (Gemma 3) one row in 60 drew such a token at every step, so it is clamped.
+# a 262,144-token vocabulary (Gemma 3) that is one row in 64 at every step; so it is clamped.
 U_MAX = 1.0 - 2.0 ** -24
 U_MIN = 0.5 / (1 << 24)
 # The widest gap two tokens' Gumbel noises can have: a token more than this below the row's best
