@@ -41,5 +41,6 @@ def test_draws_equal_the_dense_gumbel_max_over_the_whole_vocabulary():
             logits[: rows // 2, : vocab // 3] = float("-inf")  # as top-k / top-p leave them
             steps = torch.full((rows,), step)
             scaled = logits / temperature
-            dense = (scaled - torch.log(-torch.log(uniform_noise(rp.keys, steps, vocab)))).argmax(-1)
+            u = uniform_noise(rp.keys, steps, vocab)
+            dense = (scaled - torch.log(-torch.log(u))).argmax(-1)
             assert torch.equal(sample(logits, rp, steps), dense)
