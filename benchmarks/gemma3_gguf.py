@@ -107,7 +107,8 @@ def llamacpp_throughput(url: str, model: str, n: int, max_tokens: int) -> dict:
     from ttscale.types import GenerationRequest, SamplingParams
 
     gen = OpenAIGenerator(url, model, max_concurrency=1)
-    req = [GenerationRequest(PROMPTS[1], SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0))]
+    params = SamplingParams(n=n, temperature=1.0, max_tokens=max_tokens, seed=0)
+    req = [GenerationRequest(PROMPTS[1], params)]
     gen.generate([GenerationRequest(PROMPTS[0], SamplingParams(max_tokens=2))])  # warm up
     wall = time.perf_counter()
     res = gen.generate(req)[0]

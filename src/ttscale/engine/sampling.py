@@ -4,9 +4,10 @@ Randomness comes from a counter-based generator: the noise of sample j of a requ
 token is a hash of (seed, j, t, token id). A seeded request therefore draws the same samples
 whatever else shares its batch, on any device, and sample j does not depend on n. Sampling
 uses the Gumbel-max trick on the temperature-scaled, top-k / top-p / min-p filtered logits,
-which draws exactly from the softmax distribution; on the CPU the noise is hashed only for the
-tokens that can still win (`gumbel_argmax`). min-p (Nguyen et al., 2024) keeps the tokens
-whose probability after temperature is at least `min_p` times the most likely token's.
+which draws exactly from the softmax distribution; on the CPU, for a large vocabulary, the noise
+is hashed only for the tokens that can still win (`gumbel_argmax`). min-p (Nguyen et al., 2024)
+keeps the tokens whose probability after temperature is at least `min_p` times the most likely
+token's.
 """
 from __future__ import annotations
 
