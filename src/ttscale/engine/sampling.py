@@ -120,6 +120,12 @@ def _uniform(row_keys: torch.Tensor, token_keys: torch.Tensor) -> torch.Tensor:
     return (((h >> 8).float() + 0.5) * (1.0 / (1 << 24))).clamp_max(U_MAX)
 
 
+def _gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise from uniforms; one definition, so both forms of `gumbel_argmax` add the
+    same bits and draw the same token."""
+    return -torch.log(-torch.log(u))
+
+
 def uniform_noise(keys: torch.Tensor, steps: torch.Tensor, vocab: int) -> torch.Tensor:
     """[R, vocab] uniforms in (0, 1), a pure function of (key, step, token id)."""
     tokens = torch.arange(vocab, device=keys.device, dtype=torch.int64)
@@ -140,12 +146,11 @@ def gumbel_argmax(scaled: torch.Tensor, keys: torch.Tensor, steps: torch.Tensor)
         rows, toks = (scaled >= top - margin).nonzero(as_tuple=True)
         if rows.numel() <= scaled.numel() // 4:
             u = _uniform(_row_keys(keys, steps)[rows], _token_keys(toks))
-            val = scaled[rows, toks] - torch.log(-torch.log(u))
+            val = scaled[rows, toks] + _gumbel(u)
             best = val.new_full((rows_n,), float("-inf")).scatter_reduce(0, rows, val, "amax")
             win = val == best[rows]
             return toks.new_full((rows_n,), vocab).scatter_reduce(0, rows[win], toks[win], "amin")
-    u = uniform_noise(keys, steps, vocab)
-    return (scaled - torch.log(-torch.log(u))).argmax(-1)
+    return (scaled + _gumbel(uniform_noise(keys, steps, vocab))).argmax(-1)
 
 
 class RowParams:
