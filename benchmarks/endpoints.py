@@ -37,7 +37,9 @@ def wait_ready(url: str, timeout: float = 300.0) -> None:
 
 def timed_solve(urls: list[str], args: argparse.Namespace, cap: int = 0,
                 num_problems: int | None = None) -> tuple[float, dict]:
-    t0 = time.perf_counter()
+    """Wall seconds and the solve output, with this client's own CPU seconds in out["client_cpu_s"]
+    (on a machine shared with the servers, the client's work competes with theirs)."""
+    t0, c0 = time.perf_counter(), time.process_time()
     level = None if args.task.endswith(".jsonl") else args.level  # JSONL tasks have no levels
     out = run_solve(args.model, task=args.task, level=level,
                     num_problems=num_problems or args.num_problems,
@@ -46,6 +48,7 @@ def timed_solve(urls: list[str], args: argparse.Namespace, cap: int = 0,
                         "base_url": urls, "shape_from": args.shape_from or args.model,
                         **({"endpoint_concurrency": cap} if cap else {})},
                     shots=args.shots)
+    out["client_cpu_s"] = time.process_time() - c0
     return time.perf_counter() - t0, out
 
 
@@ -101,7 +104,8 @@ def report(args: argparse.Namespace, servers: int, cap: int, one_s: float, one: 
           f"(per-server cap {cap or 'none'}) "
           f"{all_s:.1f} s ({many_tok} tokens, {many_tok / all_s:.1f} tok/s) -> wall {one_s / all_s:.2f}x, "
           f"throughput {(many_tok / all_s) / (one_tok / one_s):.2f}x; "
-          f"accuracy {one['accuracy']:.3f} vs {many['accuracy']:.3f}; same answers: {same}")
+          f"accuracy {one['accuracy']:.3f} vs {many['accuracy']:.3f}; same answers: {same}; "
+          f"client CPU {one['client_cpu_s']:.1f} s vs {many['client_cpu_s']:.1f} s")
 
 
 if __name__ == "__main__":

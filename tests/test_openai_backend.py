@@ -184,6 +184,27 @@ def test_two_base_urls_share_the_load(server, engine):
     assert proxies[0].calls + proxies[1].calls == 8
 
 
+@pytest.mark.parametrize("affinity", [True, False])
+def test_requests_with_one_prompt_stay_on_one_server_while_the_load_allows(server, engine,
+                                                                           affinity):
+    """Cache-aware routing: the samples of a prompt find it in one server's prompt cache (a
+    server like llama.cpp keeps only the last prompt's KV) and the servers still share the
+    work; without affinity, least-loaded routing splits every prompt over both."""
+    proxies = [QuirkyProxy(server.url), QuirkyProxy(server.url)]
+    prompts = [f"Q: {k}+{k}*2\n" for k in range(4)]
+    with ServerThread(proxies[0].app) as a, ServerThread(proxies[1].app) as b:
+        with remote([a.url, b.url], engine, max_concurrency=8, prompt_affinity=affinity) as gen:
+            results = gen.generate([GenerationRequest(p, greedy(max_tokens=4, seed=i))
+                                    for p in prompts for i in range(2)])
+    assert all(r.error is None for r in results)
+    servers_of = {p: {k for k, px in enumerate(proxies) for body in px.bodies
+                      if body["prompt"] == p} for p in prompts}
+    assert proxies[0].calls > 0 and proxies[1].calls > 0
+    assert proxies[0].calls + proxies[1].calls == 8
+    split = [p for p in prompts if len(servers_of[p]) > 1]
+    assert (split == []) if affinity else (len(split) >= 2)
+
+
 def test_endpoint_concurrency_sends_each_request_to_the_first_server_that_frees(server, engine):
     """Capped at one request per server, a slow server is given only what it can take at once:
     the rest wait on the client and go to the fast server as it frees (sent eagerly, half of

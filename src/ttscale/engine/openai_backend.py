@@ -3,7 +3,9 @@ Ollama, `ttscale serve`) behind the Generator protocol.
 
 Requests run asynchronously on a private event loop thread with bounded concurrency, spread
 over several base URLs (least-loaded first; with `endpoint_concurrency` a request waits here
-until a server has a free slot, so that it goes to whichever server frees first), retried with
+until a server has a free slot, so that it goes to whichever server frees first; requests with
+the same prompt stay on one server while the load allows, so its prompt cache serves them:
+cache-aware routing, as SGLang's router does), retried with
 exponential backoff on 429, 5xx, dropped connections and connect timeouts. A request that ran
 out of `timeout` (the read timeout, one answer's wait) is not retried: the same generation would
 be as slow again, and `max_retries` attempts of it would fail only after max_retries + 1
@@ -16,8 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hashlib
+import json
 import random
 import threading
+from collections import OrderedDict
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,6 +38,8 @@ RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 DEFAULT_CONTEXT = 32_768  # when the server does not report `max_model_len`
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection (or `timeout`, if shorter); retried
 MAX_TOP_LOGPROBS = 20
+AFFINITY_SLACK = 1  # a prompt's server keeps it while it has at most this many more in flight
+AFFINITY_MEMORY = 4096  # prompts whose server is remembered (least recently used forgotten)
 
 
 class UpstreamError(Exception):
@@ -44,6 +51,14 @@ class UpstreamError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after  # seconds, from the server's Retry-After header
+
+
+def _prompt_key(body: dict[str, Any]) -> str:
+    """What identifies a request's prompt for cache-aware routing: a digest of its prompt or
+    messages (the model's KV cache depends on nothing else of the body)."""
+    prompt = body.get("prompt", body.get("messages"))
+    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def normalize_base_url(url: str) -> str:
@@ -76,6 +91,10 @@ class OpenAIGenerator:
     overall). A server that generates one request at a time (llama.cpp's) queues the rest on its
     side, bound to it when sent; with a cap of 2 they wait here instead and take the first server
     that frees, so no server idles at the end while another works through its queue.
+    `prompt_affinity` sends a request to the server that last had its prompt when that server is
+    at most `AFFINITY_SLACK` requests busier than the least-loaded one (and has a free slot):
+    the n samples of a problem then find their prompt in that server's cache instead of each
+    server prefilling it again (llama.cpp keeps only the last prompt's KV).
     """
 
     def __init__(self, base_urls: str | Sequence[str], model: str, n_params: int = 0,
@@ -83,7 +102,7 @@ class OpenAIGenerator:
                  max_concurrency: int = 16, timeout: float = 600.0, max_retries: int = 4,
                  backoff: float = 0.5, context_length: int | None = None,
                  extra_body: dict[str, Any] | None = None,
-                 endpoint_concurrency: int | None = None) -> None:
+                 endpoint_concurrency: int | None = None, prompt_affinity: bool = True) -> None:
         urls = [base_urls] if isinstance(base_urls, str) else list(base_urls)
         if not urls:
             raise TTScaleError("OpenAIGenerator needs at least one base URL")
@@ -115,6 +134,8 @@ class OpenAIGenerator:
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._context_length = context_length
         self._rr = 0  # rotates ties between equally loaded endpoints
+        self.prompt_affinity = prompt_affinity
+        self._home: OrderedDict[str, _Endpoint] = OrderedDict()  # prompt key -> its last server
         self._ignores_n = False  # learnt: the server answered n>1 with fewer choices
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -263,26 +284,37 @@ class OpenAIGenerator:
             raise UpstreamError(f"GET {ep.base}/models failed: {e}") from None
         return DEFAULT_CONTEXT
 
-    def _pick(self, avoid: _Endpoint | None = None) -> _Endpoint | None:
+    def _pick(self, avoid: _Endpoint | None = None, key: str | None = None) -> _Endpoint | None:
         """The least-loaded endpoint with a free slot (ties rotate), avoiding `avoid` when there
-        is a choice; None when every endpoint is at `endpoint_concurrency`."""
+        is a choice, or the prompt `key`'s last server if it is nearly as free; None when every
+        endpoint is at `endpoint_concurrency`."""
         cap = self.endpoint_concurrency
         pool = [e for e in self.endpoints if cap is None or e.in_flight < cap]
         pool = [e for e in pool if e is not avoid] or pool
         if not pool:
             return None
+        home = self._home.get(key) if key is not None else None
+        if any(e is home for e in pool) and (  # identity: two URLs may be the same server
+                home.in_flight <= min(e.in_flight for e in pool) + AFFINITY_SLACK):
+            return home
         self._rr += 1
         k = self._rr % len(pool)
         rotated = pool[k:] + pool[:k]
         return min(rotated, key=lambda e: e.in_flight)
 
-    async def _acquire(self, avoid: _Endpoint | None) -> _Endpoint:
-        """Take a slot on the least-loaded endpoint, waiting for one to free under the cap."""
+    async def _acquire(self, avoid: _Endpoint | None, key: str | None = None) -> _Endpoint:
+        """Take a slot on the least-loaded endpoint (or the prompt `key`'s, see `_pick`),
+        waiting for one to free under the cap."""
         assert self._freed is not None
         async with self._freed:
-            while (ep := self._pick(avoid)) is None:
+            while (ep := self._pick(avoid, key)) is None:
                 await self._freed.wait()
             ep.in_flight += 1
+            if key is not None:
+                self._home[key] = ep
+                self._home.move_to_end(key)
+                if len(self._home) > AFFINITY_MEMORY:
+                    self._home.popitem(last=False)
             return ep
 
     async def _release(self, ep: _Endpoint) -> None:
@@ -320,9 +352,10 @@ class OpenAIGenerator:
         assert self._sem is not None
         last: UpstreamError | None = None
         ep: _Endpoint | None = None
+        key = _prompt_key(body) if self.prompt_affinity and len(self.endpoints) > 1 else None
         for attempt in range(self.max_retries + 1):
             async with self._sem:
-                ep = await self._acquire(avoid=ep if last is not None else None)
+                ep = await self._acquire(avoid=ep if last is not None else None, key=key)
                 try:
                     return await self._post(ep, ep.base + path, body), ep
                 except UpstreamError as e:
