@@ -69,10 +69,18 @@ def normalize_base_url(url: str) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
+@dataclass(eq=False)
+class _Waiter:
+    """A request waiting for a server slot (identity matters, not the fields)."""
+    avoid: "_Endpoint | None"
+    key: str | None
+
+
 @dataclass
 class _Endpoint:
     base: str  # .../v1
     in_flight: int = 0
+    sent: int = 0  # requests given to it so far (breaks ties between equally loaded ones)
 
     @property
     def root(self) -> str:
@@ -133,9 +141,9 @@ class OpenAIGenerator:
         self.extra_body = dict(extra_body or {})
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._context_length = context_length
-        self._rr = 0  # rotates ties between equally loaded endpoints
         self.prompt_affinity = prompt_affinity
         self._home: OrderedDict[str, _Endpoint] = OrderedDict()  # prompt key -> its last server
+        self._waiters: list[_Waiter] = []  # requests waiting for a slot, first come first
         self._ignores_n = False  # learnt: the server answered n>1 with fewer choices
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -285,9 +293,10 @@ class OpenAIGenerator:
         return DEFAULT_CONTEXT
 
     def _pick(self, avoid: _Endpoint | None = None, key: str | None = None) -> _Endpoint | None:
-        """The least-loaded endpoint with a free slot (ties rotate), avoiding `avoid` when there
-        is a choice, or the prompt `key`'s last server if it is nearly as free; None when every
-        endpoint is at `endpoint_concurrency`."""
+        """The least-loaded endpoint with a free slot (ties: the one sent fewest requests),
+        avoiding `avoid` when there is a choice, or the prompt `key`'s last server if it is
+        nearly as free; None when every endpoint is at `endpoint_concurrency`. A pure function
+        of the state, so that every waiter computes the same claimant (`_claimant`)."""
         cap = self.endpoint_concurrency
         pool = [e for e in self.endpoints if cap is None or e.in_flight < cap]
         pool = [e for e in pool if e is not avoid] or pool
@@ -297,31 +306,55 @@ class OpenAIGenerator:
         if any(e is home for e in pool) and (  # identity: two URLs may be the same server
                 home.in_flight <= min(e.in_flight for e in pool) + AFFINITY_SLACK):
             return home
-        self._rr += 1
-        k = self._rr % len(pool)
-        rotated = pool[k:] + pool[:k]
-        return min(rotated, key=lambda e: e.in_flight)
+        return min(pool, key=lambda e: (e.in_flight, e.sent))
 
     async def _acquire(self, avoid: _Endpoint | None, key: str | None = None) -> _Endpoint:
         """Take a slot on the least-loaded endpoint (or the prompt `key`'s, see `_pick`),
-        waiting for one to free under the cap."""
+        waiting for one to free under the cap. A freed slot goes to the first waiter whose
+        prompt that server last had, else to the first with a prompt no server has yet, else
+        to the first waiter: a problem's samples wait for their server while new problems take
+        the others, and no server idles while anyone waits."""
         assert self._freed is not None
+        me = _Waiter(avoid, key)
         async with self._freed:
-            while (ep := self._pick(avoid, key)) is None:
+            while True:
+                ep = self._pick(avoid, key)
+                if ep is not None and self._claimant(ep, me) is me:
+                    break
+                if me not in self._waiters:
+                    self._waiters.append(me)
                 await self._freed.wait()
+            if me in self._waiters:
+                self._waiters.remove(me)
             ep.in_flight += 1
+            ep.sent += 1
             if key is not None:
                 self._home[key] = ep
                 self._home.move_to_end(key)
                 if len(self._home) > AFFINITY_MEMORY:
                     self._home.popitem(last=False)
+            if self._waiters:  # someone who deferred to me may fit elsewhere now
+                self._freed.notify_all()
             return ep
+
+    def _claimant(self, ep: _Endpoint, me: "_Waiter") -> "_Waiter":
+        """Who among the waiters (and `me`) gets a slot on `ep`: see `_acquire`."""
+        rivals = [w for w in self._waiters if w is not me and self._pick(w.avoid, w.key) is ep]
+        if not rivals:
+            return me
+        queue = [w for w in self._waiters if w is me or w in rivals] if me in self._waiters \
+            else rivals + [me]
+        for wanted in (lambda w: self._home.get(w.key) is ep, lambda w: w.key not in self._home):
+            for w in queue:
+                if w.key is not None and wanted(w):
+                    return w
+        return queue[0]
 
     async def _release(self, ep: _Endpoint) -> None:
         assert self._freed is not None
         async with self._freed:
             ep.in_flight -= 1
-            self._freed.notify()
+            self._freed.notify_all()  # each waiter checks whether the slot is its to take
 
     async def _post(self, ep: _Endpoint, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """One POST; raises UpstreamError saying whether a retry may help."""
