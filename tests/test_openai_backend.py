@@ -205,6 +205,26 @@ def test_requests_with_one_prompt_stay_on_one_server_while_the_load_allows(serve
     assert (split == []) if affinity else (len(split) >= 2)
 
 
+def test_a_freed_slot_goes_to_the_waiter_whose_prompt_that_server_has():
+    """Under a per-server cap, requests wait on the client; when a slot frees on a server, the
+    first waiter whose prompt that server had gets it, else the first waiter of a prompt no
+    server has had, else the first waiter (no server idles while a request waits)."""
+    from ttscale.engine.openai_backend import _Waiter
+
+    gen = OpenAIGenerator(["http://a", "http://b"], MODEL, endpoint_concurrency=1)
+    a, b = gen.endpoints
+    a.in_flight, b.in_flight = 1, 0  # b has just freed its slot
+    gen._home.update({"p1": a, "p2": b})
+    on_a, new, on_b = _Waiter(None, "p1"), _Waiter(None, "p3"), _Waiter(None, "p2")
+    gen._waiters[:] = [on_a, new, on_b]
+    assert gen._claimant(b, on_a) is on_b  # its prompt is in b's cache
+    gen._waiters[:] = [on_a, new]
+    assert gen._claimant(b, on_a) is new  # p1 waits for a; a new prompt starts on b
+    gen._waiters[:] = [on_a]
+    assert gen._claimant(b, on_a) is on_a  # nobody else: p1 spills rather than b idling
+    assert gen._pick(None, "p1") is b
+
+
 def test_endpoint_concurrency_sends_each_request_to_the_first_server_that_frees(server, engine):
     """Capped at one request per server, a slow server is given only what it can take at once:
     the rest wait on the client and go to the fast server as it frees (sent eagerly, half of
