@@ -67,6 +67,8 @@ def main() -> None:
     ap.add_argument("--endpoint-concurrency", default="0",
                     help="requests in flight per server in the several-server run, 0 for no cap; "
                          "several separated by commas run one after the other (e.g. 2,0)")
+    ap.add_argument("--several-first", action="store_true",
+                    help="time the several-server runs before the one-server run")
     args = ap.parse_args()
     procs = []
     urls = list(args.base_url)
@@ -83,8 +85,13 @@ def main() -> None:
         for u in urls:
             wait_ready(u)
         timed_solve(urls, args, num_problems=2)  # warm-up of every server: caches, lazy starts
-        one_s, one = timed_solve(urls[:1], args)
-        runs = [(int(c), *timed_solve(urls, args, int(c))) for c in args.endpoint_concurrency.split(",")]
+        caps = [int(c) for c in args.endpoint_concurrency.split(",")]
+        if args.several_first:  # the other order, to rule out an order effect
+            runs = [(c, *timed_solve(urls, args, c)) for c in caps]
+            one_s, one = timed_solve(urls[:1], args)
+        else:
+            one_s, one = timed_solve(urls[:1], args)
+            runs = [(c, *timed_solve(urls, args, c)) for c in caps]
     finally:
         for p in procs:
             p.terminate()
