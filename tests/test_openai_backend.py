@@ -211,18 +211,44 @@ def test_a_freed_slot_goes_to_the_waiter_whose_prompt_that_server_has():
     server has had, else the first waiter (no server idles while a request waits)."""
     from ttscale.engine.openai_backend import _Waiter
 
+    loop = asyncio.new_event_loop()
     gen = OpenAIGenerator(["http://a", "http://b"], MODEL, endpoint_concurrency=1)
     a, b = gen.endpoints
-    a.in_flight, b.in_flight = 1, 0  # b has just freed its slot
     gen._home.update({"p1": a, "p2": b})
-    on_a, new, on_b = _Waiter(None, "p1"), _Waiter(None, "p3"), _Waiter(None, "p2")
-    gen._waiters[:] = [on_a, new, on_b]
-    assert gen._claimant(b, on_a) is on_b  # its prompt is in b's cache
-    gen._waiters[:] = [on_a, new]
-    assert gen._claimant(b, on_a) is new  # p1 waits for a; a new prompt starts on b
-    gen._waiters[:] = [on_a]
-    assert gen._claimant(b, on_a) is on_a  # nobody else: p1 spills rather than b idling
-    assert gen._pick(None, "p1") is b
+
+    def free_b_with_waiting(*keys):
+        a.in_flight = b.in_flight = 1
+        gen._waiters[:] = [_Waiter(None, k, loop.create_future()) for k in keys]
+        waiting = list(gen._waiters)
+        loop.run_until_complete(gen._release(b))
+        return [w.key for w in waiting if w.slot.done()], [w.key for w in gen._waiters]
+
+    assert free_b_with_waiting("p1", "p3", "p2") == (["p2"], ["p1", "p3"])  # p2 is in b's cache
+    assert free_b_with_waiting("p1", "p3") == (["p3"], ["p1"])  # p1 waits for a; p3 starts on b
+    assert free_b_with_waiting("p1") == (["p1"], [])  # nobody else: p1 spills, b does not idle
+    assert gen._home["p3"] is b and b.in_flight == 1
+    loop.close()
+
+
+def test_a_request_cancelled_while_waiting_for_a_slot_leaves_no_trace():
+    """A caller that goes away (a client disconnect in `ttscale serve`) while its request waits
+    for a slot neither keeps a place in line nor holds a slot: the next request gets it."""
+    gen = OpenAIGenerator(["http://a", "http://b"], MODEL, endpoint_concurrency=1)
+    a, b = gen.endpoints
+
+    async def scenario():
+        a.in_flight = b.in_flight = 1
+        gone = asyncio.create_task(gen._acquire(None, "p1"))
+        kept = asyncio.create_task(gen._acquire(None, "p2"))
+        await asyncio.sleep(0)
+        assert len(gen._waiters) == 2
+        gone.cancel()
+        await asyncio.sleep(0)
+        await gen._release(a)
+        return await kept
+
+    assert asyncio.run(scenario()) is a
+    assert gen._waiters == [] and (a.in_flight, b.in_flight) == (1, 1)
 
 
 def test_endpoint_concurrency_sends_each_request_to_the_first_server_that_frees(server, engine):

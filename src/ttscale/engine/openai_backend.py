@@ -74,6 +74,7 @@ class _Waiter:
     """A request waiting for a server slot (identity matters, not the fields)."""
     avoid: "_Endpoint | None"
     key: str | None
+    slot: "asyncio.Future[_Endpoint]"  # set to the endpoint whose slot it was given
 
 
 @dataclass
@@ -149,7 +150,6 @@ class OpenAIGenerator:
         self._thread: threading.Thread | None = None
         self._client: httpx.AsyncClient | None = None
         self._sem: asyncio.Semaphore | None = None
-        self._freed: asyncio.Condition | None = None  # a server slot came free (endpoint_concurrency)
         self._start_lock = threading.Lock()
 
     # -- the private event loop ----------------------------------------------------------------
@@ -167,7 +167,6 @@ class OpenAIGenerator:
                         limits=httpx.Limits(max_connections=self.max_concurrency * 2,
                                             max_keepalive_connections=self.max_concurrency))
                     self._sem = asyncio.Semaphore(self.max_concurrency)
-                    self._freed = asyncio.Condition()
                     ready.set()
                     loop.run_forever()
 
@@ -295,8 +294,7 @@ class OpenAIGenerator:
     def _pick(self, avoid: _Endpoint | None = None, key: str | None = None) -> _Endpoint | None:
         """The least-loaded endpoint with a free slot (ties: the one sent fewest requests),
         avoiding `avoid` when there is a choice, or the prompt `key`'s last server if it is
-        nearly as free; None when every endpoint is at `endpoint_concurrency`. A pure function
-        of the state, so that every waiter computes the same claimant (`_claimant`)."""
+        nearly as free; None when every endpoint is at `endpoint_concurrency`."""
         cap = self.endpoint_concurrency
         pool = [e for e in self.endpoints if cap is None or e.in_flight < cap]
         pool = [e for e in pool if e is not avoid] or pool
@@ -309,52 +307,68 @@ class OpenAIGenerator:
         return min(pool, key=lambda e: (e.in_flight, e.sent))
 
     async def _acquire(self, avoid: _Endpoint | None, key: str | None = None) -> _Endpoint:
-        """Take a slot on the least-loaded endpoint (or the prompt `key`'s, see `_pick`),
-        waiting for one to free under the cap. A freed slot goes to the first waiter whose
-        prompt that server last had, else to the first with a prompt no server has yet, else
-        to the first waiter: a problem's samples wait for their server while new problems take
-        the others, and no server idles while anyone waits."""
-        assert self._freed is not None
-        me = _Waiter(avoid, key)
-        async with self._freed:
-            while True:
-                ep = self._pick(avoid, key)
-                if ep is not None and self._claimant(ep, me) is me:
-                    break
-                if me not in self._waiters:
-                    self._waiters.append(me)
-                await self._freed.wait()
+        """Take a slot on the least-loaded endpoint (or the prompt `key`'s, see `_pick`), or wait
+        in line for `_dispatch` to hand one over under the cap. Runs on the loop thread only,
+        with no await between reading and updating the slots, so it needs no lock."""
+        if not self._waiters:
+            ep = self._pick(avoid, key)
+            if ep is not None:
+                self._take(ep, key)
+                return ep
+        me = _Waiter(avoid, key, asyncio.get_running_loop().create_future())
+        self._waiters.append(me)
+        try:
+            return await me.slot
+        except asyncio.CancelledError:  # a caller gone (a client disconnected): leave no trace
             if me in self._waiters:
                 self._waiters.remove(me)
-            ep.in_flight += 1
-            ep.sent += 1
-            if key is not None:
-                self._home[key] = ep
-                self._home.move_to_end(key)
-                if len(self._home) > AFFINITY_MEMORY:
-                    self._home.popitem(last=False)
-            if self._waiters:  # someone who deferred to me may fit elsewhere now
-                self._freed.notify_all()
-            return ep
+            elif me.slot.done() and not me.slot.cancelled():
+                me.slot.result().in_flight -= 1  # handed over just before the cancel
+                self._dispatch()
+            raise
 
-    def _claimant(self, ep: _Endpoint, me: "_Waiter") -> "_Waiter":
-        """Who among the waiters (and `me`) gets a slot on `ep`: see `_acquire`."""
-        rivals = [w for w in self._waiters if w is not me and self._pick(w.avoid, w.key) is ep]
-        if not rivals:
-            return me
-        queue = [w for w in self._waiters if w is me or w in rivals] if me in self._waiters \
-            else rivals + [me]
-        for wanted in (lambda w: self._home.get(w.key) is ep, lambda w: w.key not in self._home):
-            for w in queue:
-                if w.key is not None and wanted(w):
-                    return w
-        return queue[0]
+    def _take(self, ep: _Endpoint, key: str | None) -> None:
+        ep.in_flight += 1
+        ep.sent += 1
+        if key is not None:
+            self._home[key] = ep
+            self._home.move_to_end(key)
+            if len(self._home) > AFFINITY_MEMORY:
+                self._home.popitem(last=False)
+
+    def _dispatch(self) -> None:
+        """Hand free slots to waiting requests: a slot goes to the first waiter whose prompt
+        that server last had, else to the first waiter of a prompt no server has had, else to
+        the first waiter. So a problem's samples wait for their server while new problems take
+        the others, and no server idles while a request waits. O(endpoints x waiters)."""
+        cap = self.endpoint_concurrency
+        while self._waiters:
+            free = sorted((e for e in self.endpoints if cap is None or e.in_flight < cap),
+                          key=lambda e: (e.in_flight, e.sent))
+            if not free:
+                return
+            w, ep = self._next_in_line(free)
+            self._waiters.remove(w)
+            if w.slot.done():  # cancelled while waiting; its coroutine has not run yet
+                continue
+            self._take(ep, w.key)
+            w.slot.set_result(ep)
+
+    def _next_in_line(self, free: list[_Endpoint]) -> tuple["_Waiter", _Endpoint]:
+        """Which waiter gets which of the `free` endpoints (see `_dispatch`)."""
+        for e in free:
+            for w in self._waiters:
+                if w.key is not None and self._home.get(w.key) is e:
+                    return w, e
+        w = next((w for w in self._waiters if w.key is not None and w.key not in self._home),
+                 self._waiters[0])
+        ep = self._pick(w.avoid, w.key)
+        assert ep is not None  # `free` is not empty
+        return w, ep
 
     async def _release(self, ep: _Endpoint) -> None:
-        assert self._freed is not None
-        async with self._freed:
-            ep.in_flight -= 1
-            self._freed.notify_all()  # each waiter checks whether the slot is its to take
+        ep.in_flight -= 1
+        self._dispatch()
 
     async def _post(self, ep: _Endpoint, url: str, body: dict[str, Any]) -> dict[str, Any]:
         """One POST; raises UpstreamError saying whether a retry may help."""
