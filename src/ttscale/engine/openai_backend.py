@@ -358,8 +358,8 @@ class OpenAIGenerator:
         """Which waiter gets which of the `free` endpoints (see `_dispatch`)."""
         for e in free:
             for w in self._waiters:
-                if w.key is not None and self._home.get(w.key) is e:
-                    return w, e
+                if w.key is not None and self._home.get(w.key) is e and w.avoid is not e:
+                    return w, e  # (a retry avoids the server that failed it)
         w = next((w for w in self._waiters if w.key is not None and w.key not in self._home),
                  self._waiters[0])
         ep = self._pick(w.avoid, w.key)
