@@ -250,6 +250,18 @@ def test_a_request_cancelled_while_waiting_for_a_slot_leaves_no_trace():
     assert asyncio.run(scenario()) is a
     assert gen._waiters == [] and (a.in_flight, b.in_flight) == (1, 1)
 
+    async def handed_then_cancelled():  # the slot reached it, its caller left before it ran
+        a.in_flight = b.in_flight = 1
+        gone = asyncio.create_task(gen._acquire(None, "p3"))
+        kept = asyncio.create_task(gen._acquire(None, "p4"))
+        await asyncio.sleep(0)
+        await gen._release(a)  # hands a to `gone`
+        gone.cancel()
+        return await kept
+
+    assert asyncio.run(handed_then_cancelled()) is a
+    assert gen._waiters == [] and (a.in_flight, b.in_flight) == (1, 1)
+
 
 def test_endpoint_concurrency_sends_each_request_to_the_first_server_that_frees(server, engine):
     """Capped at one request per server, a slow server is given only what it can take at once:
