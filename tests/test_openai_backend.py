@@ -220,7 +220,7 @@ def test_a_freed_slot_goes_to_the_waiter_whose_prompt_that_server_has():
         a.in_flight = b.in_flight = 1
         gen._waiters[:] = [_Waiter(None, k, loop.create_future()) for k in keys]
         waiting = list(gen._waiters)
-        loop.run_until_complete(gen._release(b))
+        gen._release(b)
         return [w.key for w in waiting if w.slot.done()], [w.key for w in gen._waiters]
 
     assert free_b_with_waiting("p1", "p3", "p2") == (["p2"], ["p1", "p3"])  # p2 is in b's cache
@@ -244,7 +244,7 @@ def test_a_request_cancelled_while_waiting_for_a_slot_leaves_no_trace():
         assert len(gen._waiters) == 2
         gone.cancel()
         await asyncio.sleep(0)
-        await gen._release(a)
+        gen._release(a)
         return await kept
 
     assert asyncio.run(scenario()) is a
@@ -255,7 +255,7 @@ def test_a_request_cancelled_while_waiting_for_a_slot_leaves_no_trace():
         gone = asyncio.create_task(gen._acquire(None, "p3"))
         kept = asyncio.create_task(gen._acquire(None, "p4"))
         await asyncio.sleep(0)
-        await gen._release(a)  # hands a to `gone`
+        gen._release(a)  # hands a to `gone`
         gone.cancel()
         return await kept
 

@@ -295,16 +295,22 @@ class OpenAIGenerator:
         """The least-loaded endpoint with a free slot (ties: the one sent fewest requests),
         avoiding `avoid` when there is a choice, or the prompt `key`'s last server if it is
         nearly as free; None when every endpoint is at `endpoint_concurrency`."""
-        cap = self.endpoint_concurrency
-        pool = [e for e in self.endpoints if cap is None or e.in_flight < cap]
+        pool = self._free()
         pool = [e for e in pool if e is not avoid] or pool
         if not pool:
             return None
         home = self._home.get(key) if key is not None else None
         if any(e is home for e in pool) and (  # identity: two URLs may be the same server
-                home.in_flight <= min(e.in_flight for e in pool) + AFFINITY_SLACK):
+                home.in_flight <= pool[0].in_flight + AFFINITY_SLACK):
             return home
-        return min(pool, key=lambda e: (e.in_flight, e.sent))
+        return pool[0]
+
+    def _free(self) -> list[_Endpoint]:
+        """The endpoints with a free slot under `endpoint_concurrency`, least-loaded first
+        (ties: the one sent fewest requests)."""
+        cap = self.endpoint_concurrency
+        return sorted((e for e in self.endpoints if cap is None or e.in_flight < cap),
+                      key=lambda e: (e.in_flight, e.sent))
 
     async def _acquire(self, avoid: _Endpoint | None, key: str | None = None) -> _Endpoint:
         """Take a slot on the least-loaded endpoint (or the prompt `key`'s, see `_pick`), or wait
@@ -323,8 +329,7 @@ class OpenAIGenerator:
             if me in self._waiters:
                 self._waiters.remove(me)
             elif me.slot.done() and not me.slot.cancelled():
-                me.slot.result().in_flight -= 1  # handed over just before the cancel
-                self._dispatch()
+                self._release(me.slot.result())  # handed over just before the cancel
             raise
 
     def _take(self, ep: _Endpoint, key: str | None) -> None:
@@ -341,10 +346,8 @@ class OpenAIGenerator:
         that server last had, else to the first waiter of a prompt no server has had, else to
         the first waiter. So a problem's samples wait for their server while new problems take
         the others, and no server idles while a request waits. O(endpoints x waiters)."""
-        cap = self.endpoint_concurrency
         while self._waiters:
-            free = sorted((e for e in self.endpoints if cap is None or e.in_flight < cap),
-                          key=lambda e: (e.in_flight, e.sent))
+            free = self._free()
             if not free:
                 return
             w, ep = self._next_in_line(free)
@@ -366,7 +369,7 @@ class OpenAIGenerator:
         assert ep is not None  # `free` is not empty
         return w, ep
 
-    async def _release(self, ep: _Endpoint) -> None:
+    def _release(self, ep: _Endpoint) -> None:
         ep.in_flight -= 1
         self._dispatch()
 
@@ -408,7 +411,7 @@ class OpenAIGenerator:
                 except UpstreamError as e:
                     last = e
                 finally:
-                    await self._release(ep)
+                    self._release(ep)
             if not last.retryable or attempt == self.max_retries:
                 break
             delay = self.backoff * 2 ** attempt * (0.75 + 0.5 * random.random())
