@@ -52,7 +52,10 @@ def sweep_cmd(
                                      "e.g. 1,2,4,8,16."),
     rules: Optional[str] = typer.Option(None, "--rules", help="Selection rules, comma-separated: "
                                         "majority, best_of_n, weighted_majority, pass_at_k, esc, "
-                                        "adaptive_consistency."),
+                                        "adaptive_consistency, confident_consistency."),
+    confidences: Optional[str] = typer.Option(None, "--confidences", help="confident_consistency's "
+                                              "score thresholds, e.g. 0.9,0.95 (one configuration "
+                                              "each; default: 9 from 0.8 to 0.995)."),
     strategies: Optional[str] = typer.Option(None, "--strategies", help="Strategies run for "
                                              "real, e.g. 'greedy; beam_search:n=4,width=2'."),
     scorer: Optional[str] = typer.Option(None, "--scorer", help="likelihood (default), "
@@ -108,7 +111,7 @@ def sweep_cmd(
         "levels": _ints(levels, "levels"), "num_problems": num_problems, "split": split,
         "n_max": n_max, "ns": _ints(ns, "ns"), "replicates": replicates,
         "max_tokens": max_tokens, "seed": seed,
-        "min_ps": _floats(min_p, "min-p"),
+        "min_ps": _floats(min_p, "min-p"), "confidences": _floats(confidences, "confidences"),
         "efforts": [e.strip() for e in effort.split(",") if e.strip()] if effort is not None else None,
         "rules": [r.strip() for r in rules.split(",") if r.strip()] if rules else None,
         "runs": parse_runs(strategies) if strategies is not None else None,

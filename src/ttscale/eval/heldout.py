@@ -1,8 +1,9 @@
 """Choices scored on problems they were not made on (K folds by problem).
 
 A headline that picks "the best configuration" and scores it on the same problems reports the
-luck of the pick. `cv_choose` picks on the other folds and scores on the held-out one; it is
-used for the small-vs-large comparison and the latency headline of `ttscale sweep`.
+luck of the pick. `cv_choose` (best accuracy within a cost) and `cv_cheapest` (least cost at an
+accuracy) pick on the other folds and score on the held-out one; they serve the small-vs-large
+comparison, the latency headline and the adaptive-stopping headline of `ttscale sweep`.
 """
 from __future__ import annotations
 
@@ -58,3 +59,33 @@ def cv_choose(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
         choices.append(j)
         got_acc[test], got_cost[test] = acc[test, j], cost[test, j]
     return {"accuracy": float(got_acc.mean()), "cost": float(got_cost.mean()), "choices": choices}
+
+
+def cv_cheapest(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
+                target: Callable[[np.ndarray], float], groups: Sequence[str] | None = None,
+                k: int = 5, seed: int = 0) -> dict[str, Any]:
+    """For each fold and group (a task: each gets its own choice), the column of least mean cost
+    on the other folds among those whose mean accuracy there reaches `target(train_mask)` (the
+    most accurate one when none does); scored on the fold. Returns the held-out accuracy and
+    cost (means over all problems) and the choices, {group: [column per fold]}."""
+    n = len(problems)
+    if n == 0 or acc.shape[1] == 0:
+        return {"accuracy": None, "cost": None, "choices": {}}
+    groups = list(groups) if groups is not None else [""] * n
+    k = max(2, min(k, n))
+    folds = folds_of(list(problems), k, seed)
+    got_acc, got_cost = np.zeros(n), np.zeros(n)
+    choices: dict[str, list[int]] = defaultdict(list)
+    for g in sorted(set(groups)):
+        mine = np.array([x == g for x in groups])
+        for f in range(k):
+            test, train = mine & (folds == f), mine & (folds != f)
+            if not test.any() or not train.any():
+                continue
+            a, c = acc[train].mean(axis=0), cost[train].mean(axis=0)
+            ok = np.flatnonzero(a >= target(train) - 1e-12)
+            j = int(min(ok, key=lambda j: (c[j], -a[j]))) if len(ok) else int(np.argmax(a))
+            choices[g].append(j)
+            got_acc[test], got_cost[test] = acc[test, j], cost[test, j]
+    return {"accuracy": float(got_acc.mean()), "cost": float(got_cost.mean()),
+            "choices": dict(choices)}

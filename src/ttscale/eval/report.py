@@ -18,7 +18,7 @@ import numpy as np
 from ttscale.errors import TTScaleError
 from ttscale.eval.evaluate import pass_at_k
 from ttscale.eval.store import load_results, load_samples, split_side
-from ttscale.eval.heldout import cv_choose, problem_matrix
+from ttscale.eval.heldout import cv_cheapest, cv_choose, problem_matrix
 from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law, leave_one_out
 from ttscale.planner.plan import (budget_grid, build_table, cross_validate, fit_plan,
                                   config_id, fixed_points, grid_model, per_task_fixed_points,
@@ -138,25 +138,12 @@ def fit_all(points: Sequence[dict[str, Any]], coverage: Sequence[dict[str, float
 
 
 # -- headline numbers --------------------------------------------------------------------------
-def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_consistency",
-                    setting: str = "") -> dict[str, Any]:
-    """Samples a stopping rule saves against fixed-N majority voting at equal accuracy, signed:
-    1 - (rule's mean samples) / N_eq, negative when the rule needs more samples than
-    majority voting does for the same accuracy.
-
-    N_eq is the n at which majority voting reaches the rule's accuracy (log-linear
-    interpolation between measured n; the largest n when majority never gets there, which
-    understates the saving: the rule is then compared with the most majority could cost).
-    Both are read at one sampler `setting` ("" is the grid's base setting)."""
-    base = [p for p in points if p.get("setting", "") == setting]  # both at one sampler setting
-    maj = sorted((p for p in base if p["strategy"] == "majority"), key=lambda p: p["budget"])
-    rul = [p for p in base if p["strategy"] == rule]
-    if not maj or not rul:
-        return {"saving": None}
-    r = max(rul, key=lambda p: p["budget"])
-    target = r["accuracy"]
-    n_eq = maj[-1]["budget"]
-    for a, b in zip([None] + maj[:-1], maj):
+def n_at_accuracy(curve: Sequence[dict[str, Any]], target: float) -> float:
+    """The n at which a fixed-N rule's curve (points sorted by budget) first reaches `target`:
+    log-linear interpolation between measured n; the largest n when it never gets there, which
+    understates a saving against it (the rule is then compared with the most it could cost)."""
+    n_eq = curve[-1]["budget"]
+    for a, b in zip([None] + list(curve[:-1]), curve):
         if b["accuracy"] >= target - 1e-12:
             if a is None or a["accuracy"] >= target:
                 n_eq = b["budget"]
@@ -164,12 +151,70 @@ def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_cons
                 t = (target - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
                 n_eq = math.exp(math.log(a["budget"]) + t * (math.log(b["budget"]) - math.log(a["budget"])))
             break
+    return float(n_eq)
+
+
+def _fixed_curve(points: Sequence[dict[str, Any]], rule: str, setting: str) -> list[dict[str, Any]]:
+    return sorted((p for p in points if p.get("setting", "") == setting and p["strategy"] == rule),
+                  key=lambda p: p["budget"])
+
+
+def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_consistency",
+                    setting: str = "") -> dict[str, Any]:
+    """Samples a stopping rule saves against fixed-N majority voting at equal accuracy, signed:
+    1 - (rule's mean samples) / N_eq, negative when the rule needs more samples than
+    majority voting does for the same accuracy (N_eq: `n_at_accuracy`).
+    Both are read at one sampler `setting` ("" is the grid's base setting)."""
+    maj = _fixed_curve(points, "majority", setting)
+    rul = _fixed_curve(points, rule, setting)
+    if not maj or not rul:
+        return {"saving": None}
+    r = rul[-1]
+    target = r["accuracy"]
+    n_eq = n_at_accuracy(maj, target)
     used = r["samples_used"] or r["budget"]
     return {"rule": r["config"], "accuracy": target, "mean_samples": used,
             "majority_n_at_equal_accuracy": n_eq, "majority_max": maj[-1]["config"],
             "majority_max_accuracy": maj[-1]["accuracy"],
             "saving": (1.0 - used / n_eq) if n_eq else None,
             "saving_vs_max_n": 1.0 - used / r["budget"]}
+
+
+def confident_saving(records: Sequence[dict[str, Any]], points: Sequence[dict[str, Any]],
+                     model: str, setting: str = "", folds: int = 5,
+                     seed: int = 0) -> dict[str, Any]:
+    """`adaptive_saving` for confident consistency, whose confidence is chosen on other problems:
+    per task and fold, the grid's confidence that reaches majority voting's accuracy at its
+    largest n on the other folds with the fewest samples (`cv_cheapest`); accuracy and samples
+    are those of the held-out folds. Beside the saving against majority voting (the papers'
+    baseline), the saving against weighted majority voting, which reads the same scores."""
+    maj = _fixed_curve(points, "majority", setting)
+    wmaj = _fixed_curve(points, "weighted_majority", setting)
+    rule = "confident_consistency"
+    keep = {p["config"] for p in points if p.get("setting", "") == setting
+            and (p["strategy"] == rule or p["config"] == (maj[-1]["config"] if maj else None))}
+    rows = [r for r in records if r["model"] == model and r["config"] in keep]
+    probs, configs, acc, used = problem_matrix(rows, model, field="samples_used")
+    ours = [j for j, c in enumerate(configs) if not maj or c != maj[-1]["config"]]
+    if not maj or not ours or len(ours) == len(configs):
+        return {"saving": None}
+    m = configs.index(maj[-1]["config"])
+    task_of = {r["problem_id"]: r["task"] for r in rows}
+    cv = cv_cheapest(probs, acc[:, ours], used[:, ours], lambda train: float(acc[train, m].mean()),
+                     groups=[task_of[p] for p in probs], k=folds, seed=seed)
+    conf_of = {p["config"]: p["params"].get("confidence") for p in points}
+    n_eq = n_at_accuracy(maj, cv["accuracy"])
+    out = {"rule": rule, "accuracy": cv["accuracy"], "mean_samples": cv["cost"],
+           "confidence_by_fold": {t: [conf_of[configs[ours[j]]] for j in js]
+                                  for t, js in cv["choices"].items()},
+           "majority_n_at_equal_accuracy": n_eq, "majority_max": maj[-1]["config"],
+           "majority_max_accuracy": maj[-1]["accuracy"], "saving": 1.0 - cv["cost"] / n_eq,
+           "saving_vs_max_n": 1.0 - cv["cost"] / maj[-1]["budget"], "folds": folds, "seed": seed}
+    if wmaj:
+        w_eq = n_at_accuracy(wmaj, cv["accuracy"])
+        out.update(weighted_majority_n_at_equal_accuracy=w_eq,
+                   saving_vs_weighted_majority=1.0 - cv["cost"] / w_eq)
+    return out
 
 
 def model_sizes(results_dir: Path) -> dict[str, int]:
@@ -242,8 +287,13 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
                            "curves": points, "frontier": frontier(deployable),
                            "latency_frontier": frontier(deployable, "latency_s"),
                            "coverage": cov, "fits": fit_all(points, cov)}
-    headline: dict[str, Any] = {"adaptive_stopping": adaptive_saving(points),
+    # adaptive stopping: confident consistency (its confidence chosen on other problems) where
+    # the grid has it, else Adaptive-Consistency; the other rules beside it
+    confident = confident_saving(records, points, model, folds=folds)
+    headline: dict[str, Any] = {"adaptive_consistency": adaptive_saving(points),
                                 "esc": adaptive_saving(points, "esc")}
+    headline["adaptive_stopping"] = (confident if confident["saving"] is not None
+                                     else headline["adaptive_consistency"])
     headline["adaptive_stopping_saving"] = headline["adaptive_stopping"]["saving"]
     # the same at every other sampler setting of the grid, shown beside the base setting's
     # headline figure (never picked from them: that would select on the scored problems)
@@ -251,7 +301,10 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
     if others:
         headline["adaptive_stopping_by_setting"] = {
             st: {"adaptive_consistency": adaptive_saving(points, setting=st)["saving"],
-                 "esc": adaptive_saving(points, "esc", setting=st)["saving"]} for st in others}
+                 "esc": adaptive_saving(points, "esc", setting=st)["saving"],
+                 "confident_consistency": confident_saving(records, points, model, st,
+                                                           folds)["saving"]}
+            for st in others}
     sizes = model_sizes(results_dir)
     headline["small_search_vs_large_greedy"] = small_vs_large(records, sizes, model)
     headline["latency"] = latency_headline(records, model, folds)
@@ -460,12 +513,23 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   "(chosen on other problems, 5 folds)."]
     ad = h.get("adaptive_stopping") or {}
     if ad.get("saving") is not None:
-        lines += [f"- Adaptive stopping ({ad['rule']}): {_fmt(ad['accuracy'], True)} with "
+        how = (f", its confidence chosen per task on other problems ({ad['folds']} folds)"
+               if "confidence_by_fold" in ad else "")
+        lines += [f"- Adaptive stopping ({ad['rule']}{how}): {_fmt(ad['accuracy'], True)} with "
                   f"{ad['mean_samples']:.2f} samples on average; majority voting needs "
                   f"{ad['majority_n_at_equal_accuracy']:.2f} samples for that accuracy: "
                   f"{_fmt(ad['saving'], True)} of samples saved (signed: negative when it needs "
                   f"more; {_fmt(ad['saving_vs_max_n'], True)} "
                   f"against {ad['majority_max']}, which reaches {_fmt(ad['majority_max_accuracy'], True)})."]
+        if ad.get("saving_vs_weighted_majority") is not None:
+            lines += [f"  Against weighted majority voting, which reads the same scores: it needs "
+                      f"{ad['weighted_majority_n_at_equal_accuracy']:.2f} samples for that "
+                      f"accuracy, a saving of {_fmt(ad['saving_vs_weighted_majority'], True)}."]
+        for name in ("adaptive_consistency", "esc"):
+            o = h.get(name) or {}
+            if o.get("saving") is not None and o.get("rule") != ad.get("rule"):
+                lines += [f"  {o['rule']}: {_fmt(o['accuracy'], True)} with {o['mean_samples']:.2f} "
+                          f"samples, {_fmt(o['saving'], True)} saved against majority voting."]
     ck = h.get("with_checker")
     if ck:
         b = ck["best"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -39,12 +40,16 @@ from ttscale.errors import TTScaleError, unknown
 from ttscale.eval.store import RESULTS_FILE, SAMPLES_FILE, JsonlStore, record_key
 from ttscale.planner.plan import config_id
 from ttscale.planner.solve import run_params
-from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, SampleSet,
-                                     draw_samples, rounds_of, sample_order, select, setting_id)
+from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, STOPPING_RULES,
+                                     SampleSet, draw_samples, rounds_of, sample_order, select,
+                                     setting_id)
 from ttscale.types import Problem, SamplingParams
 
 CONFIG_FILE = "sweep.json"
 SIDE_SCORERS = ("checker",)  # zero-FLOP scorers a sweep can show beside its learned one
+SIDE_RULES = ("best_of_n", "weighted_majority")  # the rules recorded with a side scorer's scores
+# confident consistency's default grid: 1 - confidence evenly spaced in log from 0.2 to 0.005
+CONFIDENCES = tuple(round(1 - 0.2 * 40 ** (-i / 8), 4) for i in range(9))
 
 
 @dataclass
@@ -93,6 +98,9 @@ class SweepConfig:
     runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
     esc_window: int = 4
     ac_threshold: float = 0.95
+    # confident consistency's confidences (one configuration each, at the largest n): evenly
+    # spaced in log(1 - score) for the likelihood scorer, from 0.8 to 0.995
+    confidences: list[float] = field(default_factory=lambda: list(CONFIDENCES))
     baseline_models: list[str] = field(default_factory=list)
     baseline_runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
     shots: int = 0  # worked examples before each JSONL question (base models)
@@ -109,6 +117,12 @@ class SweepConfig:
         for r in self.rules:
             if r not in SELECTION_RULES:
                 raise unknown("selection rule", r, SELECTION_RULES)
+        for c in self.confidences:
+            if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c):
+                raise TTScaleError(f"confidence={c!r} is not a number; accepted: finite numbers on "
+                                   "the scorer's scale (likelihood: 0 to 1)")
+        if len(set(self.confidences)) != len(self.confidences):
+            raise TTScaleError(f"confidences={self.confidences} must not repeat a value")
         if self.replicates < 1:
             raise TTScaleError(f"replicates={self.replicates} is out of range; accepted: >= 1")
         if self.num_problems < 1:
@@ -236,16 +250,21 @@ def _identity(base: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in base.items() if k != "backend"}
 
 
-def _rule_params(rule: str, n: int, cfg: SweepConfig) -> dict[str, Any]:
+def _rule_params(rule: str, n: int, cfg: SweepConfig) -> list[dict[str, Any]]:
+    """The configurations of `rule` at budget `n` (one per confidence for confident consistency)."""
     if rule == "esc":
-        return {"n": n, "window": min(cfg.esc_window, n)}
+        return [{"n": n, "window": min(cfg.esc_window, n)}]
     if rule == "adaptive_consistency":
-        return {"n": n, "threshold": cfg.ac_threshold}
-    return {"n": n}
+        return [{"n": n, "threshold": cfg.ac_threshold}]
+    if rule == "confident_consistency":
+        return [{"n": n, "threshold": cfg.ac_threshold, "confidence": c} for c in cfg.confidences]
+    return [{"n": n}]
 
 
 def _rule_ns(rule: str, cfg: SweepConfig) -> list[int]:
-    if rule in ("esc", "adaptive_consistency"):  # a stopping rule at n=1 is plain sampling
+    if rule == "confident_consistency":  # its grid is the confidence: at the largest n only
+        return [max(cfg.ns)] if max(cfg.ns) >= 2 else []
+    if rule in STOPPING_RULES:  # a stopping rule at n=1 is plain sampling
         return [n for n in cfg.ns if n >= 2]
     return list(cfg.ns)
 
@@ -261,15 +280,16 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
     out = []
     setting = dict(setting or {})
     for rule in cfg.rules:
-        if rule in NEEDS_SCORES and not ss.has_scores or side and rule not in NEEDS_SCORES:
+        if rule in NEEDS_SCORES and not ss.has_scores or side and rule not in SIDE_RULES:
             continue
-        for n in _rule_ns(rule, cfg):
-            params = {**_rule_params(rule, n, cfg), **setting, **({"scorer": scorer_name} if side else {})}
+        for n, own in ((n, p) for n in _rule_ns(rule, cfg) for p in _rule_params(rule, n, cfg)):
+            params = {**own, **setting, **({"scorer": scorer_name} if side else {})}
             uses_scorer = rule in NEEDS_SCORES
             for rep in range(cfg.replicates):
                 order = sample_order(ss.n, rep)
                 sel = select(rule, task, ss, n, order, window=params.get("window", 4),
-                             threshold=cfg.ac_threshold)
+                             threshold=cfg.ac_threshold,
+                             confidence=params.get("confidence", 0.9))
                 cost = ss.cost(order[:sel.used], scored=uses_scorer)
                 rounds = rounds_of(rule, order, sel.used, params.get("window", 4))
                 scorer = scorer_name if uses_scorer else None

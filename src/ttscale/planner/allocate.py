@@ -111,11 +111,15 @@ class Ledger:
     """Sequential execution of an allocation: a pool of unspent budget flows to later problems.
 
     The pool is the budget minus what was spent minus the allotments of problems not yet run.
-    `upgrade(i)` spends a positive pool on further frontier steps whose gain per FLOP is at
-    least the allocation's marginal price, and downgrades problem i while the pool is
-    negative (an earlier problem overran), but not below its cheapest option that answers
-    when the allocation gave it one: an overrun of a few FLOPs elsewhere must not cost a
-    problem its whole answer (the guard still stops any call the budget cannot cover);
+    `upgrade(i)` first covers a negative pool (an earlier problem overran) by taking back,
+    among the problems not yet run (i included), the upgrades that bought the least accuracy
+    per FLOP (ties by rank), the reverse of the allocation: an overrun is paid where it costs
+    least, not by whichever problem happens to run next (taking a long-mode chain back to a
+    short one can cost 40 points where a best-of-4 taken back to one sample costs 6). No
+    problem goes below its cheapest option that answers when the allocation gave it one: an
+    overrun of a few FLOPs must not cost a problem its whole answer (the guard still stops any
+    call the budget cannot cover). Then it spends a positive pool on problem i's further
+    frontier steps whose gain per FLOP is at least the allocation's marginal price;
     `limit(i)` is the most problem i may spend: its
     allotment twice over plus the free pool, never more than what is left of the budget;
     `charge(i, spent)` settles it.
@@ -125,18 +129,30 @@ class Ledger:
                  ranks: Sequence[int] | None = None) -> None:
         self.frontiers = frontiers
         self.budget = budget
-        self.allocation = allocate(frontiers, budget, ranks=ranks)
+        self.rank = tie_ranks(len(frontiers)) if ranks is None else ranks
+        self.allocation = allocate(frontiers, budget, ranks=self.rank)
         self.choice = list(self.allocation.choice)
+        # the least each problem may be taken back to: its cheapest option that answers
+        self.floor = [1 if c > 0 and h[0].config == NO_ANSWER else 0
+                      for h, c in zip(frontiers, self.choice)]
+        self.pending = set(range(len(frontiers)))  # problems not yet charged
         self.pool = budget - self.allocation.expected_cost
         self.spent = 0.0
 
+    def _cover_overrun(self) -> None:
+        while self.pool < -1e-9:
+            back = [(_ratio(self.frontiers[r], self.choice[r] - 1), int(self.rank[r]), r)
+                    for r in self.pending if self.choice[r] > self.floor[r]]
+            if not back:
+                return
+            _, _, r = min(back)
+            h, j = self.frontiers[r], self.choice[r]
+            self.pool += h[j].cost - h[j - 1].cost
+            self.choice[r] = j - 1
+
     def upgrade(self, i: int) -> int:
         h = self.frontiers[i]
-        floor = 1 if self.choice[i] > 0 and h[0].config == NO_ANSWER else 0
-        while self.pool < -1e-9 and self.choice[i] > floor:
-            j = self.choice[i]
-            self.pool += h[j].cost - h[j - 1].cost
-            self.choice[i] = j - 1
+        self._cover_overrun()
         price = self.allocation.price
         while self.choice[i] + 1 < len(h):
             j = self.choice[i]
@@ -156,6 +172,7 @@ class Ledger:
     def charge(self, i: int, spent: float) -> None:
         self.pool += self.allotment(i) - spent
         self.spent += spent
+        self.pending.discard(i)
 
 
 class BudgetExhausted(RuntimeError):

@@ -84,6 +84,26 @@ class Table:
                      pick(self.tasks))
 
 
+VOTE_OF_STOPPING_RULE = {"esc": "majority", "adaptive_consistency": "majority",
+                         "confident_consistency": "weighted_majority"}
+
+
+def cut_columns(table: Table, j: int) -> list[int]:
+    """A stopping rule that the budget cuts short answers with the samples it drew, by its own
+    vote: the columns of that vote at fewer samples and the same sampler setting (the same
+    first samples of each order), most samples first; [] for any other configuration."""
+    s = table.strategies[table.configs[j]]
+    rule = VOTE_OF_STOPPING_RULE.get(s["strategy"])
+    if rule is None or s["source"] != "samples":
+        return []
+    setting, own = split_setting(s["params"])
+    cuts = [(int(t["params"]["n"]), k) for k, c in enumerate(table.configs)
+            for t in [table.strategies[c]]
+            if t["strategy"] == rule and t["source"] == "samples"
+            and split_setting(t["params"])[0] == setting and int(t["params"]["n"]) < int(own["n"])]
+    return [k for _, k in sorted(cuts, reverse=True)]
+
+
 def grid_model(records: Sequence[dict[str, Any]]) -> str:
     """The model with the most configurations (the one the strategy grid ran on)."""
     per: dict[str, set[str]] = defaultdict(set)
@@ -430,6 +450,7 @@ def simulate(plan: Plan, table: Table, budget: float, seed: int = 0, mode: str |
     `mode` ("probe" or "blind") imposes one mode on every task instead."""
     n = len(table)
     col = {c: j for j, c in enumerate(table.configs)}
+    cuts: dict[int, list[int]] = {}
     plans = [plan.for_task(t) for t in table.tasks]
     bins = [p.bin_of(d) for p, d in zip(plans, table.difficulty)]
     rank = tie_ranks(n, seed)
@@ -457,11 +478,16 @@ def simulate(plan: Plan, table: Table, budget: float, seed: int = 0, mode: str |
         if cfg in (PROBE, NO_ANSWER):
             spent, ok = 0.0, base_ok
         else:
-            cost = table.extra[i, col[cfg]] if probe_mode[i] else table.raw[i, col[cfg]]
-            if cost <= ledger.limit(i) + 1e-6:
-                spent, ok = cost, table.acc[i, col[cfg]]
+            costs = table.extra[i] if probe_mode[i] else table.raw[i]
+            j, limit = col[cfg], ledger.limit(i) + 1e-6
+            cut = next((k for k in cuts.setdefault(j, cut_columns(table, j)) if costs[k] <= limit),
+                       None)
+            if costs[j] <= limit:
+                spent, ok = costs[j], table.acc[i, j]
+            elif cut is not None:  # a stopping rule cut short answers with what it drew
+                spent, ok, cfg = costs[cut], table.acc[i, cut], f"{cfg} (cut to {table.configs[cut]})"
             else:  # the guard stops it before the call that would overrun
-                spent, ok, cfg = min(cost, ledger.limit(i)), base_ok, cfg + " (stopped)"
+                spent, ok, cfg = min(costs[j], ledger.limit(i)), base_ok, cfg + " (stopped)"
         ledger.charge(i, spent)
         flops[i] += spent
         correct[i] = ok

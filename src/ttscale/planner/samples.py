@@ -1,8 +1,8 @@
 """Sample once, select many: N samples of a problem drawn in one request, each with its cost.
 
 A `SampleSet` keeps what every selection rule needs (extracted answers, their grades, scores)
-and what each sample cost, so that majority, best-of-N, weighted majority, pass@k, ESC and
-Adaptive-Consistency can be evaluated at every n <= N, in any sample order, without new
+and what each sample cost, so that majority, best-of-N, weighted majority, pass@k, ESC,
+Adaptive-Consistency and confident consistency can be evaluated at every n <= N, in any sample order, without new
 generation. The cost of a subset counts the prompt's prefill once (the engine computes it
 once for all n samples) plus each chosen sample's own tokens and its verifier cost.
 
@@ -25,15 +25,17 @@ from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.base import Candidate
 from ttscale.strategies.parallel import best_index
-from ttscale.strategies.stopping import adaptive_should_stop, esc_should_stop
-from ttscale.strategies.voting import top_two, vote
+from ttscale.strategies.stopping import (adaptive_should_stop, confident_should_stop,
+                                        esc_should_stop)
+from ttscale.strategies.voting import top_two_keys, vote
 from ttscale.tasks.base import Task
 from ttscale.types import Cost, GenerationRequest, Problem, SamplingParams
 
 SELECTION_RULES = ("majority", "best_of_n", "weighted_majority", "pass_at_k", "esc",
-                   "adaptive_consistency")
+                   "adaptive_consistency", "confident_consistency")
+STOPPING_RULES = ("esc", "adaptive_consistency", "confident_consistency")  # may draw fewer than n
 SETTING_KEYS = ("temperature", "min_p", "effort")  # how samples are drawn: part of a configuration
-NEEDS_SCORES = ("best_of_n", "weighted_majority")
+NEEDS_SCORES = ("best_of_n", "weighted_majority", "confident_consistency")
 ORACLE_RULES = ("pass_at_k",)  # need the answer key: measured, never deployable
 
 
@@ -127,7 +129,7 @@ class Selection:
 
 
 def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[int] | None = None,
-           *, window: int = 4, threshold: float = 0.95) -> Selection:
+           *, window: int = 4, threshold: float = 0.95, confidence: float = 0.9) -> Selection:
     """Apply `rule` to the first `n` samples in `order` (default: as drawn).
 
     Answers are grouped by the task's answer key and ties go to the earliest sample, exactly
@@ -154,17 +156,20 @@ def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[in
                 used = start + len(w)
                 break
         idx = idx[:used]
-    elif rule == "adaptive_consistency":
+    elif rule in ("adaptive_consistency", "confident_consistency"):
+        keys = [samples.keys[i] for i in idx]
+        scores = [samples.scores[i] for i in idx]
         used = n
         for m in range(1, n + 1):
-            if adaptive_should_stop(*top_two(task, samples.candidates(idx[:m])), threshold=threshold):
+            if sequential_stop(rule, keys[:m], scores[:m], threshold=threshold,
+                               confidence=confidence):
                 used = m
                 break
         idx = idx[:used]
     cands = samples.candidates(idx)
     if rule == "best_of_n":
         chosen = best_index(cands)
-    elif rule == "weighted_majority":
+    elif rule in ("weighted_majority", "confident_consistency"):
         chosen = vote(task, cands, [c.score or 0.0 for c in cands])
     else:
         chosen = vote(task, cands)
@@ -172,6 +177,15 @@ def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[in
         return Selection(None, False, len(idx))
     i = idx[chosen]
     return Selection(samples.answers[i], bool(samples.correct[i]), len(idx))
+
+
+def sequential_stop(rule: str, keys: Sequence[str | None], scores: Sequence[float | None], *,
+                    threshold: float = 0.95, confidence: float = 0.9) -> bool:
+    """Whether a one-sample-at-a-time stopping rule (Adaptive-Consistency or confident
+    consistency) stops after samples with these answer keys and scores."""
+    if rule == "confident_consistency":
+        return confident_should_stop(keys, scores, confidence, threshold)
+    return adaptive_should_stop(*top_two_keys(keys), threshold=threshold)
 
 
 def draw_samples(generator: Generator, problem: Problem, task: Task, n: int,
@@ -259,13 +273,13 @@ def rounds_of(rule: str, order: Sequence[int], used: int, window: int = 4,
               start: int = 0) -> list[list[int]]:
     """The dependent requests in which a rule draws its `used` samples, from sample `start` on
     (samples before it were drawn already, by the probe): one for the parallel rules, one
-    per window for ESC, one per sample for Adaptive-Consistency. Their number is the rule's
-    sequential depth."""
+    per window for ESC, one per sample for (confident) Adaptive-Consistency. Their number is
+    the rule's sequential depth."""
     idx = list(order[start:used])
     if not idx:
         return []
     if rule == "esc":
         return [idx[i: i + window] for i in range(0, len(idx), window)]
-    if rule == "adaptive_consistency":
+    if rule in ("adaptive_consistency", "confident_consistency"):
         return [[i] for i in idx]
     return [idx]

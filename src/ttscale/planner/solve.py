@@ -23,10 +23,10 @@ from ttscale.planner.allocate import (BudgetExhausted, BudgetGuard, Ledger, Opti
                                       tie_ranks)
 from ttscale.planner.difficulty import difficulty
 from ttscale.planner.plan import NO_ANSWER, PROBE, Plan
-from ttscale.planner.samples import NEEDS_SCORES, SampleSet, draw_samples, select, split_setting
+from ttscale.planner.samples import (NEEDS_SCORES, STOPPING_RULES, SampleSet, draw_samples, select,
+                                     sequential_stop, split_setting)
 from ttscale.rewards.base import Scorer
-from ttscale.strategies.stopping import adaptive_should_stop, esc_should_stop
-from ttscale.strategies.voting import top_two
+from ttscale.strategies.stopping import esc_should_stop
 from ttscale.tasks.base import Task
 from ttscale.types import Problem, SamplingParams
 
@@ -87,11 +87,19 @@ def _merge(a: SampleSet, b: SampleSet) -> SampleSet:
                      a.wall_s + b.wall_s, completions=a.completions + b.completions)
 
 
+def _stop_params(params: dict[str, Any]) -> dict[str, float]:
+    """A stopping configuration's threshold and confidence (their defaults where absent)."""
+    return {"threshold": float(params.get("threshold", 0.95)),
+            "confidence": float(params.get("confidence", 0.9))}
+
+
 def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
                        guard: BudgetGuard, scorer: Scorer | None, have: SampleSet | None,
                        seed: int) -> SampleSet:
     """Draw what a voting/stopping configuration needs beyond the samples already drawn (the
-    probe's, at the base setting; a configuration at another sampler setting starts afresh)."""
+    probe's, at the base setting; a configuration at another sampler setting starts afresh).
+    A stopping rule that the budget cuts short keeps the samples it drew and answers with
+    them, as `simulate` assumes offline (`plan.cut_columns`)."""
     rule = cfg["strategy"]
     setting, params = split_setting(cfg["params"])
     n = int(params["n"])
@@ -115,15 +123,20 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
             w = int(params.get("window", 4))
             if ss is not None and ss.n >= w and esc_should_stop(ss.keys[-w:]):
                 break
-            ss = more(min(w, n - (ss.n if ss else 0))) if ss is None else _merge(ss, more(min(w, n - ss.n)))
-        elif rule == "adaptive_consistency":
-            if ss is not None and adaptive_should_stop(
-                    *top_two(task, ss.candidates(range(ss.n))),
-                    threshold=float(params.get("threshold", 0.95))):
+            k = min(w, n - (ss.n if ss else 0))
+        elif rule in ("adaptive_consistency", "confident_consistency"):
+            if ss is not None and sequential_stop(rule, ss.keys, ss.scores, **_stop_params(params)):
                 break
-            ss = more(1) if ss is None else _merge(ss, more(1))
+            k = 1
         else:
-            ss = more(n) if ss is None else _merge(ss, more(n - ss.n))
+            k = n - (ss.n if ss else 0)
+        try:
+            new = more(k)
+        except BudgetExhausted:
+            if rule in STOPPING_RULES and ss is not None:
+                break  # cut short by the budget: a stopping rule answers with what it drew
+            raise
+        ss = new if ss is None else _merge(ss, new)
     return ss
 
 
@@ -189,10 +202,10 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
                 cfg = plan.strategies[cfg_name]
                 if cfg["source"] == "samples":
                     ss = _continue_sampling(plan, cfg, p, task, guard, gscorer, probes[i], seed * 7919 + i)
-                    rule_n = ss.n if cfg["strategy"] in ("esc", "adaptive_consistency") else int(cfg["params"]["n"])
+                    rule_n = ss.n if cfg["strategy"] in STOPPING_RULES else int(cfg["params"]["n"])
                     answer = select(cfg["strategy"], task, ss, min(rule_n, ss.n),
                                     window=int(cfg["params"].get("window", 4)),
-                                    threshold=float(cfg["params"].get("threshold", 0.95))).answer
+                                    **_stop_params(cfg["params"])).answer
                 else:
                     from ttscale.strategies import solve
 

@@ -1,21 +1,31 @@
-"""Adaptive stopping for parallel sampling: ESC, Adaptive-Consistency and DeepConf.
+"""Adaptive stopping for parallel sampling: ESC, Adaptive-Consistency, its confident variant
+and DeepConf.
 
 * ESC (Li et al. 2024): sample in windows of `window` answers; stop when a window is unanimous.
 * Adaptive-Consistency (Aggarwal et al. 2023): after each batch, with v1 and v2 the vote counts
   of the two most frequent answers, stop when
   P(p1 > p2 | votes) = ∫_{1/2}^{1} x^v1 (1-x)^v2 dx / ∫_0^1 x^v1 (1-x)^v2 dx >= threshold,
   i.e. 1 - I_{1/2}(v1 + 1, v2 + 1) with I the regularised incomplete beta function.
+* Confident consistency (this project): Adaptive-Consistency that also stops as soon as the
+  answer of the score-weighted vote has a sample the scorer rates at least `confidence`, and
+  answers with that weighted vote. With the policy's own likelihood as the score (no FLOPs), an
+  easy problem stops at its first confident sample while a hard one keeps sampling. The score's
+  scale depends on the task and the thinking mode, so `confidence` is chosen on held-out
+  problems (the sweep measures a grid of values; its headline picks one per task by
+  cross-validation, docs/results.md).
 * DeepConf (Fu et al. 2025, online variant): token confidence C_i = -mean of the top-k logprobs
   at position i; a trace's group confidence is the mean of C over a sliding window of `window`
   tokens. Warm-up traces set a threshold at the `percentile`-th percentile of their lowest group
   confidence; later traces are generated in chunks and terminated as soon as a full window falls
   below it; surviving traces vote, each weighted by its lowest group confidence.
 
-All three answer with a (weighted) majority over the samples they kept; the pure stopping tests
-(`esc_should_stop`, `beta_stop_probability`) are shared with offline selection.
+All answer with a (weighted) majority over the samples they kept; the pure stopping tests
+(`esc_should_stop`, `adaptive_should_stop`, `confident_should_stop`) are shared with offline
+selection.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,10 +35,10 @@ from scipy.special import betainc
 from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError
 from ttscale.rewards.base import Scorer
-from ttscale.strategies.base import Candidate, Meter, Solution, register, require
+from ttscale.strategies.base import Candidate, Meter, Solution, register, require, require_scorer
 from ttscale.strategies.parallel import sample_n
 from ttscale.strategies.sampling import NParams, candidate, draw, finish, sampling
-from ttscale.strategies.voting import top_two, vote
+from ttscale.strategies.voting import top_two, top_two_keys, vote, vote_keys
 from ttscale.tasks.base import Task
 from ttscale.types import Completion, Problem
 
@@ -47,6 +57,18 @@ def beta_stop_probability(v1: int, v2: int) -> float:
 
 def adaptive_should_stop(v1: int, v2: int, threshold: float = 0.95) -> bool:
     return v1 > 0 and beta_stop_probability(v1, v2) >= threshold
+
+
+def confident_should_stop(keys: Sequence[str | None], scores: Sequence[float | None],
+                          confidence: float, threshold: float = 0.95) -> bool:
+    """Confident consistency, on the samples' answer keys and scores so far: the weighted
+    vote's answer has a sample scored >= `confidence`, or Adaptive-Consistency's Beta rule fires
+    on the plain counts. A sample without a score weighs 0."""
+    weights = [s or 0.0 for s in scores]
+    lead = vote_keys(keys, weights)
+    if lead is not None and any(k == keys[lead] and w >= confidence for k, w in zip(keys, weights)):
+        return True
+    return adaptive_should_stop(*top_two_keys(keys), threshold=threshold)
 
 
 # -- ESC -----------------------------------------------------------------------------------
@@ -113,6 +135,41 @@ def adaptive_consistency(problem: Problem, task: Task, generator: Generator,
     v1, v2 = top_two(task, cands)
     return finish(meter, "adaptive_consistency", params, cands, vote(task, cands),
                   samples=len(cands), stop_probability=beta_stop_probability(v1, v2))
+
+
+# -- confident consistency -----------------------------------------------------------------
+@dataclass
+class ConfidentConsistencyParams(AdaptiveConsistencyParams):
+    """Adaptive-Consistency that also stops at an answer with a sample scored >= `confidence`."""
+
+    confidence: float = 0.9  # on the scorer's scale (likelihood: exp(mean token logprob))
+
+    def validate(self) -> None:
+        super().validate()
+        ok = isinstance(self.confidence, (int, float)) and not isinstance(self.confidence, bool)
+        require(ok and math.isfinite(self.confidence), "confidence", self.confidence,
+                "a finite number on the scorer's scale (likelihood: 0 to 1)")
+
+
+@register("confident_consistency", ConfidentConsistencyParams)
+def confident_consistency(problem: Problem, task: Task, generator: Generator,
+                          scorer: Scorer | None, params: ConfidentConsistencyParams) -> Solution:
+    """Sample one batch at a time until an answer is confident or very likely the majority;
+    answer with the score-weighted vote."""
+    scorer = require_scorer(scorer, "confident_consistency")
+    meter = Meter()
+    cands: list[Candidate] = []
+    call = 0
+    while len(cands) < params.n:
+        size = min(params.batch, params.n - len(cands))
+        new, _ = sample_n(meter, problem, task, generator, scorer, params, size, call=call)
+        cands += new
+        call += 1
+        if confident_should_stop([task.answer_key(c.answer) for c in cands],
+                                 [c.score for c in cands], params.confidence, params.threshold):
+            break
+    return finish(meter, "confident_consistency", params, cands,
+                  vote(task, cands, [c.score or 0.0 for c in cands]), samples=len(cands))
 
 
 # -- DeepConf ------------------------------------------------------------------------------
