@@ -303,3 +303,75 @@ def test_whether_to_probe_is_decided_on_held_out_problems():
     assert plan.prefers_probe(4.5e6) is False
     assert choose_modes([plan] * n, bins, ["t"] * n, budget) == {"t": "blind"}
     assert Plan.from_dict(plan.to_dict()).probe_gain == plan.probe_gain
+
+
+def test_an_overrun_is_covered_where_it_costs_least_accuracy_per_flop():
+    """Two kinds of problems: on one the dear option buys 40 points for 9 FLOPs, on the other
+    6 points for 9. The first problem overruns; the upgrade taken back is the cheap-to-lose
+    one, even though a problem of the other kind runs next."""
+    from ttscale.planner.allocate import NO_ANSWER, Ledger
+
+    steep = [Option(NO_ANSWER, 0.0, 0.0), Option("short", 1.0, 0.3), Option("long", 10.0, 0.7)]
+    flat = [Option(NO_ANSWER, 0.0, 0.0), Option("one", 1.0, 0.5), Option("four", 10.0, 0.56)]
+    ledger = Ledger([steep, steep, flat], budget=30.0, ranks=[0, 1, 2])
+    assert ledger.choice == [2, 2, 2]
+    k0 = ledger.upgrade(0)
+    ledger.charge(0, 19.0)  # nine FLOPs over its allotment
+    assert (k0, ledger.upgrade(1)) == (2, 2)  # the next problem keeps its long chain ...
+    assert ledger.choice[2] == 1  # ... the flat problem gave its upgrade back
+    ledger.charge(1, 10.0)
+    ledger.upgrade(2)
+    ledger.charge(2, 1.0)
+    assert ledger.spent <= 30.0
+
+
+def test_a_stopping_rule_cut_short_by_the_budget_answers_with_the_samples_it_drew():
+    """Offline, a stopping rule whose samples would overrun what a problem may spend answers
+    with its own vote over the samples that fit (the same first samples as the fixed-n vote
+    of the grid), instead of nothing; online, `_continue_sampling` keeps what it drew."""
+    from ttscale.planner.plan import cut_columns, simulate
+
+    configs = ["adaptive_consistency(n=16,threshold=0.95)", "majority(n=2)", "majority(n=4)"]
+    strategies = {configs[0]: {"strategy": "adaptive_consistency",
+                               "params": {"n": 16, "threshold": 0.95}, "source": "samples"},
+                  configs[1]: {"strategy": "majority", "params": {"n": 2}, "source": "samples"},
+                  configs[2]: {"strategy": "majority", "params": {"n": 4}, "source": "samples"}}
+    n = 4
+    raw = np.array([[40.0, 2.0, 4.0], [2.0, 2.0, 4.0], [2.0, 2.0, 4.0], [2.0, 2.0, 4.0]])
+    acc = np.array([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    table = Table("m", [f"p{i}" for i in range(n)], [0] * n, [1] * n, np.zeros(n), np.ones(n),
+                  np.zeros(n), configs, strategies, acc, raw, raw.copy(), np.full((n, 3), np.nan))
+    assert cut_columns(table, 0) == [2, 1] and cut_columns(table, 1) == []
+    plan = Plan("m", 4, 1.0, [], [], [Option("none", 0.0, 0.0), Option(configs[0], 5.5, 1.0)],
+                strategies, {}, {"bin_sizes": []})
+    spend = simulate(plan, table, 4 * 5.5, mode="blind")
+    assert spend.flops.sum() <= 22.0
+    # problem 0 needs 40 FLOPs where it may spend at most 21.5: its rule answers with the
+    # largest vote of the grid that fits (4 samples, right; 2 samples would be wrong)
+    assert spend.choice[0] == f"{configs[0]} (cut to majority(n=4))"
+    assert spend.correct.tolist() == [1.0, 1.0, 1.0, 1.0] and spend.flops[0] == 4.0
+
+
+def test_online_stopping_rule_cut_short_by_the_budget_keeps_what_it_drew(random_model_dir):
+    """Adaptive-Consistency that the budget guard stops after a few samples answers with
+    those samples (as `simulate` assumes) instead of discarding what was paid for."""
+    from ttscale.engine import load_generator
+    from ttscale.planner.allocate import BudgetExhausted, BudgetGuard
+    from ttscale.planner.solve import _continue_sampling
+    from ttscale.tasks import get_task
+    from ttscale.types import GenerationRequest, SamplingParams
+
+    gen = load_generator(random_model_dir)
+    task = get_task("countdown")
+    problem = task.problems("test", 2, 1, seed=0)[0]
+    cfg = {"strategy": "adaptive_consistency", "params": {"n": 16, "threshold": 0.999},
+           "source": "samples"}
+    plan = Plan("random", 4, 0.0, [], [], [], {"ac": cfg}, {"temperature": 1.0, "max_tokens": 24},
+                {"bin_sizes": []})
+    with pytest.raises(BudgetExhausted):  # nothing drawn yet: nothing to answer with
+        _continue_sampling(plan, cfg, problem, task, BudgetGuard(gen, 0.0), None, None, 0)
+    worst = BudgetGuard(gen, 0.0).worst_case(
+        [GenerationRequest(problem.prompt, SamplingParams(n=1, max_tokens=24))])
+    guard = BudgetGuard(gen, 3.5 * worst)  # room for three draws of one sample, at worst
+    ss = _continue_sampling(plan, cfg, problem, task, guard, None, None, 0)
+    assert 3 <= ss.n < 16 and guard.spent <= 3.5 * worst

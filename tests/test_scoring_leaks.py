@@ -118,3 +118,56 @@ def test_a_stopping_rule_worse_than_majority_shows_a_negative_saving():
     head = planner_headline([CurvePoint(b, b, 0.1) for b in (1e6, 2e6, 4e6)],
                             [FixedPoint("greedy()", 2e6, 0.3)])
     assert head["accuracy_gain"] < 0 and head["flops_saving"] is None
+
+
+def test_a_confidence_is_chosen_on_other_problems_never_on_the_scored_ones():
+    """Confident consistency's confidence is chosen per task and fold on the other folds
+    (`cv_cheapest`): whatever the held-out fold's own outcomes, its choice stays the same."""
+    from ttscale.eval.heldout import cv_cheapest
+    from ttscale.planner.plan import folds_of
+
+    rng = np.random.default_rng(0)
+    probs = [f"p{i:02d}" for i in range(40)]
+    tasks = ["arith" if i % 2 else "countdown" for i in range(40)]
+    acc = (rng.random((40, 4)) < [0.5, 0.6, 0.65, 0.7]).astype(float)
+    cost = np.tile([2.0, 4.0, 6.0, 9.0], (40, 1)) + rng.random((40, 4))
+    target = lambda train: 0.6  # noqa: E731
+    base = cv_cheapest(probs, acc, cost, target, groups=tasks, k=5, seed=0)
+    folds = folds_of(probs, 5, 0)
+    for f in range(5):
+        flipped = acc.copy()
+        flipped[folds == f] = 1.0 - flipped[folds == f]  # the scored fold's outcomes only
+        got = cv_cheapest(probs, flipped, cost, target, groups=tasks, k=5, seed=0)
+        for t in ("arith", "countdown"):
+            assert got["choices"][t][f] == base["choices"][t][f]
+
+
+def test_confident_stopping_saving_is_read_against_majority_at_equal_accuracy():
+    """Every confidence reaches majority@16's accuracy; the cheapest one (4 samples) is chosen
+    on the other folds, so the saving is 1 - 4/16 against majority voting, and against weighted
+    majority voting (which reaches that accuracy at n = 8) 1 - 4/8."""
+    from ttscale.eval.report import confident_saving, curves
+
+    records = []
+    for i in range(30):
+        pid, task = f"p{i:02d}", ("arith", "countdown")[i % 2]
+        ok = i % 3 != 0  # 2/3 right for every rule at its top n
+        for n in (1, 2, 4, 8, 16):
+            for rule, acc_n in (("majority", ok if n == 16 else (ok and n >= 16)),
+                                ("weighted_majority", ok if n >= 8 else False)):
+                records.append({"model": "m", "problem_id": pid, "task": task,
+                                "config": f"{rule}(n={n})", "strategy": rule, "params": {"n": n},
+                                "budget": n, "correct": acc_n, "samples_used": n,
+                                "flops": float(n), "tokens": n, "wall_s": 0.1, "seed": 0})
+        for conf, used in ((0.9, 4), (0.99, 10)):
+            records.append({"model": "m", "problem_id": pid, "task": task,
+                            "config": f"confident_consistency(confidence={conf},n=16)",
+                            "strategy": "confident_consistency",
+                            "params": {"n": 16, "confidence": conf}, "budget": 16,
+                            "correct": ok, "samples_used": used, "flops": float(used),
+                            "tokens": used, "wall_s": 0.1, "seed": 0})
+    got = confident_saving(records, curves(records, "m"), "m")
+    assert got["confidence_by_fold"] == {"arith": [0.9] * 5, "countdown": [0.9] * 5}
+    assert abs(got["accuracy"] - 20 / 30) < 1e-9 and got["mean_samples"] == 4.0
+    assert abs(got["saving"] - 0.75) < 1e-9
+    assert abs(got["saving_vs_weighted_majority"] - 0.5) < 1e-9

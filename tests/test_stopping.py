@@ -162,3 +162,74 @@ def test_deepconf_keeps_traces_as_confident_as_the_warmup():
     sol = solve(PROBLEM, ARITH, gen, "deepconf", {"n": 4, "warmup": 1, "window": 4, "chunk": 3})
     assert sol.answer == "6" and sol.params["kept"] == 4
     assert all(gen.generated[i] == len(gen.texts[i]) for i in range(4))  # completed in chunks
+
+
+# -- confident consistency ----------------------------------------------------------------------
+def test_confident_rule_stops_at_a_confident_sample_of_the_leading_answer():
+    from ttscale.strategies.stopping import confident_should_stop
+
+    assert confident_should_stop(["5"], [0.99], confidence=0.95)
+    assert not confident_should_stop(["5"], [0.90], confidence=0.95)
+    # the confident sample's answer trails the score-weighted vote: no stop yet
+    assert not confident_should_stop(["6", "6", "5"], [0.9, 0.9, 0.97], confidence=0.95)
+    assert confident_should_stop(["6", "6", "5"], [0.9, 0.96, 0.5], confidence=0.95)
+    assert not confident_should_stop([None], [0.99], confidence=0.5)  # no answer, no stop
+    # without a confident sample it is Adaptive-Consistency on the plain counts
+    assert confident_should_stop(["5"] * 4, [0.1] * 4, confidence=0.95)
+    assert not confident_should_stop(["5"] * 3, [0.1] * 3, confidence=0.95)
+
+
+class FixedScores:
+    """Scores each solution by a table of its final answer (a scorer the test controls)."""
+
+    name = "fixed"
+
+    def __init__(self, by_answer: dict[str, float]) -> None:
+        self.by_answer = by_answer
+
+    def score(self, problem, solutions, completions=None):
+        from ttscale.rewards.base import ScoreBatch, Scored
+
+        return ScoreBatch([Scored(self.by_answer[s.strip().split()[-1]]) for s in solutions],
+                          Usage())
+
+
+def test_confident_consistency_stops_early_and_answers_by_the_weighted_vote():
+    seq = ["6", "6", "5", "6", "5"] + ["5"] * 11
+    scorer = FixedScores({"5": 0.99, "6": 0.3})
+    sol = solve(PROBLEM, ARITH, Traces(_answers(*seq)), "confident_consistency",
+                {"n": 16, "confidence": 0.95}, scorer)
+    # after 3 samples: 6 weighs 0.6, 5 weighs 0.99 and has a sample scored >= 0.95
+    assert len(sol.candidates) == 3 and sol.answer == "5"
+    unsure = FixedScores({"5": 0.5, "6": 0.5})
+    sol = solve(PROBLEM, ARITH, Traces(_answers(*seq)), "confident_consistency",
+                {"n": 16, "confidence": 0.95}, unsure)
+    plain = solve(PROBLEM, ARITH, Traces(_answers(*seq)), "adaptive_consistency", {"n": 16})
+    assert len(sol.candidates) == len(plain.candidates)  # no confident sample: AC's stop
+
+
+def test_confident_consistency_offline_selection_equals_the_online_strategy():
+    """The sweep scores the rule from stored samples (`planner.samples.select`); it must choose
+    what the strategy run on the same samples chooses, and draw as many."""
+    from ttscale.planner.samples import SampleSet, select
+
+    scorer = FixedScores({"5": 0.97, "6": 0.9, "7": 0.93})
+    rng = __import__("random").Random(3)
+    for _ in range(30):
+        seq = [rng.choice("5567") for _ in range(8)]
+        conf = rng.choice([0.92, 0.95, 0.99])
+        sol = solve(PROBLEM, ARITH, Traces(_answers(*seq)), "confident_consistency",
+                    {"n": 8, "confidence": conf}, scorer)
+        ss = SampleSet(answers=seq, keys=seq, correct=[a == "5" for a in seq],
+                       scores=[scorer.by_answer[a] for a in seq], texts=_answers(*seq),
+                       completion_tokens=[5] * 8, sample_flops=[1.0] * 8)
+        got = select("confident_consistency", ARITH, ss, 8, confidence=conf)
+        assert (got.used, got.answer) == (len(sol.candidates), sol.answer), (seq, conf)
+
+
+def test_confident_consistency_needs_a_scorer_and_a_numeric_confidence():
+    with pytest.raises(Exception, match="needs a scorer"):
+        solve(PROBLEM, ARITH, Traces(_answers("5")), "confident_consistency", {"n": 2})
+    with pytest.raises(Exception, match="confidence"):
+        solve(PROBLEM, ARITH, Traces(_answers("5")), "confident_consistency",
+              {"n": 2, "confidence": float("nan")}, FixedScores({"5": 1.0}))

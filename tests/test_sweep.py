@@ -122,11 +122,16 @@ def test_new_rules_and_smaller_n_cost_no_generation(random_model_dir, tmp_path):
     first = run_sweep(cfg, tmp_path, progress=False, generators={random_model_dir: gen})
     drawn = gen.requests
     assert drawn == 6 and first.records == 6 * 2  # one request of 8 samples per problem
-    cfg.rules, cfg.ns = ["majority", "best_of_n", "esc", "adaptive_consistency", "pass_at_k"], [2, 4, 8]
+    cfg.rules, cfg.ns = ["majority", "best_of_n", "esc", "adaptive_consistency", "pass_at_k",
+                         "confident_consistency"], [2, 4, 8]
+    cfg.confidences = [0.5, 0.9]
     second = run_sweep(cfg, tmp_path, resume=True, progress=False, generators={random_model_dir: gen})
     assert gen.requests == drawn  # every new record came from the stored samples
     assert second.written > 0
     recs = read_jsonl(tmp_path / "results.jsonl")
+    confident = {r["config"] for r in recs if r["strategy"] == "confident_consistency"}
+    assert confident == {"confident_consistency(confidence=0.5,n=8,threshold=0.95)",
+                         "confident_consistency(confidence=0.9,n=8,threshold=0.95)"}
     for r in recs:  # costs: prefill once plus the samples a rule used
         assert r["flops"] > 0 and r["tokens"] > 0
     by = {(r["problem_id"], r["config"], r["seed"]): r for r in recs}

@@ -54,7 +54,9 @@ def test_each_sampler_setting_is_sampled_once_and_selected_many_times(random_mod
 
 @pytest.mark.parametrize("args, named", [
     (["--min-p", "1.5"], "min_p=1.5"), (["--min-p", "x"], "'x'"), (["--temperature", "-1"], "-1"),
-    (["--effort", "medium"], "medium"), (["--min-p", "0.1,0.1"], "repeats")])
+    (["--effort", "medium"], "medium"), (["--min-p", "0.1,0.1"], "repeats"),
+    (["--confidences", "x"], "'x'"), (["--confidences", "nan"], "confidence=nan"),
+    (["--confidences", "0.9,0.9"], "repeat")])
 def test_bad_sampler_grid_is_one_line_exit_2(args, named, tmp_path):
     code = "import sys; from ttscale.cli import main; sys.argv[0] = 'ttscale'; main()"
     import subprocess

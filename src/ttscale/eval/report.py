@@ -181,24 +181,25 @@ def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_cons
 
 
 def confident_saving(records: Sequence[dict[str, Any]], points: Sequence[dict[str, Any]],
-                     model: str, setting: str = "", folds: int = 5,
-                     seed: int = 0) -> dict[str, Any]:
+                     model: str, setting: str = "", folds: int = 5, seed: int = 0,
+                     target: str = "majority") -> dict[str, Any]:
     """`adaptive_saving` for confident consistency, whose confidence is chosen on other problems:
-    per task and fold, the grid's confidence that reaches majority voting's accuracy at its
-    largest n on the other folds with the fewest samples (`cv_cheapest`); accuracy and samples
-    are those of the held-out folds. Beside the saving against majority voting (the papers'
+    per task and fold, the grid's confidence that reaches the accuracy of `target` voting
+    (majority, or weighted_majority) at its largest n on the other folds with the fewest
+    samples (`cv_cheapest`); accuracy and samples are those of the held-out folds. Beside the saving against majority voting (the papers'
     baseline), the saving against weighted majority voting, which reads the same scores."""
     maj = _fixed_curve(points, "majority", setting)
     wmaj = _fixed_curve(points, "weighted_majority", setting)
+    aim = _fixed_curve(points, target, setting)
     rule = "confident_consistency"
     keep = {p["config"] for p in points if p.get("setting", "") == setting
-            and (p["strategy"] == rule or p["config"] == (maj[-1]["config"] if maj else None))}
+            and (p["strategy"] == rule or p["config"] == (aim[-1]["config"] if aim else None))}
     rows = [r for r in records if r["model"] == model and r["config"] in keep]
     probs, configs, acc, used = problem_matrix(rows, model, field="samples_used")
-    ours = [j for j, c in enumerate(configs) if not maj or c != maj[-1]["config"]]
-    if not maj or not ours or len(ours) == len(configs):
+    ours = [j for j, c in enumerate(configs) if not aim or c != aim[-1]["config"]]
+    if not maj or not aim or not ours or len(ours) == len(configs):
         return {"saving": None}
-    m = configs.index(maj[-1]["config"])
+    m = configs.index(aim[-1]["config"])
     task_of = {r["problem_id"]: r["task"] for r in rows}
     cv = cv_cheapest(probs, acc[:, ours], used[:, ours], lambda train: float(acc[train, m].mean()),
                      groups=[task_of[p] for p in probs], k=folds, seed=seed)
