@@ -21,8 +21,8 @@ from ttscale.eval.store import load_results, load_samples, split_side
 from ttscale.eval.heldout import cv_cheapest, cv_choose, problem_matrix
 from ttscale.planner.fits import fit_bon_error, fit_coverage, fit_power_law, leave_one_out
 from ttscale.planner.plan import (budget_grid, build_table, cross_validate, fit_plan,
-                                  config_id, fixed_points, grid_model, per_task_fixed_points,
-                                  planner_headline)
+                                  config_id, fixed_points, grid_model, held_out_reference,
+                                  per_task_fixed_points, planner_headline)
 
 SEED_TABLE = [("low", "better base model, greedy decoding"),
               ("medium", "best-of-N (N = 4-16) or chain of thought"),
@@ -149,7 +149,8 @@ def n_at_accuracy(curve: Sequence[dict[str, Any]], target: float) -> float:
                 n_eq = b["budget"]
             else:
                 t = (target - a["accuracy"]) / (b["accuracy"] - a["accuracy"])
-                n_eq = math.exp(math.log(a["budget"]) + t * (math.log(b["budget"]) - math.log(a["budget"])))
+                lo, hi = math.log(a["budget"]), math.log(b["budget"])
+                n_eq = math.exp(lo + t * (hi - lo))
             break
     return float(n_eq)
 
@@ -186,8 +187,9 @@ def confident_saving(records: Sequence[dict[str, Any]], points: Sequence[dict[st
     """`adaptive_saving` for confident consistency, whose confidence is chosen on other problems:
     per task and fold, the grid's confidence that reaches the accuracy of `target` voting
     (majority, or weighted_majority) at its largest n on the other folds with the fewest
-    samples (`cv_cheapest`); accuracy and samples are those of the held-out folds. Beside the saving against majority voting (the papers'
-    baseline), the saving against weighted majority voting, which reads the same scores."""
+    samples (`cv_cheapest`); accuracy and samples are those of the held-out folds. Beside the
+    saving against majority voting (the papers' baseline), the saving against weighted majority
+    voting, which reads the same scores."""
     maj = _fixed_curve(points, "majority", setting)
     wmaj = _fixed_curve(points, "weighted_majority", setting)
     aim = _fixed_curve(points, target, setting)
@@ -317,6 +319,9 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
         budgets = sorted(set(budget_grid(table) + [p.flops for p in fixed]))
         curve = cross_validate(table, budgets, k=folds)
         headline["planner_vs_best_fixed"] = planner_headline(curve, fixed)
+        # beside it, the reference chosen on other problems like the planner (no hindsight)
+        headline["planner_vs_best_fixed_held_out"] = planner_headline(
+            curve, [held_out_reference(table, k=folds)])
         if len(set(table.tasks)) > 1:  # what planning gains beyond one configuration per task
             headline["planner_vs_best_fixed_per_task"] = planner_headline(curve, per_task_fixed_points(table))
         out["planner_curve"] = [c.__dict__ for c in curve]
@@ -529,8 +534,9 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
         for name in ("adaptive_consistency", "esc"):
             o = h.get(name) or {}
             if o.get("saving") is not None and o.get("rule") != ad.get("rule"):
-                lines += [f"  {o['rule']}: {_fmt(o['accuracy'], True)} with {o['mean_samples']:.2f} "
-                          f"samples, {_fmt(o['saving'], True)} saved against majority voting."]
+                lines += [f"  {o['rule']}: {_fmt(o['accuracy'], True)} with "
+                          f"{o['mean_samples']:.2f} samples, {_fmt(o['saving'], True)} saved "
+                          "against majority voting."]
     ck = h.get("with_checker")
     if ck:
         b = ck["best"]

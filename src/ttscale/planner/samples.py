@@ -2,9 +2,10 @@
 
 A `SampleSet` keeps what every selection rule needs (extracted answers, their grades, scores)
 and what each sample cost, so that majority, best-of-N, weighted majority, pass@k, ESC,
-Adaptive-Consistency and confident consistency can be evaluated at every n <= N, in any sample order, without new
-generation. The cost of a subset counts the prompt's prefill once (the engine computes it
-once for all n samples) plus each chosen sample's own tokens and its verifier cost.
+Adaptive-Consistency and confident consistency can be evaluated at every n <= N, in any sample
+order, without new generation. The cost of a subset counts the prompt's prefill once (the
+engine computes it once for all n samples) plus each chosen sample's own tokens and its
+verifier cost.
 
 Per-sample policy FLOPs come from the model's shape (`ModelShape.span_flops` of the sample's
 tokens after the prompt); the prefill is whatever the engine reported beyond them, so the
