@@ -495,7 +495,13 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   f"{_fmt(p['reference']['accuracy'], True)} at {p['reference']['flops']:.3g} FLOPs): "
                   f"accuracy gain {_fmt(p.get('accuracy_gain'), True)} at matched FLOPs; FLOPs saving "
                   f"to match it {_fmt(p.get('flops_saving'))}x (cross-validated: each problem scored by a "
-                  "plan fitted on other problems)."]
+                  "plan fitted on other problems; the reference is chosen with hindsight)."]
+    q = h.get("planner_vs_best_fixed_held_out") or {}
+    if q.get("reference"):
+        lines += [f"  With the reference chosen on other problems as the plan is "
+                  f"({q['reference']['config']}, {_fmt(q['reference']['accuracy'], True)} at "
+                  f"{q['reference']['flops']:.3g} FLOPs): accuracy gain "
+                  f"{_fmt(q.get('accuracy_gain'), True)}, FLOPs saving {_fmt(q.get('flops_saving'))}x."]
     s = h.get("small_search_vs_large_greedy")
     if s:
         lines += [f"- {s['small_model']} ({_fmt(s['small_params'])} params) with "
