@@ -375,3 +375,61 @@ def test_online_stopping_rule_cut_short_by_the_budget_keeps_what_it_drew(random_
     guard = BudgetGuard(gen, 3.5 * worst)  # room for three draws of one sample, at worst
     ss = _continue_sampling(plan, cfg, problem, task, guard, None, None, 0)
     assert 3 <= ss.n < 16 and guard.spent <= 3.5 * worst
+
+
+def test_online_long_mode_run_gets_room_for_long_chains(random_model_dir):
+    """A strategy the plan runs for real at effort "high" is asked in the long mode with the
+    long-mode token limit, as the sweep measured it (it was cut at the short limit, 96 tokens,
+    and answered nothing)."""
+    from ttscale.engine import load_generator
+    from ttscale.planner.solve import solve_with_plan
+    from ttscale.tasks import get_task
+    from ttscale.tasks.effort import LONG_MAX_TOKENS, effort_of
+
+    inner = load_generator(random_model_dir)
+    asked = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def generate(self, requests):
+            asked.extend((effort_of(r.prompt), r.params.max_tokens) for r in requests)
+            return inner.generate(requests)
+
+    task = get_task("arith")
+    problems = task.problems("test", 2, 2, seed=0)
+    cfg = "greedy(effort=high)"
+    plan = Plan("random", 4, 1e12, [], [], [Option("none", 0.0, 0.0), Option(cfg, 1e6, 0.5)],
+                {cfg: {"strategy": "greedy", "params": {"effort": "high"}, "source": "run"}},
+                {"temperature": 0.6, "max_tokens": 96}, {"bin_sizes": []})
+    run = solve_with_plan(problems, task, Recording(), plan, 1e12)
+    assert [a.config for a in run.answers] == [cfg, cfg]
+    assert asked and all(a == ("high", LONG_MAX_TOKENS) for a in asked), asked
+
+
+def test_online_option_refused_before_spending_falls_back_to_a_cheaper_one(random_model_dir):
+    """The plan allots a long-mode chain, but its worst case (768 tokens) does not fit what is
+    left of the budget; the problem is answered by the cheaper short chain that fits, not left
+    without an answer."""
+    from ttscale.engine import load_generator
+    from ttscale.planner.allocate import BudgetGuard
+    from ttscale.planner.solve import solve_with_plan
+    from ttscale.tasks import get_task
+    from ttscale.types import GenerationRequest, SamplingParams
+
+    gen = load_generator(random_model_dir)
+    task = get_task("arith")
+    problem = task.problems("test", 2, 1, seed=0)[0]
+    short_worst = BudgetGuard(gen, 0.0).worst_case(
+        [GenerationRequest(problem.prompt, SamplingParams(n=1, max_tokens=96))])
+    long_cfg, short_cfg = "greedy(effort=high)", "greedy()"
+    plan = Plan("random", 4, 1e15, [], [],
+                [Option("none", 0.0, 0.0), Option(short_cfg, 1.0, 0.3), Option(long_cfg, 2.0, 0.7)],
+                {long_cfg: {"strategy": "greedy", "params": {"effort": "high"}, "source": "run"},
+                 short_cfg: {"strategy": "greedy", "params": {}, "source": "run"}},
+                {"temperature": 0.6, "max_tokens": 96}, {"bin_sizes": []})
+    budget = 2 * short_worst  # far below a long chain's worst case
+    run = solve_with_plan([problem], task, gen, plan, budget)
+    assert run.answers[0].config == f"{long_cfg} (refused; {short_cfg})"
+    assert 0 < run.spent <= budget

@@ -186,11 +186,20 @@ class BudgetGuard:
     of max_tokens each, by the model's FLOP formula. Scorers: the oracle and self-certainty
     cost nothing; a learned verifier with a `shape` is checked by the same formula over the
     solutions' tokens; any other scorer is charged after the fact.
+
+    `limit` is hard: no call whose worst case could take the spend past it. `share`, when set,
+    is the current problem's part of the budget and is soft: no new call once the spend has
+    reached it, but a call whose worst case exceeds it may start while the hard limit covers
+    that worst case. A long-mode chain's worst case (768 tokens) is several times what it
+    usually costs; checking it against a problem's share refused calls the share would have
+    paid for, and the problem went unanswered. An overrun of the share is settled by the
+    `Ledger` from later problems' upgrades.
     """
 
-    def __init__(self, generator: Generator, limit: float) -> None:
+    def __init__(self, generator: Generator, limit: float, share: float | None = None) -> None:
         self.inner = generator
         self.limit = limit
+        self.share = share
         self.spent = 0.0
         self.model_name = generator.model_name
         self.shape = generator.shape
@@ -207,6 +216,9 @@ class BudgetGuard:
         return total
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        if self.share is not None and self.spent >= self.share:
+            raise BudgetExhausted(f"this problem's share of the budget ({self.share:.3g} FLOPs "
+                                  "spent in all) is used up")
         if self.spent + self.worst_case(requests) > self.limit:
             raise BudgetExhausted(f"a call of worst case {self.worst_case(requests):.3g} FLOPs "
                                   f"does not fit in {self.limit - self.spent:.3g} left")

@@ -140,6 +140,25 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
     return ss
 
 
+def _run_option(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
+                guard: BudgetGuard, scorer: Scorer | None, probe: SampleSet | None,
+                seed: int) -> str | None:
+    """One configuration of the plan on one problem: its answer."""
+    if cfg["source"] == "samples":
+        ss = _continue_sampling(plan, cfg, problem, task, guard, scorer, probe, seed)
+        rule_n = ss.n if cfg["strategy"] in STOPPING_RULES else int(cfg["params"]["n"])
+        return select(cfg["strategy"], task, ss, min(rule_n, ss.n),
+                      window=int(cfg["params"].get("window", 4)),
+                      **_stop_params(cfg["params"])).answer
+    from ttscale.strategies import solve
+
+    setting, own = split_setting(cfg["params"], ("effort",))
+    limit = _sampling(plan, 1, 0, setting).max_tokens  # room for long chains
+    params = run_params(cfg["strategy"], own, limit, seed)
+    return solve(_asked(problem, plan, setting), task, guard, cfg["strategy"], params,
+                 scorer).answer
+
+
 def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generator, plan: Plan,
                     budget: float, scorer: Scorer | None = None, seed: int = 0) -> PlannedRun:
     """Answer `problems` spending at most `budget` FLOPs in all (probes included), with the
@@ -192,36 +211,32 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
     results: dict[int, PlannedAnswer] = {}
     for i in order:
         p = problems[i]
-        cfg_name = ledger.frontiers[i][ledger.upgrade(i)].config
+        k = ledger.upgrade(i)
         before = guard.spent
-        guard.limit = before + ledger.limit(i)
+        guard.share = before + ledger.limit(i)
         fallback = select("majority", task, probes[i], probes[i].n).answer if probes[i] else None
-        answer = fallback
-        try:
-            if cfg_name not in (PROBE, NO_ANSWER):
-                cfg = plan.strategies[cfg_name]
-                if cfg["source"] == "samples":
-                    ss = _continue_sampling(plan, cfg, p, task, guard, gscorer, probes[i], seed * 7919 + i)
-                    rule_n = ss.n if cfg["strategy"] in STOPPING_RULES else int(cfg["params"]["n"])
-                    answer = select(cfg["strategy"], task, ss, min(rule_n, ss.n),
-                                    window=int(cfg["params"].get("window", 4)),
-                                    **_stop_params(cfg["params"])).answer
-                else:
-                    from ttscale.strategies import solve
-
-                    setting, own = split_setting(cfg["params"], ("effort",))
-                    params = run_params(cfg["strategy"], own,
-                                        int(plan.sampling.get("max_tokens", 128)), seed * 7919 + i)
-                    answer = solve(_asked(p, plan, setting), task, guard, cfg["strategy"], params,
-                                   gscorer).answer
-        except BudgetExhausted:
+        answer, cfg_name = fallback, ledger.frontiers[i][k].config
+        # a call the budget refuses before anything was spent on the problem (the worst case of
+        # a long chain no longer fits what is left) falls back to a cheaper option that fits
+        for option in ledger.frontiers[i][k::-1]:
+            try:
+                if option.config not in (PROBE, NO_ANSWER):
+                    answer = _run_option(plan, plan.strategies[option.config], p, task, guard,
+                                         gscorer, probes[i], seed * 7919 + i)
+                cfg_name = option.config if option.config == cfg_name else \
+                    f"{cfg_name} (refused; {option.config})"
+                break
+            except BudgetExhausted:
+                if guard.spent > before or option.config in (PROBE, NO_ANSWER):
+                    cfg_name, answer = cfg_name + " (stopped)", fallback
+                    break
+        else:
             cfg_name += " (stopped)"
-            answer = fallback
         spent = guard.spent - before
         ledger.charge(i, spent)
         results[i] = PlannedAnswer(p.id, answer, bool(task.check(p, answer)) if p.answer else None,
                                    cfg_name, diffs[i], costs[i] + spent)
-    guard.limit = budget
+    guard.share = None
     run.answers = [results[i] for i in range(n)]
     run.spent = guard.spent
     return run
