@@ -26,7 +26,7 @@ selection.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,20 +118,30 @@ class AdaptiveConsistencyParams(NParams):
         require(1 <= self.batch <= self.n, "batch", self.batch, f"1 <= batch <= n={self.n}")
 
 
-@register("adaptive_consistency", AdaptiveConsistencyParams)
-def adaptive_consistency(problem: Problem, task: Task, generator: Generator,
-                         scorer: Scorer | None, params: AdaptiveConsistencyParams) -> Solution:
-    """Self-consistency that stops once the leading answer is very likely the majority."""
+def _sample_until(problem: Problem, task: Task, generator: Generator, scorer: Scorer | None,
+                  params: AdaptiveConsistencyParams,
+                  stop: Callable[[list[Candidate]], bool]) -> tuple[Meter, list[Candidate]]:
+    """Draw `params.batch` samples at a time (scored when a scorer is given), at most
+    `params.n`, until `stop` holds for the samples drawn so far."""
     meter = Meter()
     cands: list[Candidate] = []
     call = 0
     while len(cands) < params.n:
         size = min(params.batch, params.n - len(cands))
-        new, _ = sample_n(meter, problem, task, generator, None, params, size, call=call)
+        new, _ = sample_n(meter, problem, task, generator, scorer, params, size, call=call)
         cands += new
         call += 1
-        if adaptive_should_stop(*top_two(task, cands), threshold=params.threshold):
+        if stop(cands):
             break
+    return meter, cands
+
+
+@register("adaptive_consistency", AdaptiveConsistencyParams)
+def adaptive_consistency(problem: Problem, task: Task, generator: Generator,
+                         scorer: Scorer | None, params: AdaptiveConsistencyParams) -> Solution:
+    """Self-consistency that stops once the leading answer is very likely the majority."""
+    meter, cands = _sample_until(problem, task, generator, None, params, lambda cands:
+                                 adaptive_should_stop(*top_two(task, cands), params.threshold))
     v1, v2 = top_two(task, cands)
     return finish(meter, "adaptive_consistency", params, cands, vote(task, cands),
                   samples=len(cands), stop_probability=beta_stop_probability(v1, v2))
@@ -157,17 +167,10 @@ def confident_consistency(problem: Problem, task: Task, generator: Generator,
     """Sample one batch at a time until an answer is confident or very likely the majority;
     answer with the score-weighted vote."""
     scorer = require_scorer(scorer, "confident_consistency")
-    meter = Meter()
-    cands: list[Candidate] = []
-    call = 0
-    while len(cands) < params.n:
-        size = min(params.batch, params.n - len(cands))
-        new, _ = sample_n(meter, problem, task, generator, scorer, params, size, call=call)
-        cands += new
-        call += 1
-        if confident_should_stop([task.answer_key(c.answer) for c in cands],
-                                 [c.score for c in cands], params.confidence, params.threshold):
-            break
+    meter, cands = _sample_until(problem, task, generator, scorer, params, lambda cands:
+                                 confident_should_stop([task.answer_key(c.answer) for c in cands],
+                                                       [c.score for c in cands],
+                                                       params.confidence, params.threshold))
     return finish(meter, "confident_consistency", params, cands,
                   vote(task, cands, [c.score or 0.0 for c in cands]), samples=len(cands))
 
