@@ -88,7 +88,7 @@ def latency_headline(records: Sequence[dict[str, Any]], model: str, folds: int =
         cv = cv_choose(probs, acc, lat, lambda train, m=mult: m * float(lat[train, g].mean()), k=folds)
         picked = [configs[j] for j in cv["choices"] if j is not None]
         out[f"within_{mult}x"] = {"accuracy": cv["accuracy"], "wall_s": cv["cost"],
-                                  "config": max(set(picked), key=picked.count) if picked else None}
+                                  "config": max(picked, key=picked.count) if picked else None}
     return out
 
 
@@ -240,7 +240,7 @@ def _small_vs_large_on(records: Sequence[dict[str, Any]], small: str, large: str
     cv = cv_choose(sp, sacc, sflops, lambda train: float(large_flops[train].mean()), k=folds)
     picked = [sc[j] for j in cv["choices"] if j is not None]
     greedy_small = sc.index("greedy()") if "greedy()" in sc else None
-    return {"small_config": max(set(picked), key=picked.count) if picked else None,
+    return {"small_config": max(picked, key=picked.count) if picked else None,
             "small_configs_by_fold": [sc[j] if j is not None else None for j in cv["choices"]],
             "small_accuracy": cv["accuracy"], "small_flops": cv["cost"],
             "small_greedy_accuracy": float(sacc[:, greedy_small].mean()) if greedy_small is not None else None,

@@ -559,7 +559,7 @@ def held_out_reference(table: Table, k: int = 5, seed: int = 0, level: float = 0
         j = min(np.flatnonzero(a >= level * a.max()), key=lambda j: (c[j], -a[j]))
         picks.append(table.configs[j])
         acc[test], flops[test] = table.acc[test, j], table.raw[test, j]
-    top = max(set(picks), key=picks.count)
+    top = max(picks, key=picks.count)  # ties: the first fold's (a set's order varies by run)
     return FixedPoint(f"{top} (chosen in {picks.count(top)} of {k} folds)", float(flops.mean()),
                       float(acc.mean()))
 
