@@ -635,8 +635,9 @@ def planner_headline(curve: Sequence[CurvePoint], fixed: Sequence[FixedPoint],
     minus the reference's at the reference's mean FLOPs (the planner's spend never exceeds
     them). `flops_saving`: the reference's FLOPs over the least the planner needs to match
     its accuracy on the isotonic envelope of its curve (`flops_to_match`; below 1 when the
-    planner needs more, None when it never matches). The reference is chosen with hindsight
-    on the very problems scored, which favours it.
+    planner needs more, None when it never matches). Among `fixed` the best is chosen with
+    hindsight; `ttscale sweep`'s headline passes the one `held_out_reference` chose on other
+    problems, as the plan is, and shows the hindsight choice beside it.
     """
     if not fixed or not curve:
         return {"accuracy_gain": None, "flops_saving": None}
