@@ -42,6 +42,20 @@ def _majority(prefix, preds, correct, weights=None):
     return float(correct[prefix[first[win]]])
 
 
+def _winner(prefix, preds, weights):
+    """The answer the weighted vote over `prefix` picks (ties: the earliest), or None."""
+    totals: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for pos, i in enumerate(prefix):
+        if preds[i] is not None:
+            totals[preds[i]] = totals.get(preds[i], 0.0) + weights[i]
+            first.setdefault(preds[i], pos)
+    if not totals:
+        return None
+    best = max(totals.values())
+    return min((a for a in totals if totals[a] == best), key=lambda a: first[a])
+
+
 def _brute(rec, N, window=2, threshold=0.95):
     preds, scores = rec["preds"], rec["scores"]
     correct = [p == rec["answer"] for p in preds]
@@ -67,6 +81,15 @@ def _brute(rec, N, window=2, threshold=0.95):
             if counts[0] > 0 and _p_leader(counts[0], counts[1]) >= threshold:
                 break
         acc["adaptive_consistency"] += _majority(prefix[:t], preds, correct)
+        for t in range(1, N + 1):  # confident consistency (confidence 0.9), one at a time
+            lead = _winner(prefix[:t], preds, scores)
+            if lead is not None and any(preds[i] == lead and scores[i] >= 0.9 for i in prefix[:t]):
+                break
+            counts = sorted(Counter(preds[i] for i in prefix[:t] if preds[i]).values(),
+                            reverse=True) + [0, 0]
+            if counts[0] > 0 and _p_leader(counts[0], counts[1]) >= threshold:
+                break
+        acc["confident_consistency"] += _majority(prefix[:t], preds, correct, scores)
     out = {k: v / len(orders) for k, v in acc.items()}
     subsets = list(itertools.combinations(range(n), N))
     out["pass_at_k"] = sum(any(correct[i] for i in s) for s in subsets) / len(subsets)

@@ -110,6 +110,8 @@ def select_cmd(
     aggregate: str = typer.Option("last", "--aggregate", help="Step scores -> one score."),
     window: int = typer.Option(4, "--window", help="ESC window."),
     threshold: float = typer.Option(0.95, "--threshold", help="Adaptive-Consistency threshold."),
+    confidence: float = typer.Option(0.9, "--confidence", help="confident_consistency's score "
+                                     "threshold (on the store's score scale)."),
     draws: int = typer.Option(500, "--draws", help="Random orderings per problem when exact "
                               "enumeration is too large."),
     seed: int = typer.Option(0, "--seed"),
@@ -120,7 +122,8 @@ def select_cmd(
     from ttscale.eval.select import select_file
 
     out = select_file(samples, rules=rules.split(",") if rules else None, aggregate=aggregate,
-                      window=window, threshold=threshold, draws=draws, seed=seed, max_n=max_n)
+                      window=window, threshold=threshold, draws=draws, seed=seed, max_n=max_n,
+                      confidence=confidence)
     if as_json:
         print(json.dumps(out, indent=2))
         return

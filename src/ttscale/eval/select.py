@@ -10,7 +10,9 @@ expectation; otherwise `draws` random orderings (seeded) estimate it.
 
 Rules: `majority`, `best_of_n` and `weighted_majority` (need scores), `pass_at_k` (the unbiased
 estimator 1 - C(n-c, k) / C(n, k), exact), `esc` (windows of `window` answers, stop when one is
-unanimous), `adaptive_consistency` (Beta stopping rule, `threshold`). Each result holds, per N,
+unanimous), `adaptive_consistency` (Beta stopping rule, `threshold`), `confident_consistency`
+(that rule, or a sample scored >= `confidence` of the weighted vote's answer; it answers by the
+weighted vote, as `strategies.stopping` does; needs scores). Each result holds, per N,
 the mean accuracy over problems and a 95% interval (normal approximation over problems:
 mean ± 1.96·sd/√P, clipped to [0, 1]); stopping rules add `mean_samples`, the samples they drew.
 
@@ -39,8 +41,8 @@ from ttscale.rewards.aggregate import aggregate as aggregate_steps
 from ttscale.rewards.aggregate import check_aggregate
 
 RULES = ("majority", "best_of_n", "weighted_majority", "pass_at_k", "esc",
-         "adaptive_consistency")
-SCORED_RULES = ("best_of_n", "weighted_majority")
+         "adaptive_consistency", "confident_consistency")
+SCORED_RULES = ("best_of_n", "weighted_majority", "confident_consistency")
 
 
 @dataclass
@@ -191,7 +193,7 @@ def _top_two_prefixes(codes: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str],
-              window: int, threshold: float) -> dict[str, np.ndarray]:
+              window: int, threshold: float, confidence: float = 0.9) -> dict[str, np.ndarray]:
     """Per rule: expected accuracy at N = 1..max_n (and samples drawn, for stopping rules)."""
     S, n = orders.shape
     uniq = list(dict.fromkeys(k for k in ss.keys if k is not None))
@@ -216,10 +218,13 @@ def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str
     maj = correct_of(_vote_prefixes(codes, np.ones((S, n)), first)) if K else np.zeros((S, n), bool)
     if "majority" in rules:
         out["majority"] = maj[:, :max_n].mean(axis=0)
-    if "weighted_majority" in rules and ss.scores is not None:
-        w = ss.scores[orders]
-        wm = correct_of(_vote_prefixes(codes, w, first)) if K else np.zeros((S, n), bool)
-        out["weighted_majority"] = wm[:, :max_n].mean(axis=0)
+    confident = "confident_consistency" in rules and ss.scores is not None
+    if ("weighted_majority" in rules or confident) and ss.scores is not None:
+        wts = ss.scores[orders]  # (S, n) scores in sample order
+        lead = _vote_prefixes(codes, wts, first) if K else np.full((S, n), -1)
+        wm = correct_of(lead) if K else np.zeros((S, n), bool)
+        if "weighted_majority" in rules:
+            out["weighted_majority"] = wm[:, :max_n].mean(axis=0)
     if "best_of_n" in rules and ss.scores is not None:
         sc = ss.scores[orders]
         best_pos = np.zeros(S, dtype=np.int64)
@@ -232,7 +237,7 @@ def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str
     if "pass_at_k" in rules:
         c = int(ss.correct.sum())
         out["pass_at_k"] = np.array([1.0 - math.comb(n - c, k) / math.comb(n, k) for k in Ns])
-    if "esc" in rules or "adaptive_consistency" in rules:
+    if "esc" in rules or "adaptive_consistency" in rules or confident:
         stops: dict[str, np.ndarray] = {}
         if "esc" in rules:
             # end of the first full window whose answers are unanimous (n when none is)
@@ -247,9 +252,20 @@ def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str
             prob = 1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)
             fire = (v1 > 0) & (prob >= threshold)
             stops["adaptive_consistency"] = np.where(fire.any(axis=1), fire.argmax(axis=1) + 1, n)
+        if confident:
+            v1, v2 = _top_two_prefixes(codes, K)
+            fire = (v1 > 0) & (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5) >= threshold)
+            # has the weighted vote's answer a sample scored >= confidence among those drawn?
+            onehot = codes[:, :, None] == np.arange(max(K, 1))[None, None, :]
+            seen = np.cumsum(onehot & (wts >= confidence)[:, :, None], axis=1) > 0  # (S, n, K)
+            at_lead = np.take_along_axis(seen, np.maximum(lead, 0)[:, :, None], 2)[:, :, 0]
+            hit = (lead >= 0) & at_lead
+            fire = fire | hit
+            stops["confident_consistency"] = np.where(fire.any(axis=1), fire.argmax(axis=1) + 1, n)
         for name, stop in stops.items():
             drawn = np.minimum(stop[:, None], Ns[None, :])  # (S, max_n)
-            out[name] = maj[rows[:, None], drawn - 1].mean(axis=0)
+            by = wm if name == "confident_consistency" else maj  # its own vote
+            out[name] = by[rows[:, None], drawn - 1].mean(axis=0)
             out[name + ":samples"] = drawn.mean(axis=0)
     return out
 
@@ -264,12 +280,14 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
 def select_rules(records: Sequence[dict[str, Any]] | Sequence[SampleSet],
                  rules: Sequence[str] | None = None, aggregate: str = "last", window: int = 4,
                  threshold: float = 0.95, draws: int = 500, exact_limit: int = 5040,
-                 seed: int = 0, max_n: int | None = None) -> dict[str, dict[str, dict]]:
+                 seed: int = 0, max_n: int | None = None,
+                 confidence: float = 0.9) -> dict[str, dict[str, dict]]:
     """Every selection rule at every budget N: {rule: {str(N): {"mean", "ci", ...}}}.
 
     `records` are store records (see `load_samples`) or prepared SampleSets. Rules that need
     scores are left out when the store has none. `window` is ESC's, `threshold`
-    Adaptive-Consistency's; `aggregate` turns step scores into one score per response.
+    Adaptive-Consistency's (and confident consistency's), `confidence` confident
+    consistency's; `aggregate` turns step scores into one score per response.
     """
     chosen = list(RULES if rules is None else rules)
     for r in chosen:
@@ -299,7 +317,8 @@ def select_rules(records: Sequence[dict[str, Any]] | Sequence[SampleSet],
     for s in sets:
         if s.n not in orders_by_n:
             orders_by_n[s.n] = _orderings(s.n, draws, exact_limit, rng)
-        for name, vals in _evaluate(s, orders_by_n[s.n], top, chosen, window, threshold).items():
+        for name, vals in _evaluate(s, orders_by_n[s.n], top, chosen, window, threshold,
+                                    confidence).items():
             per_problem.setdefault(name, []).append(vals)
     result: dict[str, dict[str, dict]] = {}
     for name in chosen:
