@@ -293,6 +293,10 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
     # adaptive stopping: confident consistency (its confidence chosen on other problems) where
     # the grid has it, else Adaptive-Consistency; the other rules beside it
     confident = confident_saving(records, points, model, folds=folds)
+    if confident["saving"] is not None:  # how much the figure moves with the fold assignment
+        confident["saving_by_fold_seed"] = [confident["saving"]] + [
+            confident_saving(records, points, model, folds=folds, seed=s)["saving"]
+            for s in (1, 2, 3)]
     headline: dict[str, Any] = {"adaptive_consistency": adaptive_saving(points),
                                 "esc": adaptive_saving(points, "esc")}
     headline["adaptive_stopping"] = (confident if confident["saving"] is not None
@@ -534,6 +538,9 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   f"{_fmt(ad['saving'], True)} of samples saved (signed: negative when it needs "
                   f"more; {_fmt(ad['saving_vs_max_n'], True)} "
                   f"against {ad['majority_max']}, which reaches {_fmt(ad['majority_max_accuracy'], True)})."]
+        if ad.get("saving_by_fold_seed"):
+            lines += ["  With other assignments of problems to folds (seeds 0-3): "
+                      + " / ".join(_fmt(x, True) for x in ad["saving_by_fold_seed"]) + "."]
         if ad.get("saving_vs_weighted_majority") is not None:
             lines += [f"  Against weighted majority voting, which reads the same scores: it needs "
                       f"{ad['weighted_majority_n_at_equal_accuracy']:.2f} samples for that "
