@@ -195,3 +195,23 @@ def test_the_held_out_reference_is_chosen_on_other_problems():
     expected = on_fold0 * (folds == 0).mean() + elsewhere * (folds != 0).mean()
     assert abs(ref.accuracy - expected) < 1e-9
     assert ref.accuracy < hindsight.accuracy - 0.05
+
+
+def test_the_per_task_reference_chooses_one_configuration_per_task_on_other_problems():
+    """Configuration x solves task a only, y task b only: one configuration per task, chosen on
+    other folds, answers everything; a single configuration for all answers at most half."""
+    from ttscale.planner.plan import held_out_reference
+
+    n = 40
+    tasks = ["a" if i % 2 else "b" for i in range(n)]
+    configs = ["x()", "y()"]
+    acc = np.array([[1.0, 0.0] if t == "a" else [0.0, 1.0] for t in tasks])
+    raw = np.full((n, 2), 1e6)
+    table = Table("m", [f"p{i:02d}" for i in range(n)], [0] * n, [1] * n, np.zeros(n),
+                  np.zeros(n), np.zeros(n), configs,
+                  {c: {"strategy": c[0], "params": {}, "source": "run"} for c in configs},
+                  acc, raw, raw.copy(), np.full((n, 2), np.nan), tasks=tasks)
+    per_task = held_out_reference(table, k=5, per_task=True)
+    single = held_out_reference(table, k=5)
+    assert per_task.accuracy == 1.0 and per_task.config.startswith("a:x() + b:y()")
+    assert single.accuracy <= 0.5  # one for all: right on one task only

@@ -544,21 +544,33 @@ def fixed_points(table: Table) -> list[FixedPoint]:
             for j, c in enumerate(table.configs)]
 
 
-def held_out_reference(table: Table, k: int = 5, seed: int = 0, level: float = 0.95) -> FixedPoint:
+def held_out_reference(table: Table, k: int = 5, seed: int = 0, level: float = 0.95,
+                       per_task: bool = False) -> FixedPoint:
     """The reference of `planner_headline` chosen as the planner is, on other problems: per
     fold (the folds of `cross_validate`), the cheapest configuration within `level` of the best
-    accuracy on the other folds, scored on the fold. Hindsight on the scored problems favours
-    the reference, and more so the more near-equal configurations the grid holds (the best of
-    nine confidences is partly the luckiest); this is the figure without that selection."""
+    accuracy on the other folds (with `per_task`, the cheapest such combination of one
+    configuration per task, `per_task_fixed_points`), scored on the fold. Hindsight on the
+    scored problems favours the reference, and more so the more near-equal configurations the
+    grid holds (the best of nine confidences is partly the luckiest); this is the figure
+    without that selection."""
     k = max(2, min(k, len(set(table.problems))))
     folds = folds_of(table.problems, k, seed)
+    col = {c: j for j, c in enumerate(table.configs)}
     acc, flops, picks = np.zeros(len(table)), np.zeros(len(table)), []
     for f in range(k):
         train, test = folds != f, folds == f
-        a, c = table.acc[train].mean(axis=0), table.raw[train].mean(axis=0)
-        j = min(np.flatnonzero(a >= level * a.max()), key=lambda j: (c[j], -a[j]))
-        picks.append(table.configs[j])
-        acc[test], flops[test] = table.acc[test, j], table.raw[test, j]
+        points = (per_task_fixed_points(table.subset(train)) if per_task
+                  else fixed_points(table.subset(train)))
+        top = max(p.accuracy for p in points)
+        ref = min((p for p in points if p.accuracy >= level * top),
+                  key=lambda p: (p.flops, -p.accuracy))
+        picks.append(ref.config)
+        # a per-task combination is named "task:config + task:config"
+        chosen = (dict(part.split(":", 1) for part in ref.config.split(" + ")) if per_task
+                  else None)
+        for i in np.flatnonzero(test):
+            j = col[chosen[table.tasks[i]]] if chosen else col[ref.config]
+            acc[i], flops[i] = table.acc[i, j], table.raw[i, j]
     top = max(picks, key=picks.count)  # ties: the first fold's (a set's order varies by run)
     return FixedPoint(f"{top} (chosen in {picks.count(top)} of {k} folds)", float(flops.mean()),
                       float(acc.mean()))
