@@ -480,15 +480,17 @@ def simulate(plan: Plan, table: Table, budget: float, seed: int = 0, mode: str |
         else:
             costs = table.extra[i] if probe_mode[i] else table.raw[i]
             j, limit = col[cfg], ledger.limit(i) + 1e-6
-            cut = next((k for k in cuts.setdefault(j, cut_columns(table, j)) if costs[k] <= limit),
-                       None)
             if costs[j] <= limit:
                 spent, ok = costs[j], table.acc[i, j]
-            elif cut is not None:  # a stopping rule cut short answers with what it drew
-                spent, ok = costs[cut], table.acc[i, cut]
-                cfg = f"{cfg} (cut to {table.configs[cut]})"
-            else:  # the guard stops it before the call that would overrun
-                spent, ok, cfg = min(costs[j], ledger.limit(i)), base_ok, cfg + " (stopped)"
+            else:
+                if j not in cuts:
+                    cuts[j] = cut_columns(table, j)
+                cut = next((k for k in cuts[j] if costs[k] <= limit), None)
+                if cut is not None:  # a stopping rule cut short answers with what it drew
+                    spent, ok = costs[cut], table.acc[i, cut]
+                    cfg = f"{cfg} (cut to {table.configs[cut]})"
+                else:  # the guard stops it before the call that would overrun
+                    spent, ok, cfg = min(costs[j], ledger.limit(i)), base_ok, cfg + " (stopped)"
         ledger.charge(i, spent)
         flops[i] += spent
         correct[i] = ok
