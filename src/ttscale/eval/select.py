@@ -247,20 +247,17 @@ def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str
                 unanimous = (w[:, :1] >= 0).ravel() & (w == w[:, :1]).all(axis=1)
                 stop = np.where(unanimous & (stop == n), start + window, stop)
             stops["esc"] = stop
+        if "adaptive_consistency" in rules or confident:  # the Beta rule, both use it
+            v1, v2 = _top_two_prefixes(codes, K)
+            beta = (v1 > 0) & (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5) >= threshold)  # (S, n)
         if "adaptive_consistency" in rules:
-            v1, v2 = _top_two_prefixes(codes, K)
-            prob = 1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5)
-            fire = (v1 > 0) & (prob >= threshold)
-            stops["adaptive_consistency"] = np.where(fire.any(axis=1), fire.argmax(axis=1) + 1, n)
+            stops["adaptive_consistency"] = np.where(beta.any(axis=1), beta.argmax(axis=1) + 1, n)
         if confident:
-            v1, v2 = _top_two_prefixes(codes, K)
-            fire = (v1 > 0) & (1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5) >= threshold)
             # has the weighted vote's answer a sample scored >= confidence among those drawn?
             onehot = codes[:, :, None] == np.arange(max(K, 1))[None, None, :]
             seen = np.cumsum(onehot & (wts >= confidence)[:, :, None], axis=1) > 0  # (S, n, K)
             at_lead = np.take_along_axis(seen, np.maximum(lead, 0)[:, :, None], 2)[:, :, 0]
-            hit = (lead >= 0) & at_lead
-            fire = fire | hit
+            fire = beta | ((lead >= 0) & at_lead)
             stops["confident_consistency"] = np.where(fire.any(axis=1), fire.argmax(axis=1) + 1, n)
         for name, stop in stops.items():
             drawn = np.minimum(stop[:, None], Ns[None, :])  # (S, max_n)

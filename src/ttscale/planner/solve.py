@@ -227,7 +227,7 @@ def solve_with_plan(problems: Sequence[Problem], task: Task, generator: Generato
                     f"{cfg_name} (refused; {option.config})"
                 break
             except BudgetExhausted:
-                if guard.spent > before or option.config in (PROBE, NO_ANSWER):
+                if guard.spent > before:  # stopped after spending: no cheaper retry
                     cfg_name, answer = cfg_name + " (stopped)", fallback
                     break
         else:
