@@ -183,13 +183,15 @@ def adaptive_saving(points: Sequence[dict[str, Any]], rule: str = "adaptive_cons
 
 def confident_saving(records: Sequence[dict[str, Any]], points: Sequence[dict[str, Any]],
                      model: str, setting: str = "", folds: int = 5, seed: int = 0,
-                     target: str = "majority") -> dict[str, Any]:
+                     target: str = "majority",
+                     other_seeds: Sequence[int] = ()) -> dict[str, Any]:
     """`adaptive_saving` for confident consistency, whose confidence is chosen on other problems:
     per task and fold, the grid's confidence that reaches the accuracy of `target` voting
     (majority, or weighted_majority) at its largest n on the other folds with the fewest
     samples (`cv_cheapest`); accuracy and samples are those of the held-out folds. Beside the
     saving against majority voting (the papers' baseline), the saving against weighted majority
-    voting, which reads the same scores."""
+    voting, which reads the same scores. With `other_seeds`, `saving_by_fold_seed` holds the
+    saving with `seed` and each of those assignments of problems to folds."""
     maj = _fixed_curve(points, "majority", setting)
     wmaj = _fixed_curve(points, "weighted_majority", setting)
     aim = _fixed_curve(points, target, setting)
@@ -203,8 +205,14 @@ def confident_saving(records: Sequence[dict[str, Any]], points: Sequence[dict[st
         return {"saving": None}
     m = configs.index(aim[-1]["config"])
     task_of = {r["problem_id"]: r["task"] for r in rows}
-    cv = cv_cheapest(probs, acc[:, ours], used[:, ours], lambda train: float(acc[train, m].mean()),
-                     groups=[task_of[p] for p in probs], k=folds, seed=seed)
+    groups = [task_of[p] for p in probs]
+
+    def held_out(s: int) -> dict[str, Any]:
+        return cv_cheapest(probs, acc[:, ours], used[:, ours],
+                           lambda train: float(acc[train, m].mean()), groups=groups, k=folds,
+                           seed=s)
+
+    cv = held_out(seed)
     conf_of = {p["config"]: p["params"].get("confidence") for p in points}
     n_eq = n_at_accuracy(maj, cv["accuracy"])
     out = {"rule": rule, "accuracy": cv["accuracy"], "mean_samples": cv["cost"],
@@ -217,6 +225,10 @@ def confident_saving(records: Sequence[dict[str, Any]], points: Sequence[dict[st
         w_eq = n_at_accuracy(wmaj, cv["accuracy"])
         out.update(weighted_majority_n_at_equal_accuracy=w_eq,
                    saving_vs_weighted_majority=1.0 - cv["cost"] / w_eq)
+    if other_seeds:  # the same matrix, other folds
+        out["saving_by_fold_seed"] = [out["saving"]] + [
+            1.0 - c["cost"] / n_at_accuracy(maj, c["accuracy"])
+            for c in map(held_out, other_seeds)]
     return out
 
 
@@ -292,11 +304,8 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
                            "coverage": cov, "fits": fit_all(points, cov)}
     # adaptive stopping: confident consistency (its confidence chosen on other problems) where
     # the grid has it, else Adaptive-Consistency; the other rules beside it
-    confident = confident_saving(records, points, model, folds=folds)
-    if confident["saving"] is not None:  # how much the figure moves with the fold assignment
-        confident["saving_by_fold_seed"] = [confident["saving"]] + [
-            confident_saving(records, points, model, folds=folds, seed=s)["saving"]
-            for s in (1, 2, 3)]
+    # (and how much it moves with the assignment of problems to folds)
+    confident = confident_saving(records, points, model, folds=folds, other_seeds=(1, 2, 3))
     headline: dict[str, Any] = {"adaptive_consistency": adaptive_saving(points),
                                 "esc": adaptive_saving(points, "esc")}
     headline["adaptive_stopping"] = (confident if confident["saving"] is not None
@@ -513,19 +522,17 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
         if p.get("flops_saving_by_fold_seed"):
             lines += ["  With other assignments of problems to folds (seeds 0-3): FLOPs saving "
                       + " / ".join(f"{_fmt(x)}x" for x in p["flops_saving_by_fold_seed"]) + "."]
-    t = h.get("planner_vs_best_fixed_per_task") or {}
-    if t.get("reference"):
-        lines += [f"  Against one configuration per task, chosen on other problems "
-                  f"({t['reference']['config']}, {_fmt(t['reference']['accuracy'], True)} at "
-                  f"{t['reference']['flops']:.3g} FLOPs): accuracy gain "
-                  f"{_fmt(t.get('accuracy_gain'), True)}, FLOPs saving "
-                  f"{_fmt(t.get('flops_saving'))}x (what difficulty bins add to choosing per task)."]
-    q = h.get("planner_vs_best_fixed_hindsight") or {}
-    if q.get("reference"):
-        lines += [f"  With the fixed configuration chosen with hindsight on the scored problems "
-                  f"({q['reference']['config']}, {_fmt(q['reference']['accuracy'], True)} at "
-                  f"{q['reference']['flops']:.3g} FLOPs): accuracy gain "
-                  f"{_fmt(q.get('accuracy_gain'), True)}, FLOPs saving {_fmt(q.get('flops_saving'))}x."]
+    for key, against, why in (
+            ("planner_vs_best_fixed_per_task", "Against one configuration per task, chosen on "
+             "other problems", " (what difficulty bins add to choosing per task)"),
+            ("planner_vs_best_fixed_hindsight", "With the fixed configuration chosen with "
+             "hindsight on the scored problems", "")):
+        q = h.get(key) or {}
+        if q.get("reference"):
+            lines += [f"  {against} ({q['reference']['config']}, "
+                      f"{_fmt(q['reference']['accuracy'], True)} at {q['reference']['flops']:.3g} "
+                      f"FLOPs): accuracy gain {_fmt(q.get('accuracy_gain'), True)}, FLOPs saving "
+                      f"{_fmt(q.get('flops_saving'))}x{why}."]
     s = h.get("small_search_vs_large_greedy")
     if s:
         lines += [f"- {s['small_model']} ({_fmt(s['small_params'])} params) with "
