@@ -9,6 +9,7 @@ import typer
 
 from ttscale.cli import options
 from ttscale.cli.app import app
+from ttscale.strategies.stopping import AC_THRESHOLD, CONFIDENCE, ESC_WINDOW
 
 
 @app.command("solve")
@@ -108,9 +109,9 @@ def select_cmd(
     rules: Optional[str] = typer.Option(None, "--rules", help="Comma-separated rules "
                                         "(default: all that the store supports)."),
     aggregate: str = typer.Option("last", "--aggregate", help="Step scores -> one score."),
-    window: int = typer.Option(4, "--window", help="ESC window."),
-    threshold: float = typer.Option(0.95, "--threshold", help="Adaptive-Consistency threshold."),
-    confidence: float = typer.Option(0.9, "--confidence", help="confident_consistency's score "
+    window: int = typer.Option(ESC_WINDOW, "--window", help="ESC window."),
+    threshold: float = typer.Option(AC_THRESHOLD, "--threshold", help="Adaptive-Consistency threshold."),
+    confidence: float = typer.Option(CONFIDENCE, "--confidence", help="confident_consistency's score "
                                      "threshold (on the store's score scale)."),
     draws: int = typer.Option(500, "--draws", help="Random orderings per problem when exact "
                               "enumeration is too large."),

@@ -39,6 +39,7 @@ from scipy.special import betainc
 from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.aggregate import aggregate as aggregate_steps
 from ttscale.rewards.aggregate import check_aggregate
+from ttscale.strategies.stopping import AC_THRESHOLD, CONFIDENCE, ESC_WINDOW
 
 RULES = ("majority", "best_of_n", "weighted_majority", "pass_at_k", "esc",
          "adaptive_consistency", "confident_consistency")
@@ -193,7 +194,7 @@ def _top_two_prefixes(codes: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str],
-              window: int, threshold: float, confidence: float = 0.9) -> dict[str, np.ndarray]:
+              window: int, threshold: float, confidence: float = CONFIDENCE) -> dict[str, np.ndarray]:
     """Per rule: expected accuracy at N = 1..max_n (and samples drawn, for stopping rules)."""
     S, n = orders.shape
     uniq = list(dict.fromkeys(k for k in ss.keys if k is not None))
@@ -275,10 +276,10 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
 
 
 def select_rules(records: Sequence[dict[str, Any]] | Sequence[SampleSet],
-                 rules: Sequence[str] | None = None, aggregate: str = "last", window: int = 4,
-                 threshold: float = 0.95, draws: int = 500, exact_limit: int = 5040,
+                 rules: Sequence[str] | None = None, aggregate: str = "last",
+                 window: int = ESC_WINDOW, threshold: float = AC_THRESHOLD, draws: int = 500, exact_limit: int = 5040,
                  seed: int = 0, max_n: int | None = None,
-                 confidence: float = 0.9) -> dict[str, dict[str, dict]]:
+                 confidence: float = CONFIDENCE) -> dict[str, dict[str, dict]]:
     """Every selection rule at every budget N: {rule: {str(N): {"mean", "ci", ...}}}.
 
     `records` are store records (see `load_samples`) or prepared SampleSets. Rules that need

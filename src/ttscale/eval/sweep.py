@@ -43,6 +43,7 @@ from ttscale.planner.solve import run_params
 from ttscale.planner.samples import (NEEDS_SCORES, ORACLE_RULES, SELECTION_RULES, STOPPING_RULES,
                                      SampleSet, draw_samples, rounds_of, sample_order, select,
                                      setting_id)
+from ttscale.strategies.stopping import AC_THRESHOLD, CONFIDENCE, ESC_WINDOW
 from ttscale.types import Problem, SamplingParams
 
 CONFIG_FILE = "sweep.json"
@@ -96,8 +97,8 @@ class SweepConfig:
     # in it: the `checker` (tasks whose answer checks from the problem alone; others skip it)
     side_scorers: list[str] = field(default_factory=list)
     runs: list[RunSpec] = field(default_factory=lambda: [RunSpec("greedy")])
-    esc_window: int = 4
-    ac_threshold: float = 0.95
+    esc_window: int = ESC_WINDOW
+    ac_threshold: float = AC_THRESHOLD
     # confident consistency's confidences (one configuration each, at the largest n): evenly
     # spaced in log(1 - score) for the likelihood scorer, from 0.8 to 0.995
     confidences: list[float] = field(default_factory=lambda: list(CONFIDENCES))
@@ -287,11 +288,11 @@ def selection_records(base: dict[str, Any], task, problem: Problem, ss: SampleSe
             uses_scorer = rule in NEEDS_SCORES
             for rep in range(cfg.replicates):
                 order = sample_order(ss.n, rep)
-                sel = select(rule, task, ss, n, order, window=params.get("window", 4),
+                sel = select(rule, task, ss, n, order, window=params.get("window", cfg.esc_window),
                              threshold=cfg.ac_threshold,
-                             confidence=params.get("confidence", 0.9))
+                             confidence=params.get("confidence", CONFIDENCE))
                 cost = ss.cost(order[:sel.used], scored=uses_scorer)
-                rounds = rounds_of(rule, order, sel.used, params.get("window", 4))
+                rounds = rounds_of(rule, order, sel.used, params.get("window", cfg.esc_window))
                 scorer = scorer_name if uses_scorer else None
                 key = record_key(**_identity(base), strategy=rule, params=params, seed=rep,
                                  sampling=cfg.sampling, scorer=scorer, n_max=cfg.n_max)

@@ -26,8 +26,8 @@ from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.base import Candidate
 from ttscale.strategies.parallel import best_index
-from ttscale.strategies.stopping import (adaptive_should_stop, confident_should_stop,
-                                        esc_should_stop)
+from ttscale.strategies.stopping import (AC_THRESHOLD, CONFIDENCE, ESC_WINDOW, adaptive_should_stop,
+                                        confident_should_stop, esc_should_stop)
 from ttscale.strategies.voting import top_two_keys, vote
 from ttscale.tasks.base import Task
 from ttscale.types import Cost, GenerationRequest, Problem, SamplingParams
@@ -130,7 +130,8 @@ class Selection:
 
 
 def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[int] | None = None,
-           *, window: int = 4, threshold: float = 0.95, confidence: float = 0.9) -> Selection:
+           *, window: int = ESC_WINDOW, threshold: float = AC_THRESHOLD,
+           confidence: float = CONFIDENCE) -> Selection:
     """Apply `rule` to the first `n` samples in `order` (default: as drawn).
 
     Answers are grouped by the task's answer key and ties go to the earliest sample, exactly
@@ -181,7 +182,7 @@ def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[in
 
 
 def sequential_stop(rule: str, keys: Sequence[str | None], scores: Sequence[float | None], *,
-                    threshold: float = 0.95, confidence: float = 0.9) -> bool:
+                    threshold: float = AC_THRESHOLD, confidence: float = CONFIDENCE) -> bool:
     """Whether a one-sample-at-a-time stopping rule (Adaptive-Consistency or confident
     consistency) stops after samples with these answer keys and scores."""
     if rule == "confident_consistency":
@@ -270,7 +271,7 @@ def setting_id(setting: dict[str, Any]) -> str:
     return ",".join(f"{k}={setting[k]}" for k in sorted(setting))
 
 
-def rounds_of(rule: str, order: Sequence[int], used: int, window: int = 4,
+def rounds_of(rule: str, order: Sequence[int], used: int, window: int = ESC_WINDOW,
               start: int = 0) -> list[list[int]]:
     """The dependent requests in which a rule draws its `used` samples, from sample `start` on
     (samples before it were drawn already, by the probe): one for the parallel rules, one

@@ -26,7 +26,7 @@ from ttscale.planner.plan import NO_ANSWER, PROBE, Plan
 from ttscale.planner.samples import (NEEDS_SCORES, STOPPING_RULES, SampleSet, draw_samples, select,
                                      sequential_stop, split_setting)
 from ttscale.rewards.base import Scorer
-from ttscale.strategies.stopping import esc_should_stop
+from ttscale.strategies.stopping import AC_THRESHOLD, CONFIDENCE, ESC_WINDOW, esc_should_stop
 from ttscale.tasks.base import Task
 from ttscale.types import Problem, SamplingParams
 
@@ -89,8 +89,8 @@ def _merge(a: SampleSet, b: SampleSet) -> SampleSet:
 
 def _stop_params(params: dict[str, Any]) -> dict[str, float]:
     """A stopping configuration's threshold and confidence (their defaults where absent)."""
-    return {"threshold": float(params.get("threshold", 0.95)),
-            "confidence": float(params.get("confidence", 0.9))}
+    return {"threshold": float(params.get("threshold", AC_THRESHOLD)),
+            "confidence": float(params.get("confidence", CONFIDENCE))}
 
 
 def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
@@ -120,7 +120,7 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
         ss.scores = [float(s.value) for s in batch.scores]
     while ss is None or ss.n < n:
         if rule == "esc":
-            w = int(params.get("window", 4))
+            w = int(params.get("window", ESC_WINDOW))
             if ss is not None and ss.n >= w and esc_should_stop(ss.keys[-w:]):
                 break
             k = min(w, n - (ss.n if ss else 0))
@@ -148,7 +148,7 @@ def _run_option(plan: Plan, cfg: dict[str, Any], problem: Problem, task: Task,
         ss = _continue_sampling(plan, cfg, problem, task, guard, scorer, probe, seed)
         rule_n = ss.n if cfg["strategy"] in STOPPING_RULES else int(cfg["params"]["n"])
         return select(cfg["strategy"], task, ss, min(rule_n, ss.n),
-                      window=int(cfg["params"].get("window", 4)),
+                      window=int(cfg["params"].get("window", ESC_WINDOW)),
                       **_stop_params(cfg["params"])).answer
     from ttscale.strategies import solve
 

@@ -50,17 +50,24 @@ def esc_should_stop(window_keys: Sequence[str | None]) -> bool:
         k == window_keys[0] for k in window_keys)
 
 
+# The stopping rules' defaults, shared by the strategies, the sample store, the sweep, the online
+# planner and `ttscale select`.
+ESC_WINDOW = 4  # ESC: samples per window; a unanimous window stops sampling
+AC_THRESHOLD = 0.95  # Adaptive-Consistency: stop when P(leading answer is the majority) >= this
+CONFIDENCE = 0.9  # confident consistency: stop at an answer with a sample scored >= this
+
+
 def beta_stop_probability(v1: int, v2: int) -> float:
     """P(p1 > p2 | v1, v2 votes) under a uniform prior: 1 - I_{1/2}(v1 + 1, v2 + 1)."""
     return float(1.0 - betainc(v1 + 1, v2 + 1, 0.5))
 
 
-def adaptive_should_stop(v1: int, v2: int, threshold: float = 0.95) -> bool:
+def adaptive_should_stop(v1: int, v2: int, threshold: float = AC_THRESHOLD) -> bool:
     return v1 > 0 and beta_stop_probability(v1, v2) >= threshold
 
 
 def confident_should_stop(keys: Sequence[str | None], scores: Sequence[float | None],
-                          confidence: float, threshold: float = 0.95) -> bool:
+                          confidence: float, threshold: float = AC_THRESHOLD) -> bool:
     """Confident consistency, on the samples' answer keys and scores so far: the weighted
     vote's answer has a sample scored >= `confidence`, or Adaptive-Consistency's Beta rule fires
     on the plain counts. A sample without a score weighs 0."""
@@ -77,7 +84,7 @@ class EscParams(NParams):
     """Windows of `window` samples, at most `n` in all."""
 
     n: int = 16
-    window: int = 4  # samples per window; a unanimous window stops sampling
+    window: int = ESC_WINDOW
 
     def validate(self) -> None:
         super().validate()
@@ -109,7 +116,7 @@ class AdaptiveConsistencyParams(NParams):
     """Draw `batch` samples at a time, at most `n`, until the Beta stopping rule fires."""
 
     n: int = 16
-    threshold: float = 0.95  # stop when P(leading answer is the majority) reaches this
+    threshold: float = AC_THRESHOLD
     batch: int = 1  # samples per call; the rule is checked after each call
 
     def validate(self) -> None:
@@ -152,7 +159,7 @@ def adaptive_consistency(problem: Problem, task: Task, generator: Generator,
 class ConfidentConsistencyParams(AdaptiveConsistencyParams):
     """Adaptive-Consistency that also stops at an answer with a sample scored >= `confidence`."""
 
-    confidence: float = 0.9  # on the scorer's scale (likelihood: exp(mean token logprob))
+    confidence: float = CONFIDENCE  # on the scorer's scale (likelihood: exp(mean token logprob))
 
     def validate(self) -> None:
         super().validate()
