@@ -2,20 +2,23 @@
 
 The short mode writes only the operations of one solution, so a wrong first choice is fatal.
 The long mode writes the search: each line applies one operation and lists the numbers left; a
-branch that ends in one number other than the target is compared with the target
-(``17 != 16``) and the search goes ``back`` to a state it has been in, naming its numbers; the
-branch that reaches the target says so (``16 == 16``) and its expression is the answer::
+branch that ends in one number is compared with the target, written next to it, and judged
+(``17 vs 16 no``), and the search goes ``back`` to a state it has been in, naming its numbers;
+the branch that reaches the target says so (``16 vs 16 yes``) and its expression is the answer::
 
     Think: 3 5 2 -> 16
     5*3=15 left 15 2
-    15+2=17 != 16
+    15+2=17 vs 16 no
     back 3 5 2
     5+3=8 left 8 2
-    8*2=16 == 16
+    8*2=16 vs 16 yes
     A: (5+3)*2
 
-The comparison writes the target next to the result, so that the verdict is a local check.
-After a ``back``, the trace never repeats a move it already tried from that state.
+The verdict comes after both numbers it compares are written, so that it is a local check of
+two adjacent numbers: a verdict written first (an earlier ``17 != 16``) has to be decided
+before the target is copied, and a small model that committed to ``==`` then copied its own
+result as the target. After a ``back``, the trace never repeats a move it already tried from
+that state, `3+5` and `5+3` (or `3*5` and `5*3`) counting as one move.
 
 Every line is a claim that can be checked from the lines above it alone (is the arithmetic right,
 were the numbers there, are the numbers left the right ones, is the verdict right), so the step
@@ -31,7 +34,7 @@ from fractions import Fraction
 
 from ttscale.tasks.base import ANSWER_PREFIX
 
-_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})(?: left((?: \d{1,12})+)| (==|!=) (\d{1,12}))$")
+_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})(?: left((?: \d{1,12})+)| vs (\d{1,12}) (yes|no))$")
 _BACK = re.compile(r"^back((?: \d{1,12})+)$")
 
 
@@ -44,7 +47,12 @@ def _value(a: int, op: str, b: int) -> Fraction | None:
 def _op_line(a: int, op: str, b: int, c: int, rest: list[int], target: int) -> str:
     if rest:
         return f"{a}{op}{b}={c} left " + " ".join(map(str, [c] + rest))
-    return f"{a}{op}{b}={c} " + ("==" if c == target else "!=") + f" {target}"
+    return f"{a}{op}{b}={c} vs {target} " + ("yes" if c == target else "no")
+
+
+def _move(a: int, op: str, b: int) -> tuple[int, str, int]:
+    """A move up to commutativity: `5+3` and `3+5` are the same move."""
+    return (min(a, b), op, max(a, b)) if op in "+*" else (a, op, b)
 
 
 def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
@@ -68,7 +76,7 @@ def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rn
     while len(pool) > 1:
         moves = [(pool[i], op, pool[j]) for i in range(len(pool)) for j in range(len(pool)) if i != j
                  for op in "+-*/"]
-        moves = [m for m in moves if chain or m not in avoid]
+        moves = [m for m in moves if chain or _move(*m) not in avoid]
         rng.shuffle(moves)
         for a, op, b in moves:
             v = _value(a, op, b)
@@ -95,14 +103,14 @@ def long_solution(numbers: list[int], target: int, path: list[tuple[int, str, in
     lines: list[str] = []
     dead_ends = 0
     for a, op, b, c in path:
-        tried = {(a, op, b)}  # the path's move comes after every dead end tried from here
+        tried = {_move(a, op, b)}  # the path's move comes after every dead end tried from here
         while (rng is not None and len(pool) > 1 and dead_ends < max_dead_ends
                and rng.random() < dead_end_rate):
             dead_ends += 1
             chain = _dead_end(pool, target, tried, rng, max_value)
             if chain is None:
                 break
-            tried.add(chain[0][:3])
+            tried.add(_move(*chain[0][:3]))
             state = list(pool)
             for da, dop, db, dc in chain:
                 state = _apply_to_pool(state, da, db)
@@ -145,8 +153,8 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
                 ok = Counter(int(x) for x in m.group(5).split()) == Counter(rest + [c]) and bool(rest)
                 stack.append(rest + [c])
             elif ok:  # a leaf: its comparison with the target must be right
-                ok = (not rest and int(m.group(7)) == target
-                      and (m.group(6) == "==") == (c == target))
+                ok = (not rest and int(m.group(6)) == target
+                      and (m.group(7) == "yes") == (c == target))
                 found, dead = c == target, c != target
         else:
             ok = False
