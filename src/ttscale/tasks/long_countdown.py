@@ -91,37 +91,35 @@ def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rn
 
 
 def long_solution(numbers: list[int], target: int, path: list[tuple[int, str, int, int]], answer: str,
-                  rng: random.Random | None = None, dead_end_rate: float = 0.5,
-                  max_dead_ends: int = 3, max_value: int = 999) -> str:
+                  rng: random.Random | None = None, max_dead_ends: int = 4,
+                  max_value: int = 999) -> str:
     """A search trace that ends on `path` (the steps of a solution) and states `answer`.
 
-    Before each step of the path, with probability `dead_end_rate` (drawn from `rng`; None: no
-    dead ends), one random branch is explored to a dead end and backtracked from, at most
-    `max_dead_ends` in all.
+    Before the path, a number of dead ends drawn uniformly from 0..`max_dead_ends` (from `rng`;
+    None: none): each a random chain from the given numbers down to one number off target, then
+    ``back`` to the given numbers. Every attempt starts with a move no earlier one started with.
     """
-    pool = list(numbers)
     lines: list[str] = []
-    dead_ends = 0
-    for a, op, b, c in path:
-        tried = {_move(a, op, b)}  # the path's move comes after every dead end tried from here
-        while (rng is not None and len(pool) > 1 and dead_ends < max_dead_ends
-               and rng.random() < dead_end_rate):
-            dead_ends += 1
-            chain = _dead_end(pool, target, tried, rng, max_value)
-            if chain is None:
-                break
-            tried.add(_move(*chain[0][:3]))
-            state = list(pool)
-            for da, dop, db, dc in chain:
-                state = _apply_to_pool(state, da, db)
-                lines.append(_op_line(da, dop, db, dc, state, target))
-                state = [dc] + state
-            lines.append("back " + " ".join(map(str, pool)))
-        rest = _apply_to_pool(pool, a, b)
-        assert rest is not None, (pool, a, b)
-        lines.append(_op_line(a, op, b, c, rest, target))
-        pool = [c] + rest
+    tried = {_move(*path[0][:3])} if path else set()
+    for _ in range(rng.randint(0, max_dead_ends) if rng is not None and path else 0):
+        chain = _dead_end(numbers, target, tried, rng, max_value)
+        if chain is None:
+            break
+        tried.add(_move(*chain[0][:3]))
+        lines += _chain_lines(numbers, chain, target)
+        lines.append("back " + " ".join(map(str, numbers)))
+    lines += _chain_lines(numbers, path, target)
     return "".join(line + "\n" for line in lines) + f"{ANSWER_PREFIX}{answer}\n"
+
+
+def _chain_lines(numbers: list[int], chain: list[tuple[int, str, int, int]], target: int) -> list[str]:
+    lines, state = [], list(numbers)
+    for a, op, b, c in chain:
+        state = _apply_to_pool(state, a, b)
+        assert state is not None, (numbers, chain)
+        lines.append(_op_line(a, op, b, c, state, target))
+        state = [c] + state
+    return lines
 
 
 def check_long_steps(numbers: list[int], target: int, steps: list[str], check_answer) -> list[bool]:
