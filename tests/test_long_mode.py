@@ -161,3 +161,14 @@ def test_auto_training_text_draws_both_modes_after_the_question():
     assert all(prompt.startswith(AUTO_PREFIX) for prompt, _ in pairs)
     modes = [chosen_mode(solution) for _, solution in pairs]
     assert 60 <= modes.count("high") <= 140 and modes.count("high") + modes.count("low") == 200
+
+
+def test_countdown_oracle_reads_the_verdict_written_before_the_target_too():
+    # the shipped models learned `17 != 16` (verdict first); training data now writes `17 vs 16 no`
+    task = get_task("countdown")
+    p = _countdown([3, 5, 2], 16)
+    old = ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 == 16",
+           "A: (5+3)*2"]
+    assert task.check_steps(p, old) == [True] * 6
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 == 16"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 != 16"]) == [True, False]
