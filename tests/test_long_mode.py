@@ -1,5 +1,6 @@
 """The long, step-checkable mode (effort "high") of the built-in tasks and its step oracles."""
 import random
+import re
 
 import pytest
 
@@ -70,11 +71,11 @@ def _countdown(numbers, target) -> Problem:
 def test_countdown_dead_end_is_marked_and_never_the_answer():
     task = get_task("countdown")
     p = _countdown([3, 5, 2], 16)
-    trace = ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 == 16",
+    trace = ["5*3=15 left 15 2", "15+2=17 vs 16 no", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 vs 16 yes",
              "A: (5+3)*2"]
     assert task.check_steps(p, trace) == [True] * 6
     assert task.extract_answer("\n".join(trace)) == "(5+3)*2"
-    only_dead_end = "5*3=15 left 15 2\n15+2=17 != 16\n"
+    only_dead_end = "5*3=15 left 15 2\n15+2=17 vs 16 no\n"
     assert task.extract_answer(only_dead_end) is None  # a dead end is no answer
     assert not task.is_correct(p, only_dead_end)
 
@@ -85,11 +86,11 @@ def test_countdown_oracle_flags_false_claims_not_exploration():
     assert task.check_steps(p, ["5*3=16 left 16 2"]) == [False]  # arithmetic
     assert task.check_steps(p, ["5*4=20 left 20 3 2"]) == [False]  # 4 is not there
     assert task.check_steps(p, ["5*3=15 left 15 3"]) == [False]  # wrong numbers left
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 == 16"]) == [True, False]
-    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 != 16"]) == [True, False]
-    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 == 17"]) == [True, False]
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 9"]) == [True, True, False]
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 != 16", "A: 15+2"]) == [True, True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 vs 16 yes"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 vs 16 no"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 vs 17 yes"]) == [True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 vs 16 no", "back 3 5 9"]) == [True, True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 vs 16 no", "A: 15+2"]) == [True, True, False]
 
 
 def test_effort_errors_name_the_accepted_values():
@@ -119,7 +120,9 @@ def test_countdown_traces_never_retry_a_move_from_the_same_state():
         lines = task.split_steps(task.long_solution(p, rng))
         root = "back " + " ".join(map(str, p.meta["numbers"]))
         firsts = [lines[0]] + [lines[i + 1] for i, line in enumerate(lines[:-1]) if line == root]
-        moves = [line.split("=")[0] for line in firsts]
+        moves = [re.match(r"(\d+)([-+*/])(\d+)=", line).groups() for line in firsts]
+        # 3+5 and 5+3 are one move
+        moves = [(min(a, b), op, max(a, b)) if op in "+*" else (a, op, b) for a, op, b in moves]
         assert len(moves) == len(set(moves)), lines
 
 
@@ -158,3 +161,14 @@ def test_auto_training_text_draws_both_modes_after_the_question():
     assert all(prompt.startswith(AUTO_PREFIX) for prompt, _ in pairs)
     modes = [chosen_mode(solution) for _, solution in pairs]
     assert 60 <= modes.count("high") <= 140 and modes.count("high") + modes.count("low") == 200
+
+
+def test_countdown_oracle_reads_the_verdict_written_before_the_target_too():
+    # the shipped models learned `17 != 16` (verdict first); training data now writes `17 vs 16 no`
+    task = get_task("countdown")
+    p = _countdown([3, 5, 2], 16)
+    old = ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 == 16",
+           "A: (5+3)*2"]
+    assert task.check_steps(p, old) == [True] * 6
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 == 16"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 != 16"]) == [True, False]

@@ -2,25 +2,31 @@
 
 The short mode writes only the operations of one solution, so a wrong first choice is fatal.
 The long mode writes the search: each line applies one operation and lists the numbers left; a
-branch that ends in one number other than the target is compared with the target
-(``17 != 16``) and the search goes ``back`` to a state it has been in, naming its numbers; the
-branch that reaches the target says so (``16 == 16``) and its expression is the answer::
+branch that ends in one number is compared with the target, written next to it, and judged
+(``17 vs 16 no``), and the search goes ``back`` to a state it has been in, naming its numbers;
+the branch that reaches the target says so (``16 vs 16 yes``) and its expression is the answer::
 
     Think: 3 5 2 -> 16
     5*3=15 left 15 2
-    15+2=17 != 16
+    15+2=17 vs 16 no
     back 3 5 2
     5+3=8 left 8 2
-    8*2=16 == 16
+    8*2=16 vs 16 yes
     A: (5+3)*2
 
-The comparison writes the target next to the result, so that the verdict is a local check.
-After a ``back``, the trace never repeats a move it already tried from that state.
+Training traces (`long_solution`) go back to the given numbers after each dead end, 0 to 4
+dead ends drawn uniformly, each attempt starting with a move no earlier attempt started with
+(`3+5` and `5+3` count as one). The verdict comes after the two numbers it compares, so it is a
+check of adjacent numbers. The earlier format, which the shipped models learned, wrote the
+verdict first (``17 != 16``), backed up to any earlier state and explored at most 3 dead ends
+along the path; continued on the same data for the same steps, a model trained on this one
+samples better long chains (docs/results.md, "Countdown's search traces"). The step oracle
+reads both forms.
 
 Every line is a claim that can be checked from the lines above it alone (is the arithmetic right,
 were the numbers there, are the numbers left the right ones, is the verdict right), so the step
 oracle is exact. A dead end is not an error: the search may explore; an error is a false claim.
-Only the ``A:`` line after a ``==`` is an answer; a dead end never is.
+Only the ``A:`` line after a ``yes`` is an answer; a dead end never is.
 """
 from __future__ import annotations
 
@@ -31,8 +37,12 @@ from fractions import Fraction
 
 from ttscale.tasks.base import ANSWER_PREFIX
 
-_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})(?: left((?: \d{1,12})+)| (==|!=) (\d{1,12}))$")
+# a move: `a op b=c` then the numbers left, or a leaf's comparison with the target, written
+# `c vs T yes|no` (or, as the shipped models learned it, `c ==|!= T`: the verdict before the target)
+_OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})"
+                 r"(?: left((?: \d{1,12})+)| vs (\d{1,12}) (yes|no)| (==|!=) (\d{1,12}))$")
 _BACK = re.compile(r"^back((?: \d{1,12})+)$")
+Move = tuple[int, str, int, int]  # a, op, b, c: the line `a op b=c`
 
 
 def _value(a: int, op: str, b: int) -> Fraction | None:
@@ -44,7 +54,12 @@ def _value(a: int, op: str, b: int) -> Fraction | None:
 def _op_line(a: int, op: str, b: int, c: int, rest: list[int], target: int) -> str:
     if rest:
         return f"{a}{op}{b}={c} left " + " ".join(map(str, [c] + rest))
-    return f"{a}{op}{b}={c} " + ("==" if c == target else "!=") + f" {target}"
+    return f"{a}{op}{b}={c} vs {target} " + ("yes" if c == target else "no")
+
+
+def _move_key(a: int, op: str, b: int) -> tuple[int, str, int]:
+    """A move up to commutativity: `5+3` and `3+5` are the same move."""
+    return (min(a, b), op, max(a, b)) if op in "+*" else (a, op, b)
 
 
 def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
@@ -58,7 +73,7 @@ def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
 
 
 def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rng: random.Random,
-              max_value: int) -> list[tuple[int, str, int, int]] | None:
+              max_value: int) -> list[Move] | None:
     """A random chain of operations from `pool` down to one number other than the target.
 
     Its first move is none of `avoid` (the moves already tried from `pool`).
@@ -68,7 +83,7 @@ def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rn
     while len(pool) > 1:
         moves = [(pool[i], op, pool[j]) for i in range(len(pool)) for j in range(len(pool)) if i != j
                  for op in "+-*/"]
-        moves = [m for m in moves if chain or m not in avoid]
+        moves = [m for m in moves if chain or _move_key(*m) not in avoid]
         rng.shuffle(moves)
         for a, op, b in moves:
             v = _value(a, op, b)
@@ -82,38 +97,37 @@ def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rn
     return None if pool[0] == target else chain
 
 
-def long_solution(numbers: list[int], target: int, path: list[tuple[int, str, int, int]], answer: str,
-                  rng: random.Random | None = None, dead_end_rate: float = 0.5,
-                  max_dead_ends: int = 3, max_value: int = 999) -> str:
+def long_solution(numbers: list[int], target: int, path: list[Move], answer: str,
+                  rng: random.Random | None = None, max_dead_ends: int = 4,
+                  max_value: int = 999) -> str:
     """A search trace that ends on `path` (the steps of a solution) and states `answer`.
 
-    Before each step of the path, with probability `dead_end_rate` (drawn from `rng`; None: no
-    dead ends), one random branch is explored to a dead end and backtracked from, at most
-    `max_dead_ends` in all.
+    Before the path, a number of dead ends drawn uniformly from 0..`max_dead_ends` (from `rng`;
+    None: none): each a random chain from the given numbers down to one number off target, then
+    ``back`` to the given numbers. Every attempt starts with a move no earlier one started with.
     """
-    pool = list(numbers)
     lines: list[str] = []
-    dead_ends = 0
-    for a, op, b, c in path:
-        tried = {(a, op, b)}  # the path's move comes after every dead end tried from here
-        while (rng is not None and len(pool) > 1 and dead_ends < max_dead_ends
-               and rng.random() < dead_end_rate):
-            dead_ends += 1
-            chain = _dead_end(pool, target, tried, rng, max_value)
-            if chain is None:
-                break
-            tried.add(chain[0][:3])
-            state = list(pool)
-            for da, dop, db, dc in chain:
-                state = _apply_to_pool(state, da, db)
-                lines.append(_op_line(da, dop, db, dc, state, target))
-                state = [dc] + state
-            lines.append("back " + " ".join(map(str, pool)))
-        rest = _apply_to_pool(pool, a, b)
-        assert rest is not None, (pool, a, b)
-        lines.append(_op_line(a, op, b, c, rest, target))
-        pool = [c] + rest
+    tried = {_move_key(*path[0][:3])} if path else set()
+    for _ in range(rng.randint(0, max_dead_ends) if rng is not None and path else 0):
+        chain = _dead_end(numbers, target, tried, rng, max_value)
+        if chain is None:
+            break
+        tried.add(_move_key(*chain[0][:3]))
+        lines += _chain_lines(numbers, chain, target)
+        lines.append("back " + " ".join(map(str, numbers)))
+    lines += _chain_lines(numbers, path, target)
     return "".join(line + "\n" for line in lines) + f"{ANSWER_PREFIX}{answer}\n"
+
+
+def _chain_lines(numbers: list[int], chain: list[Move], target: int) -> list[str]:
+    """The lines of `chain` (moves from `numbers` down to one number), the last one judged."""
+    lines, state = [], list(numbers)
+    for a, op, b, c in chain:
+        state = _apply_to_pool(state, a, b)
+        assert state is not None, (numbers, chain)
+        lines.append(_op_line(a, op, b, c, state, target))
+        state = [c] + state
+    return lines
 
 
 def check_long_steps(numbers: list[int], target: int, steps: list[str], check_answer) -> list[bool]:
@@ -145,8 +159,9 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
                 ok = Counter(int(x) for x in m.group(5).split()) == Counter(rest + [c]) and bool(rest)
                 stack.append(rest + [c])
             elif ok:  # a leaf: its comparison with the target must be right
-                ok = (not rest and int(m.group(7)) == target
-                      and (m.group(6) == "==") == (c == target))
+                said, hit = ((m.group(6), m.group(7) == "yes") if m.group(6)
+                             else (m.group(9), m.group(8) == "=="))
+                ok = not rest and int(said) == target and hit == (c == target)
                 found, dead = c == target, c != target
         else:
             ok = False

@@ -1,0 +1,107 @@
+"""Countdown's long mode, an in-context search: how it fails greedily and what sampling gives.
+
+For one model and each level (test split, fixed problems): the short greedy answer (the
+baseline), the long greedy chain (accuracy, tokens, leaves per trace, false verdicts per leaf:
+a branch judged a hit that is not, and whether the trace states an answer), and `--n` long
+samples at each `--temperatures` value (accuracy of one sample, majority vote, the sample the
+policy's own likelihood ranks first, pass@n, tokens). One JSON line per (level, temperature) is
+appended to --out as it is measured.
+
+    python benchmarks/countdown_search.py --model ttscale-small --levels 3,4 --n 8 \
+        --temperatures 0.3,0.6 --out benchmarks/results/countdown_search.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import Counter
+
+from ttscale.engine import load_generator
+from ttscale.engine.task_stops import with_task_stops
+from ttscale.tasks import get_task
+from ttscale.tasks.effort import apply_effort, max_tokens_for
+from ttscale.types import GenerationRequest, SamplingParams
+
+# a leaf of the search: its value, the target it names and its verdict (either written form)
+LEAF = re.compile(r"^\d+[-+*/]\d+=(-?\d+) (?:vs (\d+) (yes|no)|(==|!=) (\d+))$")
+
+
+def leaves(text: str) -> list[tuple[int, int, bool]]:
+    out = []
+    for line in text.split("\n"):
+        if m := LEAF.match(line.strip()):
+            hit = m.group(3) == "yes" if m.group(2) else m.group(4) == "=="
+            out.append((int(m.group(1)), int(m.group(2) or m.group(5)), hit))
+    return out
+
+
+def greedy_row(gen, task, problems, effort: str) -> dict:
+    asked = [apply_effort(p, effort) for p in problems]
+    params = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens_for(effort, 96))
+    res = gen.generate([GenerationRequest(p.prompt, params) for p in asked])
+    right = tokens = n_leaves = false_hits = answered = 0
+    for p, r in zip(asked, res):
+        c = r.completions[0]
+        right += task.is_correct(p, c.text)
+        tokens += len(c.token_ids)
+        answered += task.extract_answer(c.text) is not None
+        for value, _, hit in leaves(c.text):
+            n_leaves += 1
+            false_hits += hit and value != p.meta["target"]
+    k = len(problems)
+    return {"accuracy": right / k, "mean_tokens": tokens / k, "answered": answered / k,
+            "leaves_per_trace": n_leaves / k, "false_hits_per_leaf": false_hits / max(1, n_leaves)}
+
+
+def sampled_row(gen, task, problems, n: int, temperature: float, seed: int) -> dict:
+    asked = [apply_effort(p, "high") for p in problems]
+    res = gen.generate([GenerationRequest(p.prompt, SamplingParams(
+        n=n, temperature=temperature, max_tokens=max_tokens_for("high", 96), logprobs=True,
+        seed=seed + i)) for i, p in enumerate(asked)])
+    one = maj = best = any_right = tokens = 0.0
+    for p, r in zip(asked, res):
+        answers = [task.extract_answer(c.text) for c in r.completions]
+        right = [task.check(p, a) for a in answers]
+        one += sum(right) / n
+        any_right += any(right)
+        tokens += sum(len(c.token_ids) for c in r.completions) / n
+        keys = [task.answer_key(a) for a in answers]
+        votes = Counter(k for k in keys if k is not None)
+        if votes:  # ties go to the earliest sample
+            top = max(votes.values())
+            maj += right[next(i for i, k in enumerate(keys) if k is not None and votes[k] == top)]
+        mean_lp = [sum(c.logprobs or [0.0]) / max(1, len(c.token_ids)) for c in r.completions]
+        best += right[max(range(n), key=mean_lp.__getitem__)]
+    k = len(problems)
+    return {"per_sample": one / k, "majority": maj / k, "best_by_likelihood": best / k,
+            "pass_at_n": any_right / k, "mean_tokens": tokens / k}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--levels", default="3,4")
+    ap.add_argument("--num-problems", type=int, default=200)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--temperatures", default="0.3,0.6")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--out", default="benchmarks/results/countdown_search.jsonl")
+    args = ap.parse_args()
+    task = get_task("countdown")
+    gen = with_task_stops(load_generator(args.model), task)
+    for level in map(int, args.levels.split(",")):
+        problems = task.problems("test", level, args.num_problems)
+        base = {"model": args.model, "level": level, "problems": len(problems),
+                "short_greedy": greedy_row(gen, task, problems, "low")["accuracy"],
+                "long_greedy": greedy_row(gen, task, problems, "high")}
+        for t in map(float, args.temperatures.split(",")):
+            row = {**base, "temperature": t, "n": args.n,
+                   "long_sampled": sampled_row(gen, task, problems, args.n, t, args.seed)}
+            print(json.dumps(row), flush=True)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
