@@ -11,6 +11,8 @@ plus, for a learned verifier (`--scorer-model`), its share of the FLOPs of scori
 
 The configuration is chosen on the held-out problems (highest accuracy within `--max-ratio` x
 short greedy's FLOPs there) and reported on the test problems: no selection on scored data.
+With several temperatures (`--temperature 0.3,0.6`) the temperature is part of the
+configuration (`...@T=0.3`) and is chosen the same way.
 Samples are stored under --samples-dir and reused on a re-run; one JSON line per (task, level)
 is appended to --out.
 
@@ -103,7 +105,8 @@ def main() -> None:
     ap.add_argument("--num-problems", type=int, default=200, help="test problems per setting")
     ap.add_argument("--heldout-problems", type=int, default=100, help="problems to choose on")
     ap.add_argument("--n", type=int, default=16)
-    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--temperature", default="1.0",
+                    help="sampling temperature, or several (comma-separated) to choose among")
     ap.add_argument("--replicates", type=int, default=8)
     ap.add_argument("--max-ratio", type=float, default=16.0)
     ap.add_argument("--scorer-model", default=None, help="a PRM/ORM to judge beside the likelihood")
@@ -121,15 +124,24 @@ def main() -> None:
             scorers["checker"] = get_scorer("checker", task=task)
         if args.scorer_model:
             scorers[Path(args.scorer_model).name] = get_scorer("prm", model=args.scorer_model)
+        temps = [float(t) for t in args.temperature.split(",")]
         sets = {}
         for split, num in (("heldout", args.heldout_problems), ("test", args.num_problems)):
-            data = {e: samples(gen, task, int(level), split, num, args.n, e, args.temperature,
-                               Path(args.samples_dir) / f"{tag}-{name}-L{level}-{split}-{e}-n{args.n}-t{args.temperature}.jsonl")
-                    for e in ("low", "high")}
-            sets[split] = configurations(task, data, scorers, ks, args.replicates)
+            sets[split] = {}
+            for t in temps:
+                stem = Path(args.samples_dir) / f"{tag}-{name}-L{level}-{split}"
+                data = {e: samples(gen, task, int(level), split, num, args.n, e, t,
+                                   Path(f"{stem}-{e}-n{args.n}-t{t}.jsonl"))
+                        for e in ("low", "high")}
+                for key, conf in configurations(task, data, scorers, ks, args.replicates).items():
+                    if key.startswith("greedy("):  # the same answers at every temperature
+                        sets[split].setdefault(key, conf)
+                    else:
+                        sets[split][f"{key}@T={t}" if len(temps) > 1 else key] = conf
         held, test = sets["heldout"], sets["test"]
         row = {"model": args.model, "task": name, "level": int(level), "test_problems": args.num_problems,
-               "heldout_problems": args.heldout_problems, "n": args.n, "temperature": args.temperature,
+               "heldout_problems": args.heldout_problems, "n": args.n,
+               "temperature": temps if len(temps) > 1 else temps[0],
                "max_ratio": args.max_ratio, "greedy_low": test["greedy(low)"]}
         for label, allowed in (("learned", lambda s: s != "checker"), ("checker", lambda s: True)):
             if label == "checker" and "checker" not in scorers:
