@@ -1,6 +1,6 @@
 """Countdown's long mode, an in-context search: how it fails greedily and what sampling gives.
 
-For one model and each level (test split, fixed problems): the short greedy answer (the
+For one model and each level (test split unless `--split heldout`, fixed problems): the short greedy answer (the
 baseline), the long greedy chain (accuracy, tokens, leaves per trace, false verdicts per leaf:
 a branch judged a hit that is not, and whether the trace states an answer), and `--n` long
 samples at each `--temperatures` value (accuracy of one sample, majority vote, the sample the
@@ -83,6 +83,7 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--levels", default="3,4")
     ap.add_argument("--num-problems", type=int, default=200)
+    ap.add_argument("--split", default="test", help="test or heldout (never trained on)")
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--temperatures", default="0.3,0.6")
     ap.add_argument("--seed", type=int, default=1)
@@ -91,8 +92,8 @@ def main() -> None:
     task = get_task("countdown")
     gen = with_task_stops(load_generator(args.model), task)
     for level in map(int, args.levels.split(",")):
-        problems = task.problems("test", level, args.num_problems)
-        base = {"model": args.model, "level": level, "problems": len(problems),
+        problems = task.problems(args.split, level, args.num_problems)
+        base = {"model": args.model, "split": args.split, "level": level, "problems": len(problems),
                 "short_greedy": greedy_row(gen, task, problems, "low")["accuracy"],
                 "long_greedy": greedy_row(gen, task, problems, "high")}
         for t in map(float, args.temperatures.split(",")):

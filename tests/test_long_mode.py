@@ -68,14 +68,16 @@ def _countdown(numbers, target) -> Problem:
                                 "A: 0\n"), "high")
 
 
-def test_countdown_dead_end_is_marked_and_never_the_answer():
+# the verdict after the target (training data since stop 29) and before it (the shipped models)
+@pytest.mark.parametrize("miss, hit", [("vs 16 no", "vs 16 yes"), ("!= 16", "== 16")])
+def test_countdown_dead_end_is_marked_and_never_the_answer(miss, hit):
     task = get_task("countdown")
     p = _countdown([3, 5, 2], 16)
-    trace = ["5*3=15 left 15 2", "15+2=17 vs 16 no", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 vs 16 yes",
+    trace = ["5*3=15 left 15 2", f"15+2=17 {miss}", "back 3 5 2", "5+3=8 left 8 2", f"8*2=16 {hit}",
              "A: (5+3)*2"]
     assert task.check_steps(p, trace) == [True] * 6
     assert task.extract_answer("\n".join(trace)) == "(5+3)*2"
-    only_dead_end = "5*3=15 left 15 2\n15+2=17 vs 16 no\n"
+    only_dead_end = f"5*3=15 left 15 2\n15+2=17 {miss}\n"
     assert task.extract_answer(only_dead_end) is None  # a dead end is no answer
     assert not task.is_correct(p, only_dead_end)
 
@@ -89,6 +91,8 @@ def test_countdown_oracle_flags_false_claims_not_exploration():
     assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 vs 16 yes"]) == [True, False]
     assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 vs 16 no"]) == [True, False]
     assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 vs 17 yes"]) == [True, False]
+    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 == 16"]) == [True, False]
+    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 != 16"]) == [True, False]
     assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 vs 16 no", "back 3 5 9"]) == [True, True, False]
     assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 vs 16 no", "A: 15+2"]) == [True, True, False]
 
@@ -162,13 +166,3 @@ def test_auto_training_text_draws_both_modes_after_the_question():
     modes = [chosen_mode(solution) for _, solution in pairs]
     assert 60 <= modes.count("high") <= 140 and modes.count("high") + modes.count("low") == 200
 
-
-def test_countdown_oracle_reads_the_verdict_written_before_the_target_too():
-    # the shipped models learned `17 != 16` (verdict first); training data now writes `17 vs 16 no`
-    task = get_task("countdown")
-    p = _countdown([3, 5, 2], 16)
-    old = ["5*3=15 left 15 2", "15+2=17 != 16", "back 3 5 2", "5+3=8 left 8 2", "8*2=16 == 16",
-           "A: (5+3)*2"]
-    assert task.check_steps(p, old) == [True] * 6
-    assert task.check_steps(p, ["5*3=15 left 15 2", "15+2=17 == 16"]) == [True, False]
-    assert task.check_steps(p, ["5+3=8 left 8 2", "8*2=16 != 16"]) == [True, False]
