@@ -1,11 +1,11 @@
 """Countdown's long mode, an in-context search: how it fails greedily and what sampling gives.
 
-For one model and each level (test split unless `--split heldout`, fixed problems): the short greedy answer (the
-baseline), the long greedy chain (accuracy, tokens, leaves per trace, false verdicts per leaf:
-a branch judged a hit that is not, and whether the trace states an answer), and `--n` long
-samples at each `--temperatures` value (accuracy of one sample, majority vote, the sample the
-policy's own likelihood ranks first, pass@n, tokens). One JSON line per (level, temperature) is
-appended to --out as it is measured.
+For one model and each level (fixed problems of the test split, or of `--split heldout`): the
+short greedy answer (the baseline), the long greedy chain (accuracy, tokens, leaves per trace,
+false verdicts per leaf: a branch judged a hit that is not, and whether the trace states an
+answer), and `--n` long samples at each `--temperatures` value (accuracy of one sample,
+majority vote, the sample the policy's own likelihood ranks first, pass@n, tokens). One JSON
+line per (level, temperature) is appended to --out as it is measured.
 
     python benchmarks/countdown_search.py --model ttscale-small --levels 3,4 --n 8 \
         --temperatures 0.3,0.6 --out benchmarks/results/countdown_search.jsonl
@@ -15,10 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections import Counter
 
 from ttscale.engine import load_generator
 from ttscale.engine.task_stops import with_task_stops
+from ttscale.strategies.voting import vote_keys
 from ttscale.tasks import get_task
 from ttscale.tasks.effort import apply_effort, max_tokens_for
 from ttscale.types import GenerationRequest, SamplingParams
@@ -66,11 +66,8 @@ def sampled_row(gen, task, problems, n: int, temperature: float, seed: int) -> d
         one += sum(right) / n
         any_right += any(right)
         tokens += sum(len(c.token_ids) for c in r.completions) / n
-        keys = [task.answer_key(a) for a in answers]
-        votes = Counter(k for k in keys if k is not None)
-        if votes:  # ties go to the earliest sample
-            top = max(votes.values())
-            maj += right[next(i for i, k in enumerate(keys) if k is not None and votes[k] == top)]
+        lead = vote_keys([task.answer_key(a) for a in answers])  # ties: the earliest answer
+        maj += lead is not None and right[lead]
         mean_lp = [sum(c.logprobs or [0.0]) / max(1, len(c.token_ids)) for c in r.completions]
         best += right[max(range(n), key=mean_lp.__getitem__)]
     k = len(problems)
