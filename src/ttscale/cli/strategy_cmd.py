@@ -110,9 +110,10 @@ def select_cmd(
                                         "(default: all that the store supports)."),
     aggregate: str = typer.Option("last", "--aggregate", help="Step scores -> one score."),
     window: int = typer.Option(ESC_WINDOW, "--window", help="ESC window."),
-    threshold: float = typer.Option(AC_THRESHOLD, "--threshold", help="Adaptive-Consistency threshold."),
-    confidence: float = typer.Option(CONFIDENCE, "--confidence", help="confident_consistency's score "
-                                     "threshold (on the store's score scale)."),
+    threshold: float = typer.Option(AC_THRESHOLD, "--threshold",
+                                    help="Adaptive-Consistency threshold."),
+    confidence: float = typer.Option(CONFIDENCE, "--confidence", help="confident_consistency's "
+                                     "score threshold (on the store's score scale)."),
     draws: int = typer.Option(500, "--draws", help="Random orderings per problem when exact "
                               "enumeration is too large."),
     seed: int = typer.Option(0, "--seed"),

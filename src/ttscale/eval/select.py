@@ -39,6 +39,7 @@ from scipy.special import betainc
 from ttscale.errors import TTScaleError, unknown
 from ttscale.rewards.aggregate import aggregate as aggregate_steps
 from ttscale.rewards.aggregate import check_aggregate
+from ttscale.planner.samples import STOPPING_VOTE
 from ttscale.strategies.stopping import AC_THRESHOLD, CONFIDENCE, ESC_WINDOW
 
 RULES = ("majority", "best_of_n", "weighted_majority", "pass_at_k", "esc",
@@ -262,7 +263,7 @@ def _evaluate(ss: SampleSet, orders: np.ndarray, max_n: int, rules: Sequence[str
             stops["confident_consistency"] = np.where(fire.any(axis=1), fire.argmax(axis=1) + 1, n)
         for name, stop in stops.items():
             drawn = np.minimum(stop[:, None], Ns[None, :])  # (S, max_n)
-            by = wm if name == "confident_consistency" else maj  # its own vote
+            by = wm if STOPPING_VOTE[name] == "weighted_majority" else maj  # its own vote
             out[name] = by[rows[:, None], drawn - 1].mean(axis=0)
             out[name + ":samples"] = drawn.mean(axis=0)
     return out
@@ -277,8 +278,8 @@ def _summary(values: np.ndarray) -> dict[str, Any]:
 
 def select_rules(records: Sequence[dict[str, Any]] | Sequence[SampleSet],
                  rules: Sequence[str] | None = None, aggregate: str = "last",
-                 window: int = ESC_WINDOW, threshold: float = AC_THRESHOLD, draws: int = 500, exact_limit: int = 5040,
-                 seed: int = 0, max_n: int | None = None,
+                 window: int = ESC_WINDOW, threshold: float = AC_THRESHOLD, draws: int = 500,
+                 exact_limit: int = 5040, seed: int = 0, max_n: int | None = None,
                  confidence: float = CONFIDENCE) -> dict[str, dict[str, dict]]:
     """Every selection rule at every budget N: {rule: {str(N): {"mean", "ci", ...}}}.
 

@@ -29,8 +29,8 @@ from ttscale.errors import TTScaleError
 from ttscale.planner.allocate import NO_ANSWER, Ledger, Option, allocate, efficient_frontier, tie_ranks
 from ttscale.planner.difficulty import (PROBE_SAMPLES, assign_bin, difficulty, num_bins,
                                         quantile_edges)
-from ttscale.planner.samples import (NEEDS_SCORES, SampleSet, rounds_of, sample_order, select,
-                                     setting_id, split_setting)
+from ttscale.planner.samples import (NEEDS_SCORES, STOPPING_VOTE, SampleSet, rounds_of,
+                                     sample_order, select, setting_id, split_setting)
 
 PROBE = "probe"  # the free option once the probe is paid: majority vote of the probe samples
 
@@ -84,16 +84,12 @@ class Table:
                      pick(self.tasks))
 
 
-VOTE_OF_STOPPING_RULE = {"esc": "majority", "adaptive_consistency": "majority",
-                         "confident_consistency": "weighted_majority"}
-
-
 def cut_columns(table: Table, j: int) -> list[int]:
     """A stopping rule that the budget cuts short answers with the samples it drew, by its own
     vote: the columns of that vote at fewer samples and the same sampler setting (the same
     first samples of each order), most samples first; [] for any other configuration."""
     s = table.strategies[table.configs[j]]
-    rule = VOTE_OF_STOPPING_RULE.get(s["strategy"])
+    rule = STOPPING_VOTE.get(s["strategy"])
     if rule is None or s["source"] != "samples":
         return []
     setting, own = split_setting(s["params"])

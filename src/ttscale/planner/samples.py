@@ -35,6 +35,11 @@ from ttscale.types import Cost, GenerationRequest, Problem, SamplingParams
 SELECTION_RULES = ("majority", "best_of_n", "weighted_majority", "pass_at_k", "esc",
                    "adaptive_consistency", "confident_consistency")
 STOPPING_RULES = ("esc", "adaptive_consistency", "confident_consistency")  # may draw fewer than n
+# the rules checked after every sample (ESC after each window), and the vote each stopping rule
+# answers with over the samples it drew
+ONE_AT_A_TIME = ("adaptive_consistency", "confident_consistency")
+STOPPING_VOTE = {"esc": "majority", "adaptive_consistency": "majority",
+                 "confident_consistency": "weighted_majority"}
 SETTING_KEYS = ("temperature", "min_p", "effort")  # how samples are drawn: part of a configuration
 NEEDS_SCORES = ("best_of_n", "weighted_majority", "confident_consistency")
 ORACLE_RULES = ("pass_at_k",)  # need the answer key: measured, never deployable
@@ -158,7 +163,7 @@ def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[in
                 used = start + len(w)
                 break
         idx = idx[:used]
-    elif rule in ("adaptive_consistency", "confident_consistency"):
+    elif rule in ONE_AT_A_TIME:
         keys = [samples.keys[i] for i in idx]
         scores = [samples.scores[i] for i in idx]
         used = n
@@ -171,7 +176,7 @@ def select(rule: str, task: Task, samples: SampleSet, n: int, order: Sequence[in
     cands = samples.candidates(idx)
     if rule == "best_of_n":
         chosen = best_index(cands)
-    elif rule in ("weighted_majority", "confident_consistency"):
+    elif STOPPING_VOTE.get(rule, rule) == "weighted_majority":
         chosen = vote(task, cands, [c.score or 0.0 for c in cands])
     else:
         chosen = vote(task, cands)
@@ -282,6 +287,6 @@ def rounds_of(rule: str, order: Sequence[int], used: int, window: int = ESC_WIND
         return []
     if rule == "esc":
         return [idx[i: i + window] for i in range(0, len(idx), window)]
-    if rule in ("adaptive_consistency", "confident_consistency"):
+    if rule in ONE_AT_A_TIME:
         return [[i] for i in idx]
     return [idx]

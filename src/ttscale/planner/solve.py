@@ -23,8 +23,8 @@ from ttscale.planner.allocate import (BudgetExhausted, BudgetGuard, Ledger, Opti
                                       tie_ranks)
 from ttscale.planner.difficulty import difficulty
 from ttscale.planner.plan import NO_ANSWER, PROBE, Plan
-from ttscale.planner.samples import (NEEDS_SCORES, STOPPING_RULES, SampleSet, draw_samples, select,
-                                     sequential_stop, split_setting)
+from ttscale.planner.samples import (NEEDS_SCORES, ONE_AT_A_TIME, STOPPING_RULES, SampleSet,
+                                     draw_samples, select, sequential_stop, split_setting)
 from ttscale.rewards.base import Scorer
 from ttscale.strategies.stopping import AC_THRESHOLD, CONFIDENCE, ESC_WINDOW, esc_should_stop
 from ttscale.tasks.base import Task
@@ -124,7 +124,7 @@ def _continue_sampling(plan: Plan, cfg: dict[str, Any], problem: Problem, task: 
             if ss is not None and ss.n >= w and esc_should_stop(ss.keys[-w:]):
                 break
             k = min(w, n - (ss.n if ss else 0))
-        elif rule in ("adaptive_consistency", "confident_consistency"):
+        elif rule in ONE_AT_A_TIME:
             if ss is not None and sequential_stop(rule, ss.keys, ss.scores, **_stop_params(params)):
                 break
             k = 1
