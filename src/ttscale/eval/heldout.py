@@ -34,31 +34,47 @@ def problem_matrix(records: Sequence[dict[str, Any]], model: str, problems: set[
     return probs, configs, acc.reshape(len(probs), len(configs)), val.reshape(len(probs), len(configs))
 
 
+def _held_out(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
+              pick: Callable[[np.ndarray, np.ndarray, np.ndarray], int | None],
+              groups: Sequence[str] | None, k: int, seed: int) -> dict[str, Any]:
+    """For each group and fold, `pick(mean accuracy, mean cost, train_mask)` over the group's
+    problems in the other folds chooses a column (None: nothing, scored as no answer at no
+    cost), scored on the fold's problems of the group. Returns the held-out accuracy and cost
+    (means over all problems) and the choices, {group: [column per fold]}."""
+    n = len(problems)
+    if n == 0 or acc.shape[1] == 0:
+        return {"accuracy": None, "cost": None, "choices": {}}
+    groups = list(groups) if groups is not None else [""] * n
+    k = max(2, min(k, n))
+    folds = folds_of(list(problems), k, seed)
+    got_acc, got_cost = np.zeros(n), np.zeros(n)
+    choices: dict[str, list[int | None]] = defaultdict(list)
+    for g in sorted(set(groups)):
+        mine = np.array([x == g for x in groups])
+        for f in range(k):
+            test, train = mine & (folds == f), mine & (folds != f)
+            if not test.any() or not train.any():
+                continue
+            j = pick(acc[train].mean(axis=0), cost[train].mean(axis=0), train)
+            choices[g].append(j)
+            if j is not None:
+                got_acc[test], got_cost[test] = acc[test, j], cost[test, j]
+    return {"accuracy": float(got_acc.mean()), "cost": float(got_cost.mean()),
+            "choices": dict(choices)}
+
+
 def cv_choose(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
               limit: Callable[[np.ndarray], float], k: int = 5, seed: int = 0) -> dict[str, Any]:
     """For each fold, the column of best mean accuracy on the other folds among those whose
-    mean cost there is within `limit(train_mask)` (ties: the cheaper); scored on the fold.
-    Returns the held-out accuracy and cost (means over all problems) and the choices."""
-    n = len(problems)
-    if n == 0 or acc.shape[1] == 0:
-        return {"accuracy": None, "cost": None, "choices": []}
-    k = max(2, min(k, n))
-    folds = folds_of(list(problems), k, seed)
-    got_acc, got_cost, choices = np.zeros(n), np.zeros(n), []
-    for f in range(k):
-        test, train = folds == f, folds != f
-        if not test.any():
-            continue
-        a, c = acc[train].mean(axis=0), cost[train].mean(axis=0)
+    mean cost there is within `limit(train_mask)` (ties: the cheaper; None when none is,
+    scored as no answer at no cost); scored on the fold. Returns the held-out accuracy and
+    cost (means over all problems) and the choices, one per fold."""
+    def pick(a: np.ndarray, c: np.ndarray, train: np.ndarray) -> int | None:
         ok = np.flatnonzero(c <= limit(train) * (1 + 1e-9))
-        if len(ok) == 0:
-            choices.append(None)
-            got_acc[test], got_cost[test] = 0.0, 0.0  # nothing fits: no answer, no cost
-            continue
-        j = int(min(ok, key=lambda j: (-a[j], c[j])))
-        choices.append(j)
-        got_acc[test], got_cost[test] = acc[test, j], cost[test, j]
-    return {"accuracy": float(got_acc.mean()), "cost": float(got_cost.mean()), "choices": choices}
+        return int(min(ok, key=lambda j: (-a[j], c[j]))) if len(ok) else None
+
+    out = _held_out(problems, acc, cost, pick, None, k, seed)
+    return {**out, "choices": out["choices"].get("", [])}
 
 
 def cv_cheapest(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
@@ -68,24 +84,8 @@ def cv_cheapest(problems: Sequence[str], acc: np.ndarray, cost: np.ndarray,
     on the other folds among those whose mean accuracy there reaches `target(train_mask)` (the
     most accurate one when none does); scored on the fold. Returns the held-out accuracy and
     cost (means over all problems) and the choices, {group: [column per fold]}."""
-    n = len(problems)
-    if n == 0 or acc.shape[1] == 0:
-        return {"accuracy": None, "cost": None, "choices": {}}
-    groups = list(groups) if groups is not None else [""] * n
-    k = max(2, min(k, n))
-    folds = folds_of(list(problems), k, seed)
-    got_acc, got_cost = np.zeros(n), np.zeros(n)
-    choices: dict[str, list[int]] = defaultdict(list)
-    for g in sorted(set(groups)):
-        mine = np.array([x == g for x in groups])
-        for f in range(k):
-            test, train = mine & (folds == f), mine & (folds != f)
-            if not test.any() or not train.any():
-                continue
-            a, c = acc[train].mean(axis=0), cost[train].mean(axis=0)
-            ok = np.flatnonzero(a >= target(train) - 1e-12)
-            j = int(min(ok, key=lambda j: (c[j], -a[j]))) if len(ok) else int(np.argmax(a))
-            choices[g].append(j)
-            got_acc[test], got_cost[test] = acc[test, j], cost[test, j]
-    return {"accuracy": float(got_acc.mean()), "cost": float(got_cost.mean()),
-            "choices": dict(choices)}
+    def pick(a: np.ndarray, c: np.ndarray, train: np.ndarray) -> int:
+        ok = np.flatnonzero(a >= target(train) - 1e-12)
+        return int(min(ok, key=lambda j: (c[j], -a[j]))) if len(ok) else int(np.argmax(a))
+
+    return _held_out(problems, acc, cost, pick, groups, k, seed)
