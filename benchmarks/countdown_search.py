@@ -14,27 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 
 from ttscale.engine import load_generator
 from ttscale.engine.task_stops import with_task_stops
 from ttscale.strategies.voting import vote_keys
 from ttscale.tasks import get_task
+from ttscale.tasks.long_countdown import leaf
 from ttscale.tasks.effort import apply_effort, max_tokens_for
 from ttscale.types import GenerationRequest, SamplingParams
-
-# a leaf of the search: its value, the target it names and its verdict (either written form)
-LEAF = re.compile(r"^\d+[-+*/]\d+=(-?\d+) (?:vs (\d+) (yes|no)|(==|!=) (\d+))$")
-
-
-def leaves(text: str) -> list[tuple[int, int, bool]]:
-    out = []
-    for line in text.split("\n"):
-        if m := LEAF.match(line.strip()):
-            hit = m.group(3) == "yes" if m.group(2) else m.group(4) == "=="
-            out.append((int(m.group(1)), int(m.group(2) or m.group(5)), hit))
-    return out
-
 
 def greedy_row(gen, task, problems, effort: str) -> dict:
     asked = [apply_effort(p, effort) for p in problems]
@@ -46,7 +33,7 @@ def greedy_row(gen, task, problems, effort: str) -> dict:
         right += task.is_correct(p, c.text)
         tokens += len(c.token_ids)
         answered += task.extract_answer(c.text) is not None
-        for value, _, hit in leaves(c.text):
+        for value, _, hit in filter(None, map(leaf, c.text.split("\n"))):
             n_leaves += 1
             false_hits += hit and value != p.meta["target"]
     k = len(problems)

@@ -45,6 +45,22 @@ _BACK = re.compile(r"^back((?: \d{1,12})+)$")
 Move = tuple[int, str, int, int]  # a, op, b, c: the line `a op b=c`
 
 
+def _verdict(m: re.Match) -> tuple[int, bool]:
+    """The target a leaf line (an `_OP` match without `left`) names and whether it says hit."""
+    if m.group(6):
+        return int(m.group(6)), m.group(7) == "yes"
+    return int(m.group(9)), m.group(8) == "=="
+
+
+def leaf(line: str) -> tuple[int, int, bool] | None:
+    """A leaf of the search, `a op b=c` judged against a target (either verdict form): (c, the
+    target it names, whether it says hit); None for any other line."""
+    m = _OP.match(line.strip())
+    if m is None or m.group(5) is not None:
+        return None
+    return (int(m.group(4)), *_verdict(m))
+
+
 def _value(a: int, op: str, b: int) -> Fraction | None:
     if op == "/":
         return Fraction(a, b) if b else None
@@ -159,9 +175,8 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
                 ok = Counter(int(x) for x in m.group(5).split()) == Counter(rest + [c]) and bool(rest)
                 stack.append(rest + [c])
             elif ok:  # a leaf: its comparison with the target must be right
-                said, hit = ((m.group(6), m.group(7) == "yes") if m.group(6)
-                             else (m.group(9), m.group(8) == "=="))
-                ok = not rest and int(said) == target and hit == (c == target)
+                said, hit = _verdict(m)
+                ok = not rest and said == target and hit == (c == target)
                 found, dead = c == target, c != target
         else:
             ok = False
