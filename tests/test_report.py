@@ -76,3 +76,26 @@ def test_pass_at_k_and_frontier_helpers():
     pts = [{"flops": 1, "accuracy": 0.5, "config": "a"}, {"flops": 2, "accuracy": 0.4, "config": "b"},
            {"flops": 3, "accuracy": 0.7, "config": "c"}]
     assert [p["config"] for p in frontier(pts)] == ["a", "c"]
+
+
+def test_small_models_planner_is_held_to_the_large_models_greedy_flops(tmp_path):
+    """Beside the best fixed configuration, the small model's cross-validated planner is given
+    the large model's greedy FLOPs per problem (overall and per level) and spends no more."""
+    d = _copy(tmp_path)
+    greedy = [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()
+              if json.loads(line)["strategy"] == "greedy"]
+    assert greedy
+    with (d / "results.jsonl").open("a") as f:  # a 4x larger model: greedy at 4x the FLOPs
+        for r in greedy:
+            f.write(json.dumps({**r, "key": r["key"] + "-large", "model": "large", "flops": 4 * r["flops"],
+                                "cost": {**r["cost"], "flops": 4 * r["flops"]}}) + "\n")
+    sizes = json.loads((d / "models.json").read_text())
+    sizes["large"] = {**sizes["ttscale-tiny"], "n_params": 4 * sizes["ttscale-tiny"]["n_params"]}
+    (d / "models.json").write_text(json.dumps(sizes))
+    s = analyze(d)["headline"]["small_search_vs_large_greedy"]
+    assert (s["small_model"], s["large_model"]) == ("ttscale-tiny", "large")
+    for row in [s] + s["per_level"]:
+        assert row["planner"]["budget"] == row["large_flops"]
+        assert 0 < row["planner"]["flops"] <= row["large_flops"] * (1 + 1e-9)
+        assert 0 <= row["planner"]["accuracy"] <= 1
+    assert len(s["per_level"]) == len({r["level"] for r in greedy})

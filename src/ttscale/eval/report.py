@@ -347,6 +347,13 @@ def analyze(results_dir: str | Path, folds: int = 5) -> dict[str, Any]:
                 curve, [held_out_reference(table, k=folds, per_task=True)])
             headline["planner_vs_best_fixed_per_task_hindsight"] = planner_headline(
                 curve, per_task_fixed_points(table))
+        svl = headline.get("small_search_vs_large_greedy")
+        if svl:  # the small model's planner given the large model's greedy FLOPs, held out
+            levels = np.array(table.levels)
+            for row, sub in [(svl, table)] + [(r, table.subset(levels == r["level"]))
+                                              for r in svl["per_level"]]:
+                [at] = cross_validate(sub, [row["large_flops"]], k=folds)
+                row["planner"] = {"accuracy": at.accuracy, "flops": at.flops, "budget": at.budget}
         out["planner_curve"] = [c.__dict__ for c in curve]
         out["plan"] = {"path": str(results_dir / PLAN_FILE), "edges": plan.edges,
                        "probe_cost": plan.probe_cost, "bins": plan.calibration["bin_sizes"],
@@ -542,10 +549,18 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   f"({s['num_problems']} problems; {s['small_model']} greedy: "
                   f"{_fmt(s['small_greedy_accuracy'], True)}; the small model's configuration is "
                   "chosen on other problems, 5 folds)."]
+        if s.get("planner"):
+            lines.append(f"  - the planner on {s['small_model']} ({s['small_model']}'s records, "
+                         f"cross-validated), given {s['large_model']}'s greedy FLOPs per problem: "
+                         f"{_fmt(s['planner']['accuracy'], True)} at {_fmt(s['planner']['flops'])} "
+                         "FLOPs")
         for row in s.get("per_level") or []:
+            planned = (f"; planner {_fmt(row['planner']['accuracy'], True)} at "
+                       f"{_fmt(row['planner']['flops'])} FLOPs" if row.get("planner") else "")
             lines.append(f"  - level {row['level']}: {_fmt(row['small_accuracy'], True)} at "
-                         f"{_fmt(row['small_flops'])} FLOPs ({row['small_config']}) against "
-                         f"{_fmt(row['large_accuracy'], True)} at {_fmt(row['large_flops'])} FLOPs")
+                         f"{_fmt(row['small_flops'])} FLOPs ({row['small_config']}){planned} "
+                         f"against {_fmt(row['large_accuracy'], True)} at "
+                         f"{_fmt(row['large_flops'])} FLOPs")
     lat = h.get("latency")
     if lat:
         lines += [f"- Latency: greedy decoding takes {_fmt(lat['greedy_wall_s'])} s per problem "
