@@ -7,6 +7,7 @@ records dropped (the grid before stop 28); both with every fold seed the report 
 row per set, the table of docs/results.md ("four sets of problems").
 
     python benchmarks/problem_sets.py --seeds 0,1,2,3 --out-dir runs/sets --threads 1
+    python benchmarks/problem_sets.py --grid-model ttscale-small-long --out-dir runs/sets-long
 """
 from __future__ import annotations
 
@@ -20,11 +21,14 @@ from pathlib import Path
 from ttscale.eval.report import analyze
 
 
-def run_set(seed: int, out: Path, threads: int) -> None:
-    """The default sweep on seed `seed`'s problems (resumed when `out` holds part of it)."""
+def run_set(seed: int, out: Path, threads: int, grid_model: str | None = None) -> None:
+    """The default sweep on seed `seed`'s problems (resumed when `out` holds part of it), with
+    `grid_model` running its grid when given."""
     code = "import sys; from ttscale.cli import main; sys.argv[0] = 'ttscale'; main()"
     cmd = [sys.executable, "-c", code, "sweep", "--seed", str(seed), "--out", str(out),
            "--threads", str(threads), "--no-report", "--json"]
+    if grid_model:
+        cmd += ["--grid-model", grid_model]
     if (out / "results.jsonl").exists():
         cmd.append("--resume")
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -55,7 +59,19 @@ def figures(results: Path) -> dict:
             "planner_per_task": pick(h.get("planner_vs_best_fixed_per_task")),
             "adaptive_rule": ad.get("rule"), "adaptive_stopping_saving": ad.get("saving"),
             "adaptive_by_fold_seed": ad.get("saving_by_fold_seed"),
-            "adaptive_by_setting": h.get("adaptive_stopping_by_setting")}
+            "adaptive_by_setting": h.get("adaptive_stopping_by_setting"),
+            "small_vs_large": _small_vs_large(h.get("small_search_vs_large_greedy"))}
+
+
+def _small_vs_large(s: dict | None) -> dict | None:
+    """The small model's best fixed configuration and its planner, both held out and within the
+    large model's greedy FLOPs, against that greedy accuracy; per level the planner's margin."""
+    if not s:
+        return None
+    return {"small_model": s["small_model"], "fixed": s["small_accuracy"],
+            "planner": (s.get("planner") or {}).get("accuracy"), "large": s["large_accuracy"],
+            "planner_minus_large_by_level": {r["level"]: r["planner"]["accuracy"] - r["large_accuracy"]
+                                             for r in s["per_level"] if r.get("planner")}}
 
 
 def main() -> None:
@@ -63,6 +79,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3", help="Problem seeds, comma-separated.")
     ap.add_argument("--out-dir", type=Path, default=Path("runs/sets"))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--grid-model", default=None,
+                    help="The model that runs the default's grid (default: the default's).")
     args = ap.parse_args()
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -70,7 +88,7 @@ def main() -> None:
         ap.error(f"--seeds {args.seeds!r}: expected integers separated by commas, e.g. 0,1,2,3")
     for seed in seeds:
         out = args.out_dir / f"seed{seed}"
-        run_set(seed, out, args.threads)
+        run_set(seed, out, args.threads, args.grid_model)
         row = {"seed": seed, **figures(out),
                "without_confident": figures(without_rule(out, args.out_dir / f"seed{seed}-noconf",
                                                          "confident_consistency"))}

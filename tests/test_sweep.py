@@ -216,3 +216,20 @@ def test_the_default_sweep_runs_both_modes_on_a_model_that_learned_the_long_mode
     cfg = default_config()
     assert cfg.efforts == ["low", "high"] and thinks_long(resolve_model(cfg.models[0]))
     assert cfg.scorer == "likelihood" and cfg.baseline_models == ["ttscale-base"]
+
+
+def test_grid_model_keeps_the_embedded_default_around_another_grid_model():
+    from typer.testing import CliRunner
+
+    from ttscale.cli import app
+    from ttscale.eval.sweep import default_config
+
+    base, other = default_config(), default_config(grid_model="ttscale-tiny")
+    assert other.models == ["ttscale-tiny"] and other.efforts == ["low"]  # tiny has no long mode
+    assert (other.tasks, other.levels, other.baseline_models, other.runs) == (
+        base.tasks, base.levels, base.baseline_models, base.runs)
+    assert default_config(grid_model="ttscale-small-long").efforts == ["low", "high"]
+    res = CliRunner().invoke(app, ["sweep", "--model", "ttscale-tiny", "--grid-model", "ttscale-tiny"])
+    assert res.exit_code == 2 and "--grid-model" in res.output
+    res = CliRunner().invoke(app, ["sweep", "--grid-model", "no-such-model"])
+    assert res.exit_code != 0 and "no-such-model" in (res.output + str(res.exception))

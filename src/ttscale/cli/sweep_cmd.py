@@ -40,6 +40,9 @@ def _floats(text: str | None, name: str) -> list[float] | None:
 def sweep_cmd(
     model: list[str] = typer.Option([], "--model", help="Model(s) that run the whole grid "
                                     "(default: the smallest shipped model)."),
+    grid_model: Optional[str] = typer.Option(None, "--grid-model", help="The embedded default "
+                                             "with this model running its grid (the other "
+                                             "settings kept; --model starts from a bare grid)."),
     baseline_model: list[str] = typer.Option([], "--baseline-model", help="Model(s) that "
                                              "run only greedy (default: the largest shipped)."),
     task: list[str] = typer.Option([], "--task", help="arith, countdown or a .jsonl file "
@@ -105,7 +108,11 @@ def sweep_cmd(
         import torch
 
         torch.set_num_threads(threads)
-    cfg: SweepConfig = default_config() if not model else SweepConfig(models=list(model))
+    if model and grid_model:
+        raise typer.BadParameter(f"--grid-model {grid_model!r} with --model: accepted is one of "
+                                 "them (--model: a bare grid; --grid-model: the embedded default)")
+    cfg: SweepConfig = (SweepConfig(models=list(model)) if model
+                        else default_config(grid_model=grid_model))
     overrides: dict[str, Any] = {
         "baseline_models": list(baseline_model) or None, "tasks": list(task) or None,
         "levels": _ints(levels, "levels"), "num_problems": num_problems, "split": split,

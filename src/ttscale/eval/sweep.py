@@ -579,20 +579,23 @@ def thinks_long(model_path: str | Path) -> bool:
     return card.exists() and any(r.get("effort") == "high" for r in json.loads(card.read_text()))
 
 
-def default_config() -> SweepConfig:
-    """The embedded default: the smallest shipped model that has learned the long mode (else the
-    smallest) runs the grid in both modes, the largest runs greedy decoding; built-in tasks at
+def default_config(grid_model: str | None = None) -> SweepConfig:
+    """The embedded default: `grid_model` (default: the smallest shipped model that has learned
+    the long mode, else the smallest) runs the grid, in both modes when it has learned the long
+    one; the largest runs greedy decoding; built-in tasks at
     mixed levels, so problems differ in difficulty; 24 problems per task and level, because with
     12 the planner's cross-validated figures moved with the fold seed by more than their
     targets' margins. Sized to finish within 10 minutes on 2 CPU cores (docs/results.md has the
     timing and why these choices)."""
-    from ttscale.models.registry import list_models
+    from ttscale.models.registry import list_models, resolve_model
 
     policies = [m for m in list_models() if getattr(m, "kind", "policy") == "policy" and not m.parent]
     if not policies:
         raise TTScaleError("no shipped models found; train them with `make models` or pass --model")
     long_mode = [m for m in policies if thinks_long(m.path)]
     small, large = (long_mode or policies)[0].name, policies[-1].name
+    if grid_model is not None:
+        small, long_mode = grid_model, thinks_long(resolve_model(grid_model))
     runs = [RunSpec("greedy")]
     if any(getattr(m, "kind", "") == "prm" for m in list_models()):  # tree search needs a PRM
         # in the short mode only: the shipped PRM was trained on short-mode solutions and cannot
