@@ -88,11 +88,18 @@ def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
     return rest
 
 
+def _first_key(move: Move) -> tuple:
+    """The order in which a search tries first moves: the smaller result first (ties: the move)."""
+    a, op, b, c = move
+    return (c, _move_key(a, op, b))
+
+
 def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rng: random.Random,
-              max_value: int) -> list[Move] | None:
+              max_value: int, below: tuple | None = None) -> list[Move] | None:
     """A random chain of operations from `pool` down to one number other than the target.
 
-    Its first move is none of `avoid` (the moves already tried from `pool`).
+    Its first move is none of `avoid` (the moves already tried from `pool`) and, given `below`,
+    comes before it in the order of `_first_key`.
     """
     chain = []
     pool = list(pool)
@@ -103,7 +110,8 @@ def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rn
         rng.shuffle(moves)
         for a, op, b in moves:
             v = _value(a, op, b)
-            if v is not None and v.denominator == 1 and 0 < v <= max_value:
+            if v is not None and v.denominator == 1 and 0 < v <= max_value and (
+                    chain or below is None or _first_key((a, op, b, int(v))) < below):
                 break
         else:
             return None
@@ -124,11 +132,15 @@ def long_solution(numbers: list[int], target: int, path: list[Move], answer: str
     """
     lines: list[str] = []
     tried = {_move_key(*path[0][:3])} if path else set()
+    below = _first_key(path[0]) if path else None
+    dead_ends = []
     for _ in range(rng.randint(0, max_dead_ends) if rng is not None and path else 0):
-        chain = _dead_end(numbers, target, tried, rng, max_value)
+        chain = _dead_end(numbers, target, tried, rng, max_value, below)
         if chain is None:
             break
         tried.add(_move_key(*chain[0][:3]))
+        dead_ends.append(chain)
+    for chain in sorted(dead_ends, key=lambda ch: _first_key(ch[0])):
         lines += _chain_lines(numbers, chain, target)
         lines.append("back " + " ".join(map(str, numbers)))
     lines += _chain_lines(numbers, path, target)
