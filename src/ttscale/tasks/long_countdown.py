@@ -41,7 +41,7 @@ from ttscale.tasks.base import ANSWER_PREFIX
 # `c vs T yes|no` (or, as the shipped models learned it, `c ==|!= T`: the verdict before the target)
 _OP = re.compile(r"^(\d{1,6})([-+*/])(\d{1,6})=(-?\d{1,12})"
                  r"(?: left((?: \d{1,12})+)| vs (\d{1,12}) (yes|no)| (==|!=) (\d{1,12}))$")
-_BACK = re.compile(r"^back((?: \d{1,12})+)(?: above (\d{1,12}))?$")
+_BACK = re.compile(r"^back((?: \d{1,12})+)$")
 Move = tuple[int, str, int, int]  # a, op, b, c: the line `a op b=c`
 
 
@@ -88,17 +88,11 @@ def _apply_to_pool(pool: list[int], a: int, b: int) -> list[int] | None:
     return rest
 
 
-def _first_key(move: Move) -> int:
-    """The order in which a search tries first moves: the smaller result first."""
-    return move[3]
-
-
 def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rng: random.Random,
-              max_value: int, below: tuple | None = None) -> list[Move] | None:
+              max_value: int) -> list[Move] | None:
     """A random chain of operations from `pool` down to one number other than the target.
 
-    Its first move is none of `avoid` (the moves already tried from `pool`) and, given `below`,
-    comes before it in the order of `_first_key`.
+    Its first move is none of `avoid` (the moves already tried from `pool`).
     """
     chain = []
     pool = list(pool)
@@ -109,8 +103,7 @@ def _dead_end(pool: list[int], target: int, avoid: set[tuple[int, str, int]], rn
         rng.shuffle(moves)
         for a, op, b in moves:
             v = _value(a, op, b)
-            if v is not None and v.denominator == 1 and 0 < v <= max_value and (
-                    chain or below is None or _first_key((a, op, b, int(v))) < below):
+            if v is not None and v.denominator == 1 and 0 < v <= max_value:
                 break
         else:
             return None
@@ -131,18 +124,13 @@ def long_solution(numbers: list[int], target: int, path: list[Move], answer: str
     """
     lines: list[str] = []
     tried = {_move_key(*path[0][:3])} if path else set()
-    below = _first_key(path[0]) if path else None
-    dead_ends = []
     for _ in range(rng.randint(0, max_dead_ends) if rng is not None and path else 0):
-        chain = _dead_end(numbers, target, tried, rng, max_value, below)
+        chain = _dead_end(numbers, target, tried, rng, max_value)
         if chain is None:
             break
         tried.add(_move_key(*chain[0][:3]))
-        if all(_first_key(chain[0]) != _first_key(d[0]) for d in dead_ends):
-            dead_ends.append(chain)
-    for chain in sorted(dead_ends, key=lambda ch: _first_key(ch[0])):
         lines += _chain_lines(numbers, chain, target)
-        lines.append("back " + " ".join(map(str, numbers)) + f" above {chain[0][3]}")
+        lines.append("back " + " ".join(map(str, numbers)))
     lines += _chain_lines(numbers, path, target)
     return "".join(line + "\n" for line in lines) + f"{ANSWER_PREFIX}{answer}\n"
 
@@ -166,7 +154,6 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
     stack: list[list[int]] = [list(numbers)]  # the states of the current branch, root first
     found = False  # the last step reached the target
     dead = False  # the last step ended a branch that missed it
-    leaf_value = None  # the result of the last leaf
     verdicts: list[bool] = []
     ok = True
     for raw in steps:
@@ -177,9 +164,6 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
             want = Counter(int(x) for x in m.group(1).split())
             idx = next((i for i in range(len(stack) - 1, -1, -1) if Counter(stack[i]) == want), None)
             ok = idx is not None and not found and (dead or idx < len(stack) - 1)
-            # `above N`: N is the result of the move the branch made from that state
-            made = stack[idx + 1][-1] if ok and idx + 1 < len(stack) else leaf_value
-            ok = ok and (m.group(2) is None or int(m.group(2)) == made)
             if ok:
                 del stack[idx + 1:]
                 dead = False
@@ -193,7 +177,7 @@ def check_long_steps(numbers: list[int], target: int, steps: list[str], check_an
             elif ok:  # a leaf: its comparison with the target must be right
                 said, hit = _verdict(m)
                 ok = not rest and said == target and hit == (c == target)
-                found, dead, leaf_value = c == target, c != target, c
+                found, dead = c == target, c != target
         else:
             ok = False
         verdicts.append(ok)
