@@ -70,8 +70,9 @@ def _small_vs_large(s: dict | None) -> dict | None:
         return None
     return {"small_model": s["small_model"], "fixed": s["small_accuracy"],
             "planner": (s.get("planner") or {}).get("accuracy"), "large": s["large_accuracy"],
-            "planner_minus_large_by_level": {r["level"]: r["planner"]["accuracy"] - r["large_accuracy"]
-                                             for r in s["per_level"] if r.get("planner")}}
+            "planner_minus_large_by_level": {
+                r["level"]: r["planner"]["accuracy"] - r["large_accuracy"]
+                for r in s["per_level"] if r.get("planner")}}
 
 
 def main() -> None:

@@ -87,7 +87,8 @@ def test_small_models_planner_is_held_to_the_large_models_greedy_flops(tmp_path)
     assert greedy
     with (d / "results.jsonl").open("a") as f:  # a 4x larger model: greedy at 4x the FLOPs
         for r in greedy:
-            f.write(json.dumps({**r, "key": r["key"] + "-large", "model": "large", "flops": 4 * r["flops"],
+            f.write(json.dumps({**r, "key": r["key"] + "-large", "model": "large",
+                                "flops": 4 * r["flops"],
                                 "cost": {**r["cost"], "flops": 4 * r["flops"]}}) + "\n")
     sizes = json.loads((d / "models.json").read_text())
     sizes["large"] = {**sizes["ttscale-tiny"], "n_params": 4 * sizes["ttscale-tiny"]["n_params"]}

@@ -229,7 +229,8 @@ def test_grid_model_keeps_the_embedded_default_around_another_grid_model():
     assert (other.tasks, other.levels, other.baseline_models, other.runs) == (
         base.tasks, base.levels, base.baseline_models, base.runs)
     assert default_config(grid_model="ttscale-small-long").efforts == ["low", "high"]
-    res = CliRunner().invoke(app, ["sweep", "--model", "ttscale-tiny", "--grid-model", "ttscale-tiny"])
+    res = CliRunner().invoke(app, ["sweep", "--model", "ttscale-tiny",
+                                   "--grid-model", "ttscale-tiny"])
     assert res.exit_code == 2 and "--grid-model" in res.output
     res = CliRunner().invoke(app, ["sweep", "--grid-model", "no-such-model"])
     assert res.exit_code != 0 and "no-such-model" in (res.output + str(res.exception))

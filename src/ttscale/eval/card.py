@@ -56,7 +56,8 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str 
         f"- command: `{command}`",
         f"- data: synthetic step-by-step solutions of the built-in tasks {cfg.get('tasks', meta.get('tasks', '?'))}, "
         f"levels {cfg.get('levels', '?')}, train split only (fresh problems every step)"
-        + (f", {cfg['long_fraction']:.0%} of them in the long mode" if cfg.get("long_fraction") else ""),
+        + (f", {cfg['long_fraction']:.0%} of them in the long mode"
+           if cfg.get("long_fraction") else ""),
         f"- steps: {meta.get('steps', '?')} (batch {cfg.get('batch_size', '?')} x {cfg.get('block', '?')} tokens, "
         f"{meta.get('tokens_total', 0):,} tokens)",
         f"- wall time: {meta.get('wall_s', 0) / 60:.1f} min on {meta.get('device', '?')} "

@@ -550,8 +550,8 @@ def render_markdown(a: dict[str, Any], plots: dict[str, str]) -> str:
                   f"{_fmt(s['small_greedy_accuracy'], True)}; the small model's configuration is "
                   "chosen on other problems, 5 folds)."]
         if s.get("planner"):
-            lines.append(f"  - the planner on {s['small_model']} ({s['small_model']}'s records, "
-                         f"cross-validated), given {s['large_model']}'s greedy FLOPs per problem: "
+            lines.append(f"  - {s['small_model']}'s planner (cross-validated), given "
+                         f"{s['large_model']}'s greedy FLOPs per problem: "
                          f"{_fmt(s['planner']['accuracy'], True)} at {_fmt(s['planner']['flops'])} "
                          "FLOPs")
         for row in s.get("per_level") or []:
