@@ -58,3 +58,14 @@ def test_ship_refuses_a_taken_name_and_a_directory_that_is_not_a_trained_model(t
         ship_model(rl, "c", root=tmp_path / "shipped")
     with pytest.raises(TTScaleError, match="not a trained model directory"):
         ship_model(tmp_path / "nothing", "d", root=tmp_path / "shipped")
+
+
+def test_the_server_defaults_to_the_largest_family_model_not_a_shipped_child():
+    from ttscale.models.registry import list_models
+    from ttscale.serve.build import default_model
+
+    family = [m for m in list_models() if m.kind == "policy" and not m.parent]
+    children = [m for m in list_models() if m.parent]
+    assert children, "the repository ships children (ttscale-small-rl, ...)"
+    assert default_model() == family[-1].path
+    assert family[-1].params == max(m.params for m in list_models() if m.kind == "policy")
