@@ -63,6 +63,7 @@ def write_card(model_dir: str | Path, rows: list[EvalResult], eval_command: str 
         f"- wall time: {meta.get('wall_s', 0) / 60:.1f} min on {meta.get('device', '?')} "
         f"(torch {meta.get('torch', '?')})",
         f"- final training loss (EMA): {meta.get('final_loss_ema') or float('nan'):.4f}",
+        *([f"- stored as: {meta['stored_as']}"] if meta.get("stored_as") else []),
         *([f"- before this run: {meta['stage1']}"] if meta.get("stage1") else []), "",
         "## Accuracy", "",
         f"Test split, fixed problems (seed 0). Greedy decoding; maj@n and pass@n from n samples at "
