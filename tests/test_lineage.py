@@ -61,11 +61,12 @@ def test_ship_refuses_a_taken_name_and_a_directory_that_is_not_a_trained_model(t
 
 
 def test_the_server_defaults_to_the_largest_family_model_not_a_shipped_child():
-    from ttscale.models.registry import list_models
+    from ttscale.models.registry import family_models, list_models
     from ttscale.serve.build import default_model
 
-    family = [m for m in list_models() if m.kind == "policy" and not m.parent]
+    family = family_models()
     children = [m for m in list_models() if m.parent]
     assert children, "the repository ships children (ttscale-small-rl, ...)"
     assert default_model() == family[-1].path
+    assert default_model() not in {m.path for m in children}
     assert family[-1].params == max(m.params for m in list_models() if m.kind == "policy")

@@ -69,10 +69,10 @@ def check_calibration(rows: Iterable[dict[str, Any]], models: list[str], top_lev
 
 def check_family(model_dirs: list[str | Path] | None = None, **kw: float) -> list[Finding]:
     """Findings from the cards of `model_dirs` (default: the shipped family, no fine-tunes)."""
-    from ttscale.models.registry import list_models, model_info, resolve_model
+    from ttscale.models.registry import family_models, model_info, resolve_model
 
     if model_dirs is None:
-        infos = [m for m in list_models() if m.kind == "policy" and not m.parent]
+        infos = family_models()
     else:
         infos = [model_info(Path(resolve_model(str(d)))) for d in model_dirs]
     rows, names = [], []

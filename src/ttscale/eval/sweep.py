@@ -587,15 +587,17 @@ def default_config(grid_model: str | None = None) -> SweepConfig:
     12 the planner's cross-validated figures moved with the fold seed by more than their
     targets' margins. Sized to finish within 10 minutes on 2 CPU cores (docs/results.md has the
     timing and why these choices)."""
-    from ttscale.models.registry import list_models, resolve_model
+    from ttscale.models.registry import family_models, list_models, resolve_model
 
-    policies = [m for m in list_models() if getattr(m, "kind", "policy") == "policy" and not m.parent]
+    policies = family_models()
     if not policies:
         raise TTScaleError("no shipped models found; train them with `make models` or pass --model")
-    long_mode = [m for m in policies if thinks_long(m.path)]
-    small, large = (long_mode or policies)[0].name, policies[-1].name
-    if grid_model is not None:
-        small, long_mode = grid_model, thinks_long(resolve_model(grid_model))
+    large = policies[-1].name
+    if grid_model is None:
+        long_mode = [m for m in policies if thinks_long(m.path)]
+        small, both_modes = (long_mode or policies)[0].name, bool(long_mode)
+    else:
+        small, both_modes = grid_model, thinks_long(resolve_model(grid_model))
     runs = [RunSpec("greedy")]
     if any(getattr(m, "kind", "") == "prm" for m in list_models()):  # tree search needs a PRM
         # in the short mode only: the shipped PRM was trained on short-mode solutions and cannot
@@ -607,5 +609,5 @@ def default_config(grid_model: str | None = None) -> SweepConfig:
         models=[small], baseline_models=[large] if large != small else [],
         tasks=["countdown", "arith"], levels=[1, 2, 3, 4], num_problems=24, split="test",
         n_max=16, ns=[1, 2, 4, 8, 16], replicates=4, temperature=0.6, max_tokens=96,
-        efforts=["low", "high"] if long_mode else ["low"],
+        efforts=["low", "high"] if both_modes else ["low"],
         scorer="likelihood", side_scorers=["checker"], runs=runs, baseline_runs=[RunSpec("greedy")])

@@ -56,6 +56,12 @@ def list_models() -> list[ModelInfo]:
     return sorted(found, key=lambda m: m.params)
 
 
+def family_models() -> list[ModelInfo]:
+    """The shipped family: policies trained from scratch, smallest first (no shipped children,
+    which name a `parent`, and no verifiers)."""
+    return [m for m in list_models() if m.kind == "policy" and not m.parent]
+
+
 def resolve_model(name_or_path: str) -> str:
     """The directory of a shipped model given its short name, a model directory (with
     config.json) or a `.gguf` file; any kind of model (policies and verifiers)."""

@@ -49,10 +49,9 @@ class ServeOptions:
 def default_model() -> str:
     """The largest model of the shipped family (a policy trained from scratch; a shipped child,
     such as ttscale-base-long, is served only when named)."""
-    from ttscale.models.registry import list_models, models_dir
+    from ttscale.models.registry import family_models, models_dir
 
-    shipped = [m for m in list_models() if m.name.startswith("ttscale-")
-               and m.kind == "policy" and not m.parent]
+    shipped = [m for m in family_models() if m.name.startswith("ttscale-")]
     if not shipped:
         raise TTScaleError(f"no shipped model in {models_dir()}; pass --model DIR or --upstream URL")
     return shipped[-1].path
