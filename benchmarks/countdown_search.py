@@ -17,11 +17,13 @@ import json
 
 from ttscale.engine import load_generator
 from ttscale.engine.task_stops import with_task_stops
+from ttscale.rewards.likelihood import mean_logprob
 from ttscale.strategies.voting import vote_keys
 from ttscale.tasks import get_task
-from ttscale.tasks.long_countdown import leaf
 from ttscale.tasks.effort import apply_effort, max_tokens_for
+from ttscale.tasks.long_countdown import leaf
 from ttscale.types import GenerationRequest, SamplingParams
+
 
 def greedy_row(gen, task, problems, effort: str) -> dict:
     asked = [apply_effort(p, effort) for p in problems]
@@ -55,7 +57,8 @@ def sampled_row(gen, task, problems, n: int, temperature: float, seed: int) -> d
         tokens += sum(len(c.token_ids) for c in r.completions) / n
         lead = vote_keys([task.answer_key(a) for a in answers])  # ties: the earliest answer
         maj += lead is not None and right[lead]
-        mean_lp = [sum(c.logprobs or [0.0]) / max(1, len(c.token_ids)) for c in r.completions]
+        # the likelihood scorer's ranking (an empty sample ranks last)
+        mean_lp = [mean_logprob(c.logprobs or []) for c in r.completions]
         best += right[max(range(n), key=mean_lp.__getitem__)]
     k = len(problems)
     return {"per_sample": one / k, "majority": maj / k, "best_by_likelihood": best / k,
