@@ -55,7 +55,11 @@ def test_spec_and_long_workloads_report_their_figures(random_model_dir):
     assert set(s["spec_speedup"]) == {"greedy/2", "sampled/2"} and s["identical"] is True
     assert all(v > 0 for v in s["spec_speedup"].values())
     assert all(0 <= v <= 1 for v in s["acceptance_rate"].values())
-    assert "speedup" in table(s)
+    assert "speedup" in table(s) and s["effort"] == "low"
+    h = bench_spec(random_model_dir, draft="ngram", k=3, ns=(1,), max_tokens=4, repeats=1, effort="high")
+    assert h["effort"] == "high" and h["prompt_tokens"] > s["prompt_tokens"]  # "Think: " prompts
+    with pytest.raises(TTScaleError, match="unknown effort 'auto'; accepted: low, high"):
+        bench_spec(random_model_dir, ns=(1,), max_tokens=4, repeats=1, effort="auto")
     r = bench_long(random_model_dir, n=4, prompt_tokens=60, max_tokens=5, kv_fraction=0.1)
     assert r["identical"] is True and r["prompt_tokens"] >= 60
     assert 0 < r["kv_bytes_peak"] <= r["kv_memory"] and r["kv_bytes_unbounded"] > 0

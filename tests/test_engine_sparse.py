@@ -359,6 +359,17 @@ def test_bench_sparse_reports_the_contract_keys(random_model_dir, tmp_path):
     assert "workload sparse" in append_to_doc(r, "test", tmp_path / "b.md").read_text()
     with pytest.raises(TTScaleError, match="sparse_attention topk=-2"):
         bench_sparse(random_model_dir, problems=1, settings=["topk=-2"])
+    with pytest.raises(TTScaleError, match="task='gsm8k' has no long mode; accepted: arith, countdown"):
+        bench_sparse(random_model_dir, problems=1, settings=[c], task="gsm8k")
+
+
+def test_bench_sparse_draws_the_chains_of_the_task_and_seed_asked(random_model_dir):
+    from ttscale.bench.engine import bench_sparse, table
+
+    r = bench_sparse(random_model_dir, problems=1, settings=["block=16,sink=1,window=2,topk=2"],
+                     n=1, max_tokens=4, long_tokens=100, task="countdown", level=2, seed=3)
+    assert (r["task"], r["level"], r["seed"]) == ("countdown", 2, 3)
+    assert "1 countdown level-2 problems" in table(r)
 
 
 def test_bench_cli_names_a_bad_setting(random_model_dir):

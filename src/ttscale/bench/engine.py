@@ -285,8 +285,10 @@ SPEC_NS = (1, 16)
 
 def bench_spec(model: str | None = None, draft: str = "ngram", k: int = 4, ns=SPEC_NS,
                max_tokens: int = 128, device: str = "cpu", dtype: str = "float32",
-               repeats: int = 3) -> dict:
-    """Speculative decoding against plain decoding on long arith chains (workload "spec").
+               repeats: int = 3, effort: str = "low") -> dict:
+    """Speculative decoding against plain decoding on long arith chains (workload "spec"):
+    four arith level-5 test problems, asked in the short mode or, with effort "high", in the
+    long mode (digit-level steps, a few hundred tokens each; give max_tokens room for them).
 
     For greedy and sampled decoding at each n, every prompt is generated alone (batch 1 when
     n=1) by the plain engine and then by the speculative one, repeat after repeat; reported:
@@ -297,12 +299,20 @@ def bench_spec(model: str | None = None, draft: str = "ngram", k: int = 4, ns=SP
 
     dev = parse_device(device)
     path, label = default_model() if model is None else (resolve_model(model), model)
+    from ttscale.tasks import LEVELS, get_task
+    from ttscale.tasks.effort import apply_effort
+
+    if effort not in ("low", "high"):
+        raise unknown("effort", effort, ("low", "high"))
     prompts = workload_prompts("spec")
+    if effort == "high":
+        prompts = [apply_effort(p, "high").prompt
+                   for p in get_task("arith").problems("test", level=max(LEVELS), n=len(prompts))]
     plain = TorchEngine(path, device=device, dtype=dtype)
     spec = TorchEngine(path, device=device, dtype=dtype, speculative={"draft": draft, "k": k})
     ids = [plain.tokenize(p) for p in prompts]
     result = {"model": label, "params": plain.shape.n_params, "device": str(dev), "dtype": dtype,
-              "workload": "spec", "draft": draft, "k": k, "prompts": len(prompts),
+              "workload": "spec", "draft": draft, "k": k, "effort": effort, "prompts": len(prompts),
               "prompt_tokens": sum(len(x) for x in ids), "max_tokens": max_tokens,
               "ns": list(ns), "plain_tok_s": {}, "spec_tok_s": {}, "spec_speedup": {},
               "acceptance_rate": {}}
@@ -422,11 +432,12 @@ def sparse_model() -> tuple[str, str]:
 
 def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, level: int = SPARSE_LEVEL,
                  settings=SPARSE_SETTINGS, n: int = 16, max_tokens: int = 128, long_tokens: int = 768,
-                 device: str = "cpu", dtype: str = "float32", repeats: int = 1) -> dict:
+                 device: str = "cpu", dtype: str = "float32", repeats: int = 1,
+                 task: str = "arith", seed: int = 0) -> dict:
     """Block-sparse decode attention (`engine.sparse`) against dense attention (workload "sparse").
 
     Chains: greedy long-mode chains ("Think: " prompts, effort high, up to 768 tokens) of
-    `problems` arith test problems at `level`, all handed over at once, by the dense engine and
+    `problems` test problems of `task` (arith or countdown) at `level` (drawn with `seed`), all handed over at once, by the dense engine and
     under each setting: accuracy, agreement with the dense tokens, KV fraction read per decoded
     token, tokens/s. Long context: n sampled continuations (max_tokens) of one prompt of about
     `long_tokens` tokens (or what the model's context leaves), dense and per setting: tokens/s
@@ -436,7 +447,7 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
     from ttscale.engine.sparse import SparseCounters, parse_sparse
     from ttscale.engine.task_stops import with_task_stops
     from ttscale.models.registry import resolve_model
-    from ttscale.tasks import get_task
+    from ttscale.tasks import BUILTIN_TASKS, get_task
     from ttscale.tasks.effort import LONG_MAX_TOKENS, apply_effort
 
     dev = parse_device(device)
@@ -449,8 +460,10 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
     configs = [None] + names
     engines = {c: TorchEngine(path, device=device, dtype=dtype, sparse_attention=c) for c in configs}
     dense = engines[None]
-    task = get_task("arith")
-    probs = [apply_effort(p, "high") for p in task.problems("test", level=level, n=problems)]
+    if task not in BUILTIN_TASKS:
+        raise TTScaleError(f"task={task!r} has no long mode; accepted: {', '.join(BUILTIN_TASKS)}")
+    task = get_task(task)
+    probs = [apply_effort(p, "high") for p in task.problems("test", level=level, n=problems, seed=seed)]
     chain = [GenerationRequest(p.prompt, SamplingParams(temperature=0.0, max_tokens=LONG_MAX_TOKENS))
              for p in probs]
     room = dense.context_length - max_tokens - 80  # a shot may overshoot
@@ -489,7 +502,7 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
     frac = lambda part, key: {c: round(reads[part, c][key], 4) for c in names}  # noqa: E731
     result = {
         "model": label, "params": dense.shape.n_params, "device": str(dev), "dtype": dtype,
-        "workload": "sparse", "task": "arith", "level": level, "effort": "high",
+        "workload": "sparse", "task": task.name, "level": level, "seed": seed, "effort": "high",
         "problems": problems, "chain_max_tokens": LONG_MAX_TOKENS, "settings": names,
         "accuracy_dense": acc[None], "accuracy_sparse": {c: acc[c] for c in names},
         "kv_read_fraction": frac("chains", "kv_read_fraction"),
@@ -519,7 +532,7 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
 
 def sparse_table(r: dict) -> str:
     lines = [f"model {r['model']} ({r['params']:,} params), {r['device']} {r['dtype']}, workload sparse: "
-             f"{r['problems']} arith level-{r['level']} problems, effort high, greedy, up to "
+             f"{r['problems']} {r.get('task', 'arith')} level-{r['level']} problems, effort high, greedy, up to "
              f"{r['chain_max_tokens']} tokens; KV read per decoded token (dense = 100%)",
              f"{'setting':>32} {'accuracy':>9} {'kv read':>8} {'+summ.':>7} {'total':>6} "
              f"{'same':>5} {'tok/s':>8} | long: {'tok/s':>7} {'kv read':>8}",
@@ -553,7 +566,8 @@ def _command(default: str) -> str:
 
 def spec_table(r: dict) -> str:
     lines = [f"model {r['model']} ({r['params']:,} params), {r['device']} {r['dtype']}, speculative "
-             f"draft {r['draft']} k={r['k']}: {r['prompts']} long arith prompts, each alone, "
+             f"draft {r['draft']} k={r['k']}: {r['prompts']} arith level-5 prompts (effort "
+             f"{r.get('effort', 'low')}), each alone, "
              f"max_tokens {r['max_tokens']}",
              f"{'mode/n':>10} {'plain tok/s':>12} {'spec tok/s':>11} {'speedup':>8} {'accepted':>9}"]
     for key in r["spec_speedup"]:

@@ -20,12 +20,15 @@ def bench_engine_cmd(
     compile: bool = typer.Option(False, "--compile", help="Run the engine's forward via torch.compile."),
     threads: int = typer.Option(0, "--threads", help="torch threads for both sides (0: torch's default)."),
     tree_depth: int = typer.Option(6, "--tree-depth", help="Rounds of the tree-search workload."),
-    workload: str = typer.Option("mixed", "--workload", help="mixed (one prompt per task and level), single (one arith prompt), spec (speculative vs plain decoding on long arith chains), long (n samples of a 512-token prompt, unbounded vs under kv_memory) or sparse (block-sparse decode attention vs dense on greedy long-mode arith chains, and on a long prompt)."),
+    workload: str = typer.Option("mixed", "--workload", help="mixed (one prompt per task and level), single (one arith prompt), spec (speculative vs plain decoding on long arith chains), long (n samples of a 512-token prompt, unbounded vs under kv_memory) or sparse (block-sparse decode attention vs dense on greedy long-mode chains, and on a long prompt)."),
     draft: str = typer.Option("ngram", "--draft", help="spec workload: the draft, ngram (prompt lookup) or a smaller family model."),
     k: int = typer.Option(4, "--k", help="spec workload: tokens drafted per round."),
+    effort: str = typer.Option("low", "--effort", help="spec workload: low (short chains) or high (the long mode's digit-level chains)."),
     kv_fraction: float = typer.Option(0.1, "--kv-fraction", help="long workload: kv_memory as a fraction of the unbounded run's KV."),
-    problems: int = typer.Option(50, "--problems", help="sparse workload: arith test problems (long mode, greedy)."),
-    level: int = typer.Option(4, "--level", help="sparse workload: arith level of the problems."),
+    problems: int = typer.Option(50, "--problems", help="sparse workload: test problems (long mode, greedy)."),
+    level: int = typer.Option(4, "--level", help="sparse workload: level of the problems."),
+    task: str = typer.Option("arith", "--task", help="sparse workload: task of the chains, arith or countdown."),
+    seed: int = typer.Option(0, "--seed", help="sparse workload: seed that draws the problems."),
     sparse: str = typer.Option(None, "--sparse", help="sparse workload: settings separated by ';', each block=B,sink=S,window=W,topk=K (default: block 16 sink 1 window 2 topk 2/4/8; block 8 sink 2 window 2 topk 2/4)."),
     out: str = typer.Option(".", "--out", help="Directory for the run's JSON and the benchmarks.md it appends to."),
     note: str = typer.Option("", "--note", help="A remark recorded with the run in OUT/benchmarks.md."),
@@ -66,9 +69,9 @@ def bench_engine_cmd(
             raise TTScaleError(f"--problems {problems} is out of range; accepted: >= 1")
         settings = [x.strip() for x in sparse.split(";") if x.strip()] if sparse else SPARSE_SETTINGS
         result = bench_sparse(model, problems, level, settings, ns[0], max_tokens, device=device,
-                              dtype=dtype, repeats=repeats)
+                              dtype=dtype, repeats=repeats, task=task, seed=seed)
     elif workload == "spec":
-        result = bench_spec(model, draft, k, ns, max_tokens, device, dtype, repeats)
+        result = bench_spec(model, draft, k, ns, max_tokens, device, dtype, repeats, effort)
     elif workload == "long":
         if not 0 < kv_fraction <= 1:
             raise TTScaleError(f"--kv-fraction {kv_fraction} is out of range; accepted: a number in (0, 1]")
