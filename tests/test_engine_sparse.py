@@ -383,3 +383,28 @@ def test_bench_cli_names_a_bad_setting(random_model_dir):
         res = CliRunner().invoke(app, ["bench", "engine", "--workload", "sparse", "--model",
                                        random_model_dir, "--no-doc", *args])
         assert res.exit_code != 0 and named in str(res.exception)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["eval", "--model", "ttscale-tiny", "--sparse-attention", "block=8,topk=x"], "topk='x'"),
+    (["solve", "--model", "ttscale-tiny", "--sparse-attention", "width=3"], "option 'width'"),
+    (["sweep", "--model", "ttscale-tiny", "--sparse-attention", "block=0"], "block=0"),
+    (["solve", "--model", "ttscale-tiny", "--backend", "openai", "--base-url", "http://127.0.0.1:9",
+      "--sparse-attention", "block=8"], "--sparse-attention applies only to --backend torch")])
+def test_bad_sparse_attention_flag_is_one_line_exit_2(args, named, monkeypatch, capsys, tmp_path):
+    from cli_helpers import run_cli
+
+    code, _, err = run_cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path / "s")]
+                                                       if args[0] == "sweep" else []))
+    assert code == 2 and "\n" not in err and named in err, err
+
+
+def test_sparse_attention_flag_reaches_the_engine():
+    from ttscale.cli.options import generator_options
+    from ttscale.engine import load_generator
+
+    opts = generator_options("torch", [], None, None, None, None, sparse_attention="block=8,topk=2")
+    assert opts == {"sparse_attention": "block=8,sink=1,window=4,topk=2"}
+    assert generator_options("torch", [], None, None, None, None, sparse_attention="off") == {}
+    gen = load_generator("ttscale-tiny", **opts)
+    assert gen.sparse == SparseAttention(block=8, sink=1, window=4, topk=2)

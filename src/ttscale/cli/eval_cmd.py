@@ -34,6 +34,7 @@ def eval_cmd(
     max_retries: Optional[int] = options.MAX_RETRIES,
     endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
+    sparse_attention: Optional[str] = options.SPARSE_ATTENTION,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=f"Tokens per answer; default {MAX_TOKENS}, or {LONG_MAX_TOKENS} with --effort high or auto."),
@@ -49,7 +50,8 @@ def eval_cmd(
                          max_tokens=max_tokens, effort=effort, temperature=temperature,
                          generator_options=options.generator_options(
                              backend, base_url, shape_from, n_params, n_layer, d_model,
-                             timeout, max_retries, kv_memory, endpoint_concurrency))
+                             timeout, max_retries, kv_memory, endpoint_concurrency,
+                             sparse_attention))
     if as_json:
         out = [{k: None if v != v else v for k, v in r.to_dict().items()}  # NaN: unknown
                for r in rows]

@@ -39,6 +39,9 @@ KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's pag
                          "pool may take, e.g. 512M or 2G (K, M, G, T: powers of 1024): when it "
                          "is full the youngest sequences are preempted and recomputed, outputs "
                          "are unchanged (torch; default: as much as a batch needs).")
+SPARSE_ATTENTION = typer.Option(None, "--sparse-attention", help="Block-sparse decode attention "
+                                "of the torch engine, e.g. block=8,sink=1,window=2,topk=3 (Quest: "
+                                "sink, window and top-k blocks; default: dense).")
 SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
                      "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
 EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long, "
@@ -85,7 +88,8 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
                       d_model: Optional[int], timeout: Optional[float] = None,
                       max_retries: Optional[int] = None,
                       kv_memory: Optional[str] = None,
-                      endpoint_concurrency: Optional[int] = None) -> dict[str, Any]:
+                      endpoint_concurrency: Optional[int] = None,
+                      sparse_attention: Optional[str] = None) -> dict[str, Any]:
     """The `generator_options` of the Python API from the shared options; server options are
     refused for local backends, engine options for the others."""
     check_timeout("--timeout", timeout)
@@ -94,9 +98,16 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
         raise TTScaleError(f"--endpoint-concurrency {endpoint_concurrency!r} is out of range; "
                            "accepted: an integer >= 1")
     kv = parse_size("--kv-memory", kv_memory)
-    if kv is not None and backend != "torch":
-        raise TTScaleError(f"--kv-memory applies only to --backend torch (the own engine's KV "
-                           f"cache), not {backend!r}")
+    engine = {} if kv is None else {"kv_memory": kv}
+    if sparse_attention is not None:
+        from ttscale.engine.sparse import parse_sparse
+
+        sparse = parse_sparse(sparse_attention)
+        if sparse is not None:
+            engine["sparse_attention"] = str(sparse)
+    if engine and backend != "torch":
+        flag = "--kv-memory" if kv is not None else "--sparse-attention"
+        raise TTScaleError(f"{flag} applies only to --backend torch (the own engine), not {backend!r}")
     urls = [u.strip() for part in base_url for u in part.split(",") if u.strip()]
     shape = {k: v for k, v in (("shape_from", shape_from), ("n_params", n_params),
                                ("n_layer", n_layer), ("d_model", d_model)) if v is not None}
@@ -109,7 +120,7 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
             verb = "applies" if len(given) == 1 else "apply"
             raise TTScaleError(f"{', '.join(given)} {verb} only to --backend openai, not "
                                f"{backend!r}")
-        return {} if kv is None else {"kv_memory": kv}
+        return engine
     if not urls:
         raise TTScaleError("--backend openai needs --base-url (the server's URL; repeat it for "
                            "several servers)")

@@ -46,6 +46,7 @@ def solve_cmd(
     max_retries: Optional[int] = options.MAX_RETRIES,
     endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
+    sparse_attention: Optional[str] = options.SPARSE_ATTENTION,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     effort: str = options.EFFORT,
@@ -65,7 +66,7 @@ def solve_cmd(
     """Run one test-time strategy over problems: accuracy and exact compute per problem."""
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
                                             d_model, timeout, max_retries, kv_memory,
-                                            endpoint_concurrency)
+                                            endpoint_concurrency, sparse_attention)
     if plan is not None or budget is not None or latency_budget is not None:
         from ttscale.cli.sweep_cmd import solve_with_plan_cmd
 

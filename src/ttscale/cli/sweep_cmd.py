@@ -86,6 +86,7 @@ def sweep_cmd(
     max_retries: Optional[int] = options.MAX_RETRIES,
     endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
+    sparse_attention: Optional[str] = options.SPARSE_ATTENTION,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Results directory."),
@@ -139,9 +140,9 @@ def sweep_cmd(
     cfg.shots, cfg.shots_from = shots, shots_from
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
                                             d_model, timeout, max_retries, kv_memory,
-                                            endpoint_concurrency)
+                                            endpoint_concurrency, sparse_attention)
     generators = None
-    if gen_options:  # a server's options, or a local engine's (--kv-memory)
+    if gen_options:  # a server's options, or a local engine's (--kv-memory, --sparse-attention)
         generators = {m: make_generator(m, backend, **gen_options)
                       for m in cfg.models + cfg.baseline_models}
     res = run_sweep(cfg, out, resume=resume, progress=True, generators=generators)
