@@ -5,13 +5,15 @@ long_prompt`) through an unbounded engine; prints one JSON line per length with 
 decoding KV bytes and the completion tokens. Run it once with this tree and once with the
 engine before paging on PYTHONPATH (commit c8d49a6: dense rows, n x (prompt + max_tokens)
 positions) to get the ratio at each length (docs/benchmarks.md, "KV sharing against sample
-length").
+length"). `token_ids_sha256` tells whether two runs gave the same tokens; `at_limit`, how many
+samples ran to max_tokens.
 
     OMP_NUM_THREADS=1 python benchmarks/kv_sharing.py --model G --max-tokens 16,32,64,128
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 
@@ -41,6 +43,9 @@ def main() -> None:
         print(json.dumps({"max_tokens": m, "n": args.n, "prompt_tokens": out.usage.prompt_tokens,
                           "completion_tokens": out.usage.completion_tokens,
                           "kv_bytes_peak": engine.peak_decode_kv_bytes,
+                          "at_limit": sum(c.finish_reason == "length" for c in out.completions),
+                          "token_ids_sha256": hashlib.sha256(json.dumps(
+                              [c.token_ids for c in out.completions]).encode()).hexdigest()[:16],
                           "wall_s": round(time.perf_counter() - t, 1)}), flush=True)
 
 
