@@ -74,13 +74,17 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--temperatures", default="0.3,0.6")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--sparse-attention", default=None,
+                    help="the torch engine's block-sparse decode attention, e.g. "
+                         "block=8,sink=1,window=2,topk=3 (default: dense)")
     ap.add_argument("--out", default="benchmarks/results/countdown_search.jsonl")
     args = ap.parse_args()
     task = get_task("countdown")
-    gen = with_task_stops(load_generator(args.model), task)
+    options = {"sparse_attention": args.sparse_attention} if args.sparse_attention else {}
+    gen = with_task_stops(load_generator(args.model, **options), task)
     for level in map(int, args.levels.split(",")):
         problems = task.problems(args.split, level, args.num_problems)
-        base = {"model": args.model, "split": args.split, "level": level, "problems": len(problems),
+        base = {"model": args.model, **options, "split": args.split, "level": level, "problems": len(problems),
                 "short_greedy": greedy_row(gen, task, problems, "low")["accuracy"],
                 "long_greedy": greedy_row(gen, task, problems, "high")}
         for t in map(float, args.temperatures.split(",")):
