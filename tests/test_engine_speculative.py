@@ -1,6 +1,8 @@
 """Speculative decoding: greedy output identical to plain decoding, sampling distribution kept."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from scipy.stats import chisquare
@@ -120,3 +122,55 @@ def test_sampled_speculation_with_stops_and_logprobs(random_model_dir):
 def test_bad_speculative_options_are_named(spec, fragment):
     with pytest.raises(TTScaleError, match=fragment):
         parse_spec(spec)
+
+
+def test_speculative_flag_parses_pairs_and_json():
+    from ttscale.cli.options import generator_options, parse_speculative
+
+    want = {"draft": "ngram", "k": 3, "ngram": 3}
+    assert parse_speculative("--speculative", "draft=ngram,k=3") == want
+    assert parse_speculative("--speculative", '{"draft": "ngram", "k": 3}') == want
+    assert parse_speculative("--speculative", None) is None
+    assert generator_options("torch", [], None, None, None, None,
+                             speculative="draft=ngram,k=3") == {"speculative": want}
+    for text, named in (("draft=ngram,k=99", "speculative k=99"), ("k=3", "'k=3' names no draft"),
+                        ("draft", "'draft' is not key=value"), ("{draft", "is not valid JSON"),
+                        ("draft=ngram,width=2", "speculative option 'width'")):
+        with pytest.raises(TTScaleError, match=re.escape(named)):
+            parse_speculative("--speculative", text)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["eval", "--model", "ttscale-tiny", "--speculative", "draft=ngram,k=0"], "speculative k=0"),
+    (["solve", "--model", "ttscale-tiny", "--speculative", "k=4"], "'k=4' names no draft"),
+    (["sweep", "--model", "ttscale-tiny", "--speculative", "draft=ngram,k=x"], "speculative k='x'"),
+    (["serve", "--model", "ttscale-tiny", "--speculative", "draft"], "is not key=value"),
+    (["solve", "--model", "ttscale-tiny", "--backend", "hf", "--speculative", "draft=ngram"],
+     "--speculative applies only to --backend torch"),
+    (["serve", "--upstream", "http://127.0.0.1:9", "--upstream-model", "m", "--speculative",
+      "draft=ngram"], "--speculative applies only to the embedded engine")])
+def test_bad_speculative_flag_is_one_line_exit_2(args, named, monkeypatch, capsys, tmp_path):
+    from cli_helpers import run_cli
+
+    code, _, err = run_cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path / "s")]
+                                                       if args[0] == "sweep" else []))
+    assert code == 2 and "\n" not in err and named in err, err
+
+
+def test_served_greedy_answers_are_the_same_with_speculation():
+    import httpx
+
+    from ttscale.serve import create_app
+    from ttscale.serve.build import ServeOptions, build_config
+    from ttscale.serve.runner import ServerThread
+
+    body = {"model": "ttscale-small", "prompt": "Think: 57*8+13\n", "temperature": 0.0, "max_tokens": 80}
+    texts = []
+    for spec in (None, {"draft": "ttscale-tiny", "k": 4}):
+        cfg = build_config(ServeOptions(model="ttscale-small", speculative=spec))
+        with ServerThread(create_app(cfg)) as s:
+            r = httpx.post(s.url + "/v1/completions", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        texts.append(r.json()["choices"][0]["text"])
+    assert cfg.generator.spec_drafted > 0  # the second server did speculate
+    assert texts[1] == texts[0] and len(texts[0]) > 20

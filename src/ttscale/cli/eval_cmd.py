@@ -35,6 +35,7 @@ def eval_cmd(
     endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
     sparse_attention: Optional[str] = options.SPARSE_ATTENTION,
+    speculative: Optional[str] = options.SPECULATIVE,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=f"Tokens per answer; default {MAX_TOKENS}, or {LONG_MAX_TOKENS} with --effort high or auto."),
@@ -51,7 +52,7 @@ def eval_cmd(
                          generator_options=options.generator_options(
                              backend, base_url, shape_from, n_params, n_layer, d_model,
                              timeout, max_retries, kv_memory, endpoint_concurrency,
-                             sparse_attention))
+                             sparse_attention, speculative))
     if as_json:
         out = [{k: None if v != v else v for k, v in r.to_dict().items()}  # NaN: unknown
                for r in rows]

@@ -1,9 +1,10 @@
 """Options shared by the commands that load a model or a task: the backend, the OpenAI-compatible
 servers (their URLs, the served model's shape, the request timeout and retries), the torch
-engine's KV memory, few-shot prompts. One definition each, so that `eval`, `solve` and `sweep` spell and document them alike
+engine's KV memory, speculative decoding and sparse attention, few-shot prompts. One definition each, so that `eval`, `solve` and `sweep` spell and document them alike
 (`serve` names its upstream's the same way with an `--upstream-` prefix)."""
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any, Optional
@@ -42,6 +43,11 @@ KV_MEMORY = typer.Option(None, "--kv-memory", help="Bytes the torch engine's pag
 SPARSE_ATTENTION = typer.Option(None, "--sparse-attention", help="Block-sparse decode attention "
                                 "of the torch engine, e.g. block=8,sink=1,window=2,topk=3 (Quest: "
                                 "sink, window and top-k blocks; default: dense).")
+SPECULATIVE = typer.Option(None, "--speculative", help="Speculative decoding in the torch engine: "
+                           "draft=ngram or a smaller family model, k=tokens drafted per round, "
+                           "e.g. draft=ttscale-small-long,k=10 (or a JSON object with those "
+                           "keys). Greedy outputs are unchanged; sampled ones keep their "
+                           "distribution.")
 SHOTS = typer.Option(0, "--shots", help="Worked examples before each question, for base "
                      "models on JSONL tasks (GSM8K, MATH); 0: zero-shot instructions.")
 EFFORT = typer.Option("low", "--effort", help="low: short chains; high: the long, "
@@ -54,6 +60,33 @@ SHOTS_FROM = typer.Option(None, "--shots-from", help="Train file of worked examp
 
 SIZE_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 SIZE_FORMS = "bytes as an integer, or a number with K, M, G or T (powers of 1024), e.g. 512M, 2G"
+
+
+def parse_speculative(flag: str, text: Optional[str]) -> Optional[dict[str, Any]]:
+    """`--speculative` as the engine's option: "draft=X,k=N[,ngram=M]" or a JSON object, checked
+    by `engine.speculative.parse_spec` (None: not given)."""
+    if text is None:
+        return None
+    from ttscale.engine.speculative import parse_spec
+
+    accepted = 'draft=ngram or a model, k=1..16, e.g. draft=ngram,k=4, or {"draft": ..., "k": ...}'
+    if text.lstrip().startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise TTScaleError(f"{flag} {text!r} is not valid JSON ({e.msg}); accepted: {accepted}") from None
+    else:
+        spec = {}
+        for part in text.split(","):
+            key, eq, raw = part.partition("=")
+            key, raw = key.strip(), raw.strip()
+            if not eq or not key or not raw:
+                raise TTScaleError(f"{flag} {text!r}: {part.strip()!r} is not key=value; accepted: {accepted}")
+            spec[key] = int(raw) if re.fullmatch(r"-?\d+", raw) else raw
+    if isinstance(spec, dict) and "draft" not in spec:
+        raise TTScaleError(f"{flag} {text!r} names no draft; accepted: {accepted}")
+    cfg = parse_spec(spec)
+    return {"draft": cfg.draft, "k": cfg.k, "ngram": cfg.ngram}
 
 
 def parse_size(flag: str, text: Optional[str]) -> Optional[int]:
@@ -89,7 +122,8 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
                       max_retries: Optional[int] = None,
                       kv_memory: Optional[str] = None,
                       endpoint_concurrency: Optional[int] = None,
-                      sparse_attention: Optional[str] = None) -> dict[str, Any]:
+                      sparse_attention: Optional[str] = None,
+                      speculative: Optional[str] = None) -> dict[str, Any]:
     """The `generator_options` of the Python API from the shared options; server options are
     refused for local backends, engine options for the others."""
     check_timeout("--timeout", timeout)
@@ -105,8 +139,12 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
         sparse = parse_sparse(sparse_attention)
         if sparse is not None:
             engine["sparse_attention"] = str(sparse)
+    spec = parse_speculative("--speculative", speculative)
+    if spec is not None:
+        engine["speculative"] = spec
     if engine and backend != "torch":
-        flag = "--kv-memory" if kv is not None else "--sparse-attention"
+        flag = next(f for f, k in (("--kv-memory", "kv_memory"), ("--sparse-attention",
+                                   "sparse_attention"), ("--speculative", "speculative")) if k in engine)
         raise TTScaleError(f"{flag} applies only to --backend torch (the own engine), not {backend!r}")
     urls = [u.strip() for part in base_url for u in part.split(",") if u.strip()]
     shape = {k: v for k, v in (("shape_from", shape_from), ("n_params", n_params),

@@ -50,6 +50,8 @@ def serve_cmd(
     device: str = typer.Option("cpu", "--device"),
     dtype: str = typer.Option("float32", "--dtype"),
     kv_memory: str = options.KV_MEMORY,
+    sparse_attention: str = options.SPARSE_ATTENTION,
+    speculative: str = options.SPECULATIVE,
     max_n: int = typer.Option(Limits.max_n, "--max-n", help="Most choices (n) per request."),
     max_samples: int = typer.Option(Limits.max_samples, "--max-samples",
                                     help="Most samples one strategy run may draw."),
@@ -81,7 +83,9 @@ def serve_cmd(
                        upstream_max_retries=upstream_max_retries,
                        api_keys=list(api_key), api_key_files=list(api_key_file), host=host,
                        port=port, plan=plan, device=device, dtype=dtype,
-                       kv_memory=options.parse_size("--kv-memory", kv_memory), limits=limits,
+                       kv_memory=options.parse_size("--kv-memory", kv_memory),
+                       sparse_attention=sparse_attention,
+                       speculative=options.parse_speculative("--speculative", speculative), limits=limits,
                        access_log=access_log))
 
 

@@ -47,6 +47,7 @@ def solve_cmd(
     endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
     sparse_attention: Optional[str] = options.SPARSE_ATTENTION,
+    speculative: Optional[str] = options.SPECULATIVE,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     effort: str = options.EFFORT,
@@ -66,7 +67,8 @@ def solve_cmd(
     """Run one test-time strategy over problems: accuracy and exact compute per problem."""
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
                                             d_model, timeout, max_retries, kv_memory,
-                                            endpoint_concurrency, sparse_attention)
+                                            endpoint_concurrency, sparse_attention,
+                                            speculative)
     if plan is not None or budget is not None or latency_budget is not None:
         from ttscale.cli.sweep_cmd import solve_with_plan_cmd
 

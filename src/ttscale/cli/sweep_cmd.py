@@ -87,6 +87,7 @@ def sweep_cmd(
     endpoint_concurrency: Optional[int] = options.ENDPOINT_CONCURRENCY,
     kv_memory: Optional[str] = options.KV_MEMORY,
     sparse_attention: Optional[str] = options.SPARSE_ATTENTION,
+    speculative: Optional[str] = options.SPECULATIVE,
     shots: int = options.SHOTS,
     shots_from: Optional[str] = options.SHOTS_FROM,
     out: Path = typer.Option(Path(DEFAULT_OUT), "--out", help="Results directory."),
@@ -140,9 +141,10 @@ def sweep_cmd(
     cfg.shots, cfg.shots_from = shots, shots_from
     gen_options = options.generator_options(backend, base_url, shape_from, n_params, n_layer,
                                             d_model, timeout, max_retries, kv_memory,
-                                            endpoint_concurrency, sparse_attention)
+                                            endpoint_concurrency, sparse_attention,
+                                            speculative)
     generators = None
-    if gen_options:  # a server's options, or a local engine's (--kv-memory, --sparse-attention)
+    if gen_options:  # a server's options, or a local engine's (--kv-memory, ...)
         generators = {m: make_generator(m, backend, **gen_options)
                       for m in cfg.models + cfg.baseline_models}
     res = run_sweep(cfg, out, resume=resume, progress=True, generators=generators)

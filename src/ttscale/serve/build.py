@@ -42,6 +42,8 @@ class ServeOptions:
     device: str = "cpu"
     dtype: str = "float32"
     kv_memory: int | None = None  # bytes for the embedded engine's decoding KV cache
+    sparse_attention: str | None = None  # the embedded engine's block-sparse decode attention
+    speculative: dict | None = None  # the embedded engine's speculative decoding {"draft", "k"}
     limits: Limits = field(default_factory=Limits)
     access_log: bool = False
 
@@ -125,9 +127,11 @@ def build_config(o: ServeOptions) -> ServeConfig:
     if o.upstream:
         if o.model:
             raise TTScaleError("pass either --model (embedded engine) or --upstream URL, not both")
-        if o.kv_memory is not None:
-            raise TTScaleError("--kv-memory applies only to the embedded engine (--model), not "
-                               "to --upstream URL: the upstream manages its own KV cache")
+        given = [f for f, v in (("--kv-memory", o.kv_memory), ("--sparse-attention", o.sparse_attention),
+                                ("--speculative", o.speculative)) if v is not None]
+        if given:
+            raise TTScaleError(f"{given[0]} applies only to the embedded engine (--model), not "
+                               "to --upstream URL: the upstream runs its own engine")
         gen = _upstream_generator(o)
         return ServeConfig(gen, gen.model_name, o.limits, keys, upstream=True, planner=planner)
     from ttscale.engine import load_generator
@@ -135,7 +139,8 @@ def build_config(o: ServeOptions) -> ServeConfig:
 
     path = resolve_model(o.model) if o.model else default_model()
     gen = load_generator(path, backend="torch", device=o.device, dtype=o.dtype,
-                         kv_memory=o.kv_memory)
+                         kv_memory=o.kv_memory, sparse_attention=o.sparse_attention,
+                         speculative=o.speculative)
     return ServeConfig(gen, gen.model_name, o.limits, keys, chat_template=_chat_template(path),
                        planner=planner)
 
