@@ -296,12 +296,11 @@ def bench_spec(model: str | None = None, draft: str = "ngram", k: int = 4, ns=SP
     tokens kept / drafted) and `identical` (greedy token ids equal to plain decoding's).
     """
     from ttscale.models.registry import resolve_model
-
-    dev = parse_device(device)
-    path, label = default_model() if model is None else (resolve_model(model), model)
     from ttscale.tasks import LEVELS, get_task
     from ttscale.tasks.effort import apply_effort
 
+    dev = parse_device(device)
+    path, label = default_model() if model is None else (resolve_model(model), model)
     if effort not in ("low", "high"):
         raise unknown("effort", effort, ("low", "high"))
     prompts = workload_prompts("spec")
