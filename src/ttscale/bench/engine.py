@@ -436,9 +436,9 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
     """Block-sparse decode attention (`engine.sparse`) against dense attention (workload "sparse").
 
     Chains: greedy long-mode chains ("Think: " prompts, effort high, up to 768 tokens) of
-    `problems` test problems of `task` (arith or countdown) at `level` (drawn with `seed`), all handed over at once, by the dense engine and
-    under each setting: accuracy, agreement with the dense tokens, KV fraction read per decoded
-    token, tokens/s. Long context: n sampled continuations (max_tokens) of one prompt of about
+    `problems` test problems of `task` (arith or countdown) at `level` (drawn with `seed`), all
+    handed over at once, by the dense engine and under each setting: accuracy, agreement with
+    the dense tokens, KV fraction read per decoded token, tokens/s. Long context: n sampled continuations (max_tokens) of one prompt of about
     `long_tokens` tokens (or what the model's context leaves), dense and per setting: tokens/s
     and the fraction read. Within each repeat the configurations alternate; the median time
     counts. `target_met`: some setting loses at most 1 point at a kv_read_fraction <= 25%.
@@ -462,7 +462,8 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
     if task not in BUILTIN_TASKS:
         raise TTScaleError(f"task={task!r} has no long mode; accepted: {', '.join(BUILTIN_TASKS)}")
     task = get_task(task)
-    probs = [apply_effort(p, "high") for p in task.problems("test", level=level, n=problems, seed=seed)]
+    probs = [apply_effort(p, "high")
+             for p in task.problems("test", level=level, n=problems, seed=seed)]
     chain = [GenerationRequest(p.prompt, SamplingParams(temperature=0.0, max_tokens=LONG_MAX_TOKENS))
              for p in probs]
     room = dense.context_length - max_tokens - 80  # a shot may overshoot
@@ -531,8 +532,9 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
 
 def sparse_table(r: dict) -> str:
     lines = [f"model {r['model']} ({r['params']:,} params), {r['device']} {r['dtype']}, workload sparse: "
-             f"{r['problems']} {r.get('task', 'arith')} level-{r['level']} problems, effort high, greedy, up to "
-             f"{r['chain_max_tokens']} tokens; KV read per decoded token (dense = 100%)",
+             f"{r['problems']} {r.get('task', 'arith')} level-{r['level']} problems, effort high, "
+             f"greedy, up to {r['chain_max_tokens']} tokens; KV read per decoded token "
+             f"(dense = 100%)",
              f"{'setting':>32} {'accuracy':>9} {'kv read':>8} {'+summ.':>7} {'total':>6} "
              f"{'same':>5} {'tok/s':>8} | long: {'tok/s':>7} {'kv read':>8}",
              f"{'dense':>32} {r['accuracy_dense']:>9.1%} {1:>8.1%} {1:>7.1%} {1:>6.1%} {1:>5.0%} "

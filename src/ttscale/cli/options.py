@@ -1,7 +1,8 @@
 """Options shared by the commands that load a model or a task: the backend, the OpenAI-compatible
 servers (their URLs, the served model's shape, the request timeout and retries), the torch
-engine's KV memory, speculative decoding and sparse attention, few-shot prompts. One definition each, so that `eval`, `solve` and `sweep` spell and document them alike
-(`serve` names its upstream's the same way with an `--upstream-` prefix)."""
+engine's KV memory, speculative decoding and sparse attention, few-shot prompts. One definition
+each, so that `eval`, `solve` and `sweep` spell and document them alike (`serve` names its
+upstream's the same way with an `--upstream-` prefix)."""
 from __future__ import annotations
 
 import json
@@ -74,14 +75,16 @@ def parse_speculative(flag: str, text: Optional[str]) -> Optional[dict[str, Any]
         try:
             spec = json.loads(text)
         except json.JSONDecodeError as e:
-            raise TTScaleError(f"{flag} {text!r} is not valid JSON ({e.msg}); accepted: {accepted}") from None
+            raise TTScaleError(f"{flag} {text!r} is not valid JSON ({e.msg}); "
+                               f"accepted: {accepted}") from None
     else:
         spec = {}
         for part in text.split(","):
             key, eq, raw = part.partition("=")
             key, raw = key.strip(), raw.strip()
             if not eq or not key or not raw:
-                raise TTScaleError(f"{flag} {text!r}: {part.strip()!r} is not key=value; accepted: {accepted}")
+                raise TTScaleError(f"{flag} {text!r}: {part.strip()!r} is not key=value; "
+                                   f"accepted: {accepted}")
             spec[key] = int(raw) if re.fullmatch(r"-?\d+", raw) else raw
     if isinstance(spec, dict) and "draft" not in spec:
         raise TTScaleError(f"{flag} {text!r} names no draft; accepted: {accepted}")
@@ -132,20 +135,16 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
         raise TTScaleError(f"--endpoint-concurrency {endpoint_concurrency!r} is out of range; "
                            "accepted: an integer >= 1")
     kv = parse_size("--kv-memory", kv_memory)
-    engine = {} if kv is None else {"kv_memory": kv}
-    if sparse_attention is not None:
-        from ttscale.engine.sparse import parse_sparse
+    from ttscale.engine.sparse import parse_sparse
 
-        sparse = parse_sparse(sparse_attention)
-        if sparse is not None:
-            engine["sparse_attention"] = str(sparse)
-    spec = parse_speculative("--speculative", speculative)
-    if spec is not None:
-        engine["speculative"] = spec
+    sparse = parse_sparse(sparse_attention)
+    engine = {k: v for k, v in (("kv_memory", kv), ("sparse_attention", sparse and str(sparse)),
+                                ("speculative", parse_speculative("--speculative", speculative)))
+              if v is not None}  # the torch engine's options; each key is its flag's name
     if engine and backend != "torch":
-        flag = next(f for f, k in (("--kv-memory", "kv_memory"), ("--sparse-attention",
-                                   "sparse_attention"), ("--speculative", "speculative")) if k in engine)
-        raise TTScaleError(f"{flag} applies only to --backend torch (the own engine), not {backend!r}")
+        flag = "--" + next(iter(engine)).replace("_", "-")
+        raise TTScaleError(f"{flag} applies only to --backend torch (the own engine), "
+                           f"not {backend!r}")
     urls = [u.strip() for part in base_url for u in part.split(",") if u.strip()]
     shape = {k: v for k, v in (("shape_from", shape_from), ("n_params", n_params),
                                ("n_layer", n_layer), ("d_model", d_model)) if v is not None}

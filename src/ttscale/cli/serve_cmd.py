@@ -85,7 +85,8 @@ def serve_cmd(
                        port=port, plan=plan, device=device, dtype=dtype,
                        kv_memory=options.parse_size("--kv-memory", kv_memory),
                        sparse_attention=sparse_attention,
-                       speculative=options.parse_speculative("--speculative", speculative), limits=limits,
+                       speculative=options.parse_speculative("--speculative", speculative),
+                       limits=limits,
                        access_log=access_log))
 
 

@@ -127,8 +127,8 @@ def build_config(o: ServeOptions) -> ServeConfig:
     if o.upstream:
         if o.model:
             raise TTScaleError("pass either --model (embedded engine) or --upstream URL, not both")
-        given = [f for f, v in (("--kv-memory", o.kv_memory), ("--sparse-attention", o.sparse_attention),
-                                ("--speculative", o.speculative)) if v is not None]
+        given = [f for f, v in (("--kv-memory", o.kv_memory), ("--speculative", o.speculative),
+                                ("--sparse-attention", o.sparse_attention)) if v is not None]
         if given:
             raise TTScaleError(f"{given[0]} applies only to the embedded engine (--model), not "
                                "to --upstream URL: the upstream runs its own engine")
