@@ -53,6 +53,25 @@ def test_speculative_greedy_identical_on_shipped_models(name):
         _assert_identical(plain, drafted)
 
 
+def test_speculation_is_charged_its_flops():
+    """Same tokens, more compute: the draft's forwards (its prompt included) and the verified
+    positions thrown away count in each request's FLOPs, so speculation never looks free."""
+    small, tiny = models_dir() / "ttscale-small", models_dir() / "ttscale-tiny"
+    if not (small / "config.json").exists() or not (tiny / "config.json").exists():
+        pytest.skip(f"shipped models are not in {models_dir()}")
+    plain, spec, eng = _greedy_pair(str(small), {"draft": "ttscale-tiny", "k": 6}, max_tokens=64)
+    _assert_identical(plain, spec)
+    assert eng.spec_accepted < eng.spec_drafted  # some drafts were thrown away
+    for a, b in zip(plain, spec):
+        draft_prompt = eng.draft_shape.span_flops(0, b.usage.prompt_tokens)
+        tokens = sum(len(c.token_ids) for c in b.completions)
+        least_rounds = -(-tokens // (6 + 1))  # each round takes at most k + 1 tokens per row
+        assert b.usage.flops >= a.usage.flops + draft_prompt + least_rounds * eng.draft_shape.token_flops(0)
+    _, lookup, ng = _greedy_pair(str(small), {"draft": "ngram", "k": 4}, max_tokens=64)
+    assert ng.spec_accepted < ng.spec_drafted
+    assert sum(b.usage.flops for b in lookup) > sum(a.usage.flops for a in plain)
+
+
 def _rows(a: int, temperature: float, top_k: int = 0) -> RowParams:
     return RowParams([temperature] * a, [1.0] * a, [top_k] * a, list(range(1, a + 1)), torch.device("cpu"))
 

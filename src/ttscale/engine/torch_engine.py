@@ -112,9 +112,11 @@ class TorchEngine:
         self.sparse_counters = SparseCounters()  # what decode steps read (`stats`)
         self.model.setup_rope(self.context_length + 1)
         self.spec_drafted = self.spec_accepted = 0  # draft tokens proposed and kept
-        self.draft = None
+        self.draft = self.draft_shape = None
         if self.spec and self.spec.draft != NGRAM:
             self.draft = self._load_draft(self.spec.draft, dtype)
+            self.draft_shape = ModelShape(self.draft.model.n_params(), self.draft.config.n_layer,
+                                          self.draft.config.d_model)
         self.kv_block = self._check_block(kv_block)
         self._planes = [Plane(self.cfg.n_layer, self.cfg.n_kv_head, self.cfg.head_dim,
                               self.model.embed.weight.dtype)]
@@ -520,6 +522,9 @@ class TorchEngine:
             if self.draft is not None:  # the draft computes whole prompts (no prefix cache)
                 self._prefill([(ids, 0) for ids, _ in items], a0, self._views[1],
                               self.draft.model.forward, self.draft.config.sliding_window)
+                for c in fresh:
+                    req = chunks[c][0]
+                    req.usage.flops += self.draft_shape.span_flops(0, len(req.ids))
         for rank, c in enumerate(fresh):
             req, h = chunks[c][0], hits[c][2]
             req.first_logits = logits[rank]
@@ -671,7 +676,7 @@ class TorchEngine:
         kept_list = kept.tolist()
         self.spec_drafted += sum(dlen_list)
         self.spec_accepted += sum(kept_list)
-        self._accept_spec(kept_list, out, logits)
+        self._accept_spec(kept_list, out, logits, kk)
 
     def _draft(self, kk: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """kk tokens per row from the draft model ([A, kk]) and the distributions drawn from."""
@@ -702,10 +707,12 @@ class TorchEngine:
             qs.append(qi)
         return torch.stack(drafts, 1), (torch.stack(qs, 1) if qs else None)
 
-    def _accept_spec(self, kept: list[int], out: torch.Tensor, logits: torch.Tensor) -> None:
-        """Record each row's tokens out[i, :kept[i] + 1] up to its end; free finished rows."""
+    def _accept_spec(self, kept: list[int], out: torch.Tensor, logits: torch.Tensor, kk: int) -> None:
+        """Record each row's tokens out[i, :kept[i] + 1] up to its end; free finished rows.
+        kk: the round's draft length (each row verified kk + 1 positions)."""
         batch = self._batch
         rows = batch.rows
+        starts = batch.pos.tolist()
         want_lp = [r.req.params.logprobs or r.req.params.top_logprobs > 0 for r in rows]
         toks = out.tolist()
         lp_sel = top = None
@@ -743,6 +750,11 @@ class TorchEngine:
                 if i in done or cut:
                     break
             used.append(n)
+            # What speculation costs beyond the tokens taken (charged at finish): the verified
+            # positions thrown away and, with a draft model, its kk + 1 positions of the round.
+            row.req.usage.flops += self.shape.span_flops(starts[i] + n, kk + 1 - n)
+            if self.draft is not None:
+                row.req.usage.flops += self.draft_shape.span_flops(starts[i] - 1, kk + 1)
             if row.req is not last:
                 last = row.req
                 last.handle._updated.set()
