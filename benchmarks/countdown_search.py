@@ -84,7 +84,8 @@ def main() -> None:
     gen = with_task_stops(load_generator(args.model, **options), task)
     for level in map(int, args.levels.split(",")):
         problems = task.problems(args.split, level, args.num_problems)
-        base = {"model": args.model, **options, "split": args.split, "level": level, "problems": len(problems),
+        base = {"model": args.model, **options, "split": args.split, "level": level,
+                "problems": len(problems),
                 "short_greedy": greedy_row(gen, task, problems, "low")["accuracy"],
                 "long_greedy": greedy_row(gen, task, problems, "high")}
         for t in map(float, args.temperatures.split(",")):

@@ -453,14 +453,14 @@ def bench_sparse(model: str | None = None, problems: int = SPARSE_PROBLEMS, leve
     path, label = sparse_model() if model is None else (resolve_model(model), model)
     if problems < 1:
         raise TTScaleError(f"problems={problems} is out of range; accepted: >= 1")
+    if task not in BUILTIN_TASKS:
+        raise TTScaleError(f"task={task!r} has no long mode; accepted: {', '.join(BUILTIN_TASKS)}")
     names = [str(parse_sparse(x)) for x in settings]
     if not names:
         raise TTScaleError("no sparse_attention setting given; accepted: e.g. block=16,sink=1,window=2,topk=4")
     configs = [None] + names
     engines = {c: TorchEngine(path, device=device, dtype=dtype, sparse_attention=c) for c in configs}
     dense = engines[None]
-    if task not in BUILTIN_TASKS:
-        raise TTScaleError(f"task={task!r} has no long mode; accepted: {', '.join(BUILTIN_TASKS)}")
     task = get_task(task)
     probs = [apply_effort(p, "high")
              for p in task.problems("test", level=level, n=problems, seed=seed)]

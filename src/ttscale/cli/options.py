@@ -135,9 +135,11 @@ def generator_options(backend: str, base_url: list[str], shape_from: Optional[st
         raise TTScaleError(f"--endpoint-concurrency {endpoint_concurrency!r} is out of range; "
                            "accepted: an integer >= 1")
     kv = parse_size("--kv-memory", kv_memory)
-    from ttscale.engine.sparse import parse_sparse
+    sparse = None
+    if sparse_attention is not None:  # the engine (and torch) only when the flag is given
+        from ttscale.engine.sparse import parse_sparse
 
-    sparse = parse_sparse(sparse_attention)
+        sparse = parse_sparse(sparse_attention)
     engine = {k: v for k, v in (("kv_memory", kv), ("sparse_attention", sparse and str(sparse)),
                                 ("speculative", parse_speculative("--speculative", speculative)))
               if v is not None}  # the torch engine's options; each key is its flag's name

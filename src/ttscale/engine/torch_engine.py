@@ -522,15 +522,14 @@ class TorchEngine:
             if self.draft is not None:  # the draft computes whole prompts (no prefix cache)
                 self._prefill([(ids, 0) for ids, _ in items], a0, self._views[1],
                               self.draft.model.forward, self.draft.config.sliding_window)
-                for c in fresh:
-                    req = chunks[c][0]
-                    req.usage.flops += self.draft_shape.span_flops(0, len(req.ids))
         for rank, c in enumerate(fresh):
             req, h = chunks[c][0], hits[c][2]
             req.first_logits = logits[rank]
             if not req.usage.prompt_tokens:  # the first admission
                 req.usage.prompt_tokens, req.usage.cached_tokens = len(req.ids), h
             req.usage.flops += self.shape.span_flops(h, len(req.ids) - h)
+            if self.draft is not None:  # and the draft's whole prompt
+                req.usage.flops += self.draft_shape.span_flops(0, len(req.ids))
             # its full blocks (decode writes only past the prompt; the last block waits for finish)
             self.prefix.register(req.ids[:len(req.ids) // bs * bs], firsts[rank].blocks)
         new_rows, source_of = list(firsts), list(range(len(firsts)))
