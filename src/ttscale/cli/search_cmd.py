@@ -34,6 +34,10 @@ def train_prm_cmd(
                               "hard (any right)."),
     heldout_problems: int = typer.Option(8, help="Held-out problems per (task, level) for the card."),
     heldout_samples: int = typer.Option(16, help="Samples per held-out problem (within-problem AUROC)."),
+    reader: str = typer.Option("head", help="head (train a token-classification head) or lm-check "
+                               "(a checking LM's gaps to each token written, a fitted logistic head)."),
+    checker: Optional[str] = typer.Option(None, help="With --reader lm-check: the checking LM "
+                                          "(name or directory); default: --policy."),
     init: str = typer.Option("policy", help="Backbone from the policy's weights, or scratch."),
     size: Optional[str] = typer.Option(None, help="With --init scratch: a family size."),
     steps: int = typer.Option(150, help="Optimizer steps."),
@@ -58,7 +62,8 @@ def train_prm_cmd(
                     kind=kind, problems=problems, samples=samples, rollouts=rollouts, label=label,
                     labels=labels, sample_policies=sample_policy or [], efforts=effort or defaults.efforts,
                     temperatures=sample_temperature or [], heldout_samples=heldout_samples,
-                    heldout_problems=heldout_problems, init=init, size=size, steps=steps,
+                    heldout_problems=heldout_problems, reader=reader, checker=checker,
+                    init=init, size=size, steps=steps,
                     batch_size=batch_size, lr=lr, temperature=temperature, max_tokens=max_tokens,
                     seed=seed, device=device, threads=threads)
     command = "ttscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -63,9 +63,9 @@ def get_scorer(name: str, task: Task | None = None, generator: Generator | None 
             from ttscale.models.registry import resolve_model
 
             path = resolve_model(path)
-        from ttscale.rewards.prm import LearnedPRM
+        from ttscale.rewards.prm import load_reward_model
 
-        return LearnedPRM(path, aggregate=aggregate, kind=name)
+        return load_reward_model(path, aggregate=aggregate, kind=name)
     if name == "likelihood":
         from ttscale.rewards.likelihood import LikelihoodScorer
 

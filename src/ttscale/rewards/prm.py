@@ -141,6 +141,25 @@ class LearnedPRM:
         return ScoreBatch(scores, usage)
 
 
+def load_reward_model(path: str | Path, aggregate: str = "last", kind: str = "prm",
+                      device: str = "cpu") -> Any:
+    """The reward model in `path` (a directory or a shipped name): a `LearnedPRM`, or, for one
+    made with `--reader lm-check`, a `rewards.lm_check.LMStepChecker` with its fitted head."""
+    if not Path(path).is_dir():
+        from ttscale.models.registry import resolve_model
+
+        path = resolve_model(str(path))
+    meta = reward_model_meta(path)
+    if meta.get("reader") == "lm-check":
+        if kind != "prm":
+            raise TTScaleError(f"{str(path)!r} is a step checker (a prm); accepted: the prm scorer")
+        from ttscale.rewards.lm_check import LMStepChecker
+
+        return LMStepChecker(str(path), head=meta["lm_check_head"], aggregate=aggregate,
+                             delimiter=meta.get("step_delimiter", "\n"))
+    return LearnedPRM(path, aggregate=aggregate, kind=kind, device=device)
+
+
 def forward_logits(model: torch.nn.Module, batch: Sequence[Sequence[int]], pad_id: int,
                    device: torch.device | str = "cpu", grad: bool = False) -> torch.Tensor:
     """The head's logit at every position of a right-padded batch: shape (batch, length)."""

@@ -35,7 +35,7 @@ from transformers import AutoTokenizer, LlamaForTokenClassification
 from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.family import SIZES
-from ttscale.rewards.prm import KINDS, LearnedPRM, encode_for_reward, forward_logits
+from ttscale.rewards.prm import KINDS, LearnedPRM, encode_for_reward, forward_logits, load_reward_model
 from ttscale.rewards.quality import first_wrong
 from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
 from ttscale.tasks.base import Task
@@ -44,6 +44,7 @@ from ttscale.types import GenerationRequest, Problem, SamplingParams
 LABELS = ("soft", "hard")
 LABEL_SOURCES = ("oracle", "mc")  # exact step checks, or Math-Shepherd Monte Carlo rollouts
 INITS = ("policy", "scratch")
+READERS = ("head", "lm-check")  # a trained token-classification head, or a checking LM's gaps
 
 
 @dataclass
@@ -66,6 +67,8 @@ class PRMConfig:
     temperatures: list[float] = field(default_factory=list)  # of training samples; [] = [temperature]
     efforts: list[str] = field(default_factory=lambda: ["low"])  # efforts of training samples
     max_tokens: int = 128
+    reader: str = "head"  # "head": train a token classifier; "lm-check": rewards.lm_check
+    checker: str | None = None  # with reader="lm-check": the LM that checks (default: policy)
     init: str = "policy"  # backbone: "policy" weights or "scratch"
     size: str | None = None  # with init="scratch": a family size (default: the policy's shape)
     steps: int = 150  # optimizer steps
@@ -92,6 +95,11 @@ class PRMConfig:
                 raise out_of_range("temperature", t, "0 < temperature <= 5")
         if self.init not in INITS:
             raise unknown("init", self.init, INITS)
+        if self.reader not in READERS:
+            raise unknown("reader", self.reader, READERS)
+        if self.reader == "lm-check" and self.kind != "prm":
+            raise TTScaleError(f"reader 'lm-check' scores steps, so it makes a prm, not a "
+                               f"{self.kind}; accepted: --kind prm, or --reader head")
         if self.size is not None and self.size not in SIZES:
             raise unknown("model size", self.size, SIZES)
         for t in self.tasks:
@@ -311,6 +319,36 @@ def train_reward_model(model: LlamaForTokenClassification, examples: Sequence[tu
     return losses
 
 
+def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: str,
+                 meta: dict[str, Any]) -> tuple[torch.nn.Module, Any, list[float]]:
+    """A checking LM (`cfg.checker`, default the policy) with a logistic head fitted on the
+    features of every step up to and including the first wrong one (`rewards.lm_check`): the head
+    learns to spot the step where an error happens; later steps, written after it, are left to
+    the aggregate. Returns the LM (its config carrying the head), its tokenizer and the loss."""
+    from ttscale.models.registry import resolve_model
+    from ttscale.rewards.lm_check import LMStepChecker, fit_head
+
+    name = cfg.checker or cfg.policy
+    checker = LMStepChecker(str(resolve_model(name)), delimiter=delimiter)
+    feats, _ = checker.features([d.problem.prompt for d in data], [d.text for d in data])
+    rows, labels = [], []
+    for d, f in zip(data, feats):
+        n = min(len(f.rows), len(d.oracle))
+        stop = first_wrong(d.oracle[:n])
+        for i in range(n if stop < 0 else stop + 1):
+            rows.append(f.rows[i])
+            labels.append(1.0 if d.oracle[i] else 0.0)
+    head = fit_head(rows, labels)
+    z = torch.tensor(rows, dtype=torch.float64) @ torch.tensor(head["weights"], dtype=torch.float64)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        z + head["bias"], torch.tensor(labels, dtype=torch.float64)).item()
+    checker.lm.config.ttscale = {**meta, "reader": "lm-check", "checker": Path(str(name)).name,
+                                 "lm_check_head": head, "head_steps": len(rows),
+                                 "head": "sigmoid of a logistic head on the checking LM's gaps "
+                                 "between each token written and its own choice (rewards.lm_check)"}
+    return checker.lm, checker.tokenizer, [loss]
+
+
 # -- evaluation ------------------------------------------------------------------------------
 
 def processbench_f1(pred: Sequence[int], gold: Sequence[int]) -> dict[str, float]:
@@ -425,22 +463,25 @@ def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = Non
     heldout_draws = draw_heldout(generator, cfg)
     heldout = [d for draws in heldout_draws.values() for d in heldout_as_labelled(draws, cfg)]
     t_label = time.time() - t0
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
-    model = build_model(cfg, policy_dir)
-    max_len = int(model.config.max_position_embeddings)
     delimiter = get_task(cfg.tasks[0]).step_delimiter
-    examples = _examples(tokenizer, train, cfg.kind, max_len, delimiter)
-    t1 = time.time()
-    losses = train_reward_model(model, examples, cfg, pad_id=tokenizer.pad_token_id or 0)
-    t_train = time.time() - t1
-    meta = {"kind": cfg.kind, "step_delimiter": delimiter, "head": "sigmoid of the one-label "
-            "token-classification logit at each step's delimiter token", "policy": Path(policy_dir).name,
+    meta = {"kind": cfg.kind, "step_delimiter": delimiter, "policy": Path(policy_dir).name,
             "tasks": cfg.tasks, "levels": cfg.levels, "label": cfg.label, "rollouts": cfg.rollouts}
-    model.config.ttscale = meta
     out.mkdir(parents=True, exist_ok=True)
+    t1 = time.time()
+    if cfg.reader == "lm-check":
+        model, tokenizer, losses = fit_lm_check(cfg, train, delimiter, meta)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+        model = build_model(cfg, policy_dir)
+        max_len = int(model.config.max_position_embeddings)
+        examples = _examples(tokenizer, train, cfg.kind, max_len, delimiter)
+        losses = train_reward_model(model, examples, cfg, pad_id=tokenizer.pad_token_id or 0)
+        model.config.ttscale = {**meta, "head": "sigmoid of the one-label token-classification "
+                                "logit at each step's delimiter token"}
+    t_train = time.time() - t1
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    scorer = LearnedPRM(out, kind=cfg.kind)
+    scorer = load_reward_model(out, kind=cfg.kind)
     metrics = evaluate_reward_model(scorer, heldout)
     by_task = {t: evaluate_reward_model(scorer, [d for d in heldout if d.problem.task == t])
                for t in cfg.tasks}
@@ -481,6 +522,23 @@ def model_card(name: str, s: dict) -> str:
                      + ("fraction of rollouts that reach the right answer (soft)" if c["label"] == "soft"
                         else "1 if any rollout reaches the right answer (hard)")
                      + "; a step stating the final answer is labelled by the task's exact check")
+    if c.get("reader") == "lm-check":
+        arch = (f"It is a causal LM, {c.get('checker') or s['parent']} ({s['params']:,} "
+                "parameters), that checks each step by predicting it (`--reader lm-check`, "
+                "`ttscale.rewards.lm_check`): at every token, the gap between the logprob of the "
+                "token written and of its own choice; a logistic head on each step's gaps, "
+                "fitted on the step labels below, gives the step score, and the score after "
+                "step k is the smallest so far.")
+        fit = (f"logistic head fitted (L-BFGS) on the steps up to each solution's first wrong "
+               f"one; cross-entropy {s['final_loss']:.4f}")
+        pipeline = "text-generation"
+    else:
+        arch = (f"It is a `LlamaForTokenClassification` with one label ({s['params']:,} "
+                "parameters); read sigmoid(logit) at the newline that ends each step.")
+        fit = (f"backbone initialised from {'the policy' + chr(39) + 's weights' if c['init'] == 'policy' else 'scratch'}; "
+               f"{c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss "
+               f"{s['initial_loss']:.4f} -> {s['final_loss']:.4f}")
+        pipeline = "token-classification"
     policies = ", ".join(c.get("sample_policies") or [s["parent"]])
     temps = ", ".join(str(t) for t in (c.get("temperatures") or [c["temperature"]]))
     quality = s.get("quality", [])
@@ -496,21 +554,20 @@ def model_card(name: str, s: dict) -> str:
     lrows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in lab.items())
     return f"""---
 library_name: transformers
-pipeline_tag: token-classification
+pipeline_tag: {pipeline}
 tags: [ttscale, reward-model, {s['kind']}]
 ---
 # {name}
 
-{name} is {what}. It is a `LlamaForTokenClassification` with one label
-({s['params']:,} parameters); read sigmoid(logit) at the newline that ends each step.
+{name} is {what}. {arch}
 It scores solutions sampled from **{s['parent']}** on the built-in tasks
 {', '.join(c['tasks'])} (levels {', '.join(map(str, c['levels']))}).
 
 ## Use
 
 ```python
-from ttscale.rewards.prm import LearnedPRM
-prm = LearnedPRM("{name}", aggregate="min")   # or "last", "prod", "mean"
+from ttscale.rewards.prm import load_reward_model
+prm = load_reward_model("{name}", aggregate="min")   # or "last", "prod", "mean"
 prm.score(problem, ["=3+8-5\\n=11-5\\n=6\\nA: 6\\n"]).scores[0].steps
 ```
 or `ttscale solve ... --scorer {s['kind']}`.
@@ -521,9 +578,7 @@ or `ttscale solve ... --scorer {s['kind']}`.
   effort {', '.join(c.get('efforts', ['low']))}; {c['problems']} train-split problems per (task, level);
   {lab['train_samples']} solutions in all
 - labels: {label_how}
-- backbone initialised from {"the policy's weights" if c['init'] == 'policy' else 'scratch'};
-  {c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss
-  {s['initial_loss']:.4f} -> {s['final_loss']:.4f}
+- {fit}
 - time: labelling {s['label_wall_s']} s, training {s['train_wall_s']} s
 - command: `{s.get('command') or 'ttscale.train.prm.train_prm(PRMConfig(...))'}`
 

@@ -1,0 +1,171 @@
+"""A language model that checks each step by predicting it: the gap between what a step wrote and
+what the checking model would have written.
+
+The long mode's steps are small (one digit operation, one countdown move), small enough for a
+model of the family to compute them again. The checker reads prompt + solution once, teacher
+forced, and at every solution token compares the logprob of the token written with the logprob
+of the token it would have chosen itself (its argmax). Where the checker is sure and disagrees
+(a digit it computes differently) the gap is large; where it is unsure (a countdown move, a
+choice among several right continuations) the gap stays small, whatever was chosen. So the
+signal is a recomputation of each step, not the writer's own surprise, and it works on another
+policy's samples as well as on its own.
+
+A step's features are the smallest and the mean gap over its tokens and its mean logprob; a step
+score is sigmoid(w . features + b), a logistic head fitted on exact step labels
+(`fit_head`, `ttscale train prm --reader lm-check`); with no fitted head it is exp(min gap), the
+checker's agreement with the step's least agreeable token. Like the oracle's labels, the score
+reported at step k is the probability that the solution is still on a path to the right answer
+after it: the smallest step score so far (a step written after an error can look fine, and the
+solution is still wrong), so `last` and `min` agree. Verifier FLOPs are one forward pass of the
+checker over prompt + solution.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ttscale.engine.flops import ModelShape
+from ttscale.errors import TTScaleError
+from ttscale.rewards.aggregate import aggregate, check_aggregate
+from ttscale.rewards.base import ScoreBatch, Scored
+from ttscale.types import Completion, Problem, Usage
+
+FEATURES = ("min_gap", "mean_gap", "mean_logprob")
+
+
+@dataclass
+class StepFeatures:
+    """Per step of one solution: its features (one row per step, FEATURES order)."""
+
+    rows: list[list[float]]
+
+
+def step_spans(solution: str, delimiter: str = "\n") -> list[tuple[int, int]]:
+    """Character spans [start, end) of the non-empty steps of `solution` (end includes the
+    delimiter that closes the step, when there is one)."""
+    spans, start = [], 0
+    while start < len(solution):
+        end = solution.find(delimiter, start)
+        stop = len(solution) if end < 0 else end + len(delimiter)
+        if solution[start:stop].strip():
+            spans.append((start, stop))
+        start = stop
+    return spans
+
+
+def features_of(gaps: Sequence[float], logprobs: Sequence[float]) -> list[float]:
+    if not gaps:
+        return [0.0, 0.0, 0.0]
+    return [min(gaps), sum(gaps) / len(gaps), sum(logprobs) / len(logprobs)]
+
+
+class LMStepChecker:
+    """Scores solutions by a causal LM's agreement with each step (see the module docstring).
+
+    `model`: a family model name or a Hugging Face directory with a causal LM and its tokenizer;
+    `head`: weights (len(FEATURES)) and bias of a fitted logistic head, or None for exp(min gap).
+    """
+
+    name = "prm"
+
+    def __init__(self, model: str, head: dict | None = None, aggregate: str = "last",
+                 delimiter: str = "\n", batch_size: int = 32) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ttscale.models.registry import resolve_model
+
+        path = model if Path(model).is_dir() else str(resolve_model(model))
+        self.model_path = path
+        self.aggregate = check_aggregate(aggregate)
+        self.delimiter = delimiter
+        self.head = head
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        cfg = self.lm.config
+        self.shape = ModelShape(n_params=sum(p.numel() for p in self.lm.parameters()),
+                                n_layer=cfg.num_hidden_layers, d_model=cfg.hidden_size)
+        self.max_len = int(cfg.max_position_embeddings)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    def _encode(self, prompt: str, solution: str) -> tuple[list[int], int, list[tuple[int, int]]]:
+        """ids of prompt + solution, where the solution starts, and each solution token's chars."""
+        p = self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        enc = self.tokenizer(solution, add_special_tokens=False, return_offsets_mapping=True)
+        ids = (p + enc["input_ids"])[: self.max_len]
+        return ids, len(p), enc["offset_mapping"]
+
+    def features(self, prompts: Sequence[str], solutions: Sequence[str]) -> tuple[list[StepFeatures], Usage]:
+        """Each solution's step features, and the FLOPs of reading them."""
+        encoded = [self._encode(p, s) for p, s in zip(prompts, solutions)]
+        out: list[StepFeatures] = []
+        usage = Usage()
+        for b in range(0, len(encoded), self.batch_size):
+            chunk = encoded[b: b + self.batch_size]
+            length = max(len(ids) for ids, _, _ in chunk)
+            x = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(x)
+            for i, (ids, _, _) in enumerate(chunk):
+                x[i, : len(ids)] = torch.tensor(ids)
+                mask[i, : len(ids)] = 1
+            with torch.no_grad():
+                logp = torch.log_softmax(self.lm(input_ids=x, attention_mask=mask).logits.float(), -1)
+            top = logp.max(-1).values
+            for i, (ids, start, offsets) in enumerate(chunk):
+                n = len(ids) - start  # solution tokens that fit
+                pos = torch.arange(start - 1, start - 1 + n)
+                tok = torch.tensor(ids[start:])
+                lp = logp[i, pos, tok]
+                gap = (lp - top[i, pos]).tolist()
+                lp = lp.tolist()
+                rows = []
+                for s0, s1 in step_spans(solutions[b + i], self.delimiter):
+                    idx = [k for k, (c0, _) in enumerate(offsets[:n]) if s0 <= c0 < s1]
+                    rows.append(features_of([gap[k] for k in idx], [lp[k] for k in idx]))
+                out.append(StepFeatures(rows))
+                usage = usage + Usage(prompt_tokens=len(ids), flops=self.shape.span_flops(0, len(ids)))
+        return out, usage
+
+    def step_scores(self, prompts: Sequence[str], solutions: Sequence[str]) -> tuple[list[list[float]], Usage]:
+        """Per-step scores for each (prompt, solution), and the usage of computing them."""
+        feats, usage = self.features(prompts, solutions)
+        return [list(itertools.accumulate((self.step_score(r) for r in f.rows), min))
+                for f in feats], usage
+
+    def step_score(self, row: Sequence[float]) -> float:
+        if self.head is None:
+            return math.exp(row[0])
+        z = sum(w * f for w, f in zip(self.head["weights"], row)) + self.head["bias"]
+        return 1.0 / (1.0 + math.exp(-z))
+
+    def score(self, problem: Problem, solutions: Sequence[str],
+              completions: Sequence[Completion] | None = None) -> ScoreBatch:
+        steps, usage = self.step_scores([problem.prompt] * len(solutions), solutions)
+        return ScoreBatch([Scored(aggregate(s, self.aggregate), s) for s in steps], usage)
+
+
+def fit_head(rows: Sequence[Sequence[float]], labels: Sequence[float], l2: float = 1e-3,
+             iters: int = 200) -> dict:
+    """A logistic head on step features: weights and bias minimising the cross-entropy against
+    the step labels (L2-regularised; convex, so L-BFGS finds the optimum)."""
+    if not rows or len(rows) != len(labels):
+        raise TTScaleError("the head needs one label per step, and at least one step")
+    x = torch.tensor([list(r) for r in rows], dtype=torch.float64)
+    y = torch.tensor(list(labels), dtype=torch.float64)
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        z = x @ w[:-1] + w[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y) + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return {"features": list(FEATURES), "weights": w[:-1].detach().tolist(), "bias": float(w[-1].detach())}
