@@ -105,3 +105,18 @@ def test_bad_reader_settings_are_clear_errors(monkeypatch, capsys):
         PRMConfig(reader="lm-check", kind="orm")
     code, _, err = run_cli(monkeypatch, capsys, "train", "prm", "--out", "x", "--reader", "nope")
     assert code == 2 and "nope" in err and "lm-check" in err and len(err.splitlines()) == 1
+
+
+def test_the_older_countdown_notation_is_read_in_todays():
+    from ttscale.tasks.long_countdown import current_notation
+
+    countdown = get_task("countdown")
+    p = apply_effort(countdown.problems("test", 3, 1, seed=0)[0], "high")
+    old = "12*2=24 left 24 10\n24+10=34 != 122\nback 2 10 12\n12*10=120 == 122\nA: 12*10\n"
+    new = current_notation(old)
+    assert new.splitlines()[1] == "24+10=34 vs 122 no" and new.splitlines()[3] == "12*10=120 vs 122 yes"
+    assert [ln for i, ln in enumerate(new.splitlines()) if i not in (1, 3)] == \
+        [ln for i, ln in enumerate(old.splitlines()) if i not in (1, 3)]
+    assert countdown.check_steps(p, countdown.split_steps(new)) == \
+        countdown.check_steps(p, countdown.split_steps(old))
+    assert current_notation("41*60=2460\n=2460+19\nA: 2479\n") == "41*60=2460\n=2460+19\nA: 2479\n"

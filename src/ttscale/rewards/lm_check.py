@@ -33,6 +33,7 @@ from ttscale.engine.flops import ModelShape
 from ttscale.errors import TTScaleError
 from ttscale.rewards.aggregate import aggregate, check_aggregate
 from ttscale.rewards.base import ScoreBatch, Scored
+from ttscale.tasks.long_countdown import current_notation
 from ttscale.types import Completion, Problem, Usage
 
 FEATURES = ("min_gap", "mean_gap", "mean_logprob")
@@ -101,7 +102,10 @@ class LMStepChecker:
         return ids, len(p), enc["offset_mapping"]
 
     def features(self, prompts: Sequence[str], solutions: Sequence[str]) -> tuple[list[StepFeatures], Usage]:
-        """Each solution's step features, and the FLOPs of reading them."""
+        """Each solution's step features, and the FLOPs of reading them. The checker reads every
+        solution in the family's current notation (`tasks.long_countdown.current_notation`: a
+        line-for-line rewrite of an older, equivalent one), so a notation is not taken for an error."""
+        solutions = [current_notation(s) for s in solutions]
         encoded = [self._encode(p, s) for p, s in zip(prompts, solutions)]
         out: list[StepFeatures] = []
         usage = Usage()

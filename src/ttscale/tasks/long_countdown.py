@@ -61,6 +61,17 @@ def leaf(line: str) -> tuple[int, int, bool] | None:
     return (int(m.group(4)), *_verdict(m))
 
 
+_OLD_LEAF = re.compile(r"(?m)^(\d{1,6}[-+*/]\d{1,6}=-?\d{1,12}) (==|!=) (\d{1,12})$")
+
+
+def current_notation(text: str) -> str:
+    """`text` with the older leaf notation (`c ==|!= T`, the verdict first) written as today's
+    (`c vs T yes|no`), line for line; other lines unchanged. Both say the same, so a step checker
+    trained on today's notation can read the shipped models' older traces (rewards.lm_check)."""
+    return _OLD_LEAF.sub(lambda m: f"{m.group(1)} vs {m.group(3)} "
+                         + ("yes" if m.group(2) == "==" else "no"), text)
+
+
 def _value(a: int, op: str, b: int) -> Fraction | None:
     if op == "/":
         return Fraction(a, b) if b else None
