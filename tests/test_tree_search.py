@@ -250,13 +250,13 @@ SHORT = {"max_depth": 3, "step_max_tokens": 10}
     ("hybrid", {"n": 3, "rounds": 1, "max_tokens": 24}),
 ])
 def test_cost_adds_up_exactly_on_the_torch_engine(engine_model, random_model_dir, strategy, params):
-    from ttscale.rewards.prm import LearnedPRM
+    from ttscale.rewards.prm import load_reward_model
 
     prm_dir = _shipped("ttscale-prm")
     task = get_task("countdown")
     problem = task.problems("test", 2, 1, seed=3)[0]
     gen = CountingGenerator(engine_model)
-    scorer = CountingScorer(LearnedPRM(prm_dir) if prm_dir else OracleScorer(task))
+    scorer = CountingScorer(load_reward_model(prm_dir) if prm_dir else OracleScorer(task))
     sol = solve(problem, task, gen, strategy, params, scorer)
     c = sol.cost
     assert c.policy_tokens == gen.usage.computed_tokens

@@ -539,6 +539,17 @@ def model_card(name: str, s: dict) -> str:
                f"{c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss "
                f"{s['initial_loss']:.4f} -> {s['final_loss']:.4f}")
         pipeline = "token-classification"
+    if c.get("reader") == "lm-check":
+        limits = ("It checks a step by writing it: it judges chains in the notation its checking "
+                  "LM was trained on (countdown's older leaf notation is rewritten to today's "
+                  "first), and only steps small enough for that LM to compute again (the long "
+                  "mode's; a short-mode step packs a whole multiplication into one line). Its "
+                  "scores on other tasks are not measured.")
+    else:
+        limits = ("Trained only on the synthetic tasks above and on one policy's mistakes; its "
+                  "scores on other policies or tasks are not measured. Labels from a few rollouts "
+                  "are noisy (see the agreement above), and a weak policy labels good steps as "
+                  "bad when it fails to finish them.")
     policies = ", ".join(c.get("sample_policies") or [s["parent"]])
     temps = ", ".join(str(t) for t in (c.get("temperatures") or [c["temperature"]]))
     quality = s.get("quality", [])
@@ -612,7 +623,5 @@ first wrong step on erroneous solutions and of saying "no error" on correct ones
 
 ## Limits
 
-Trained only on the synthetic tasks above and on one policy's mistakes; its scores on other
-policies or tasks are not measured. Labels from a few rollouts are noisy (see the agreement
-above), and a weak policy labels good steps as bad when it fails to finish them.
+{limits}
 """
