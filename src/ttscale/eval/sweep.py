@@ -600,8 +600,8 @@ def default_config(grid_model: str | None = None) -> SweepConfig:
         small, both_modes = grid_model, thinks_long(resolve_model(grid_model))
     runs = [RunSpec("greedy")]
     if any(getattr(m, "kind", "") == "prm" for m in list_models()):  # tree search needs a PRM
-        # in the short mode only: the shipped PRM was trained on short-mode solutions and cannot
-        # tell right from wrong long chains (within-problem AUROC 0.50, docs/results.md)
+        # in the short mode only: a tree search grows a chain a line at a time, to at most
+        # max_depth (12) lines, and the long mode's chains run to 30-200 lines
         low = ["low"]
         runs += [RunSpec("beam_search", {"n": 4}, "prm", low), RunSpec("beam_search", {"n": 8}, "prm", low),
                  RunSpec("mcts", {}, "prm", low)]
