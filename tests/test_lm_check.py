@@ -114,7 +114,8 @@ def test_the_older_countdown_notation_is_read_in_todays():
     p = apply_effort(countdown.problems("test", 3, 1, seed=0)[0], "high")
     old = "12*2=24 left 24 10\n24+10=34 != 122\nback 2 10 12\n12*10=120 == 122\nA: 12*10\n"
     new = current_notation(old)
-    assert new.splitlines()[1] == "24+10=34 vs 122 no" and new.splitlines()[3] == "12*10=120 vs 122 yes"
+    lines = new.splitlines()
+    assert lines[1] == "24+10=34 vs 122 no" and lines[3] == "12*10=120 vs 122 yes"
     assert [ln for i, ln in enumerate(new.splitlines()) if i not in (1, 3)] == \
         [ln for i, ln in enumerate(old.splitlines()) if i not in (1, 3)]
     assert countdown.check_steps(p, countdown.split_steps(new)) == \

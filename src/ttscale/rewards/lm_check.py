@@ -75,7 +75,7 @@ class LMStepChecker:
     name = "prm"
 
     def __init__(self, model: str, head: dict | None = None, aggregate: str = "last",
-                 delimiter: str = "\n", batch_size: int = 32) -> None:
+                 delimiter: str = "\n", batch_size: int = 32, device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from ttscale.models.registry import resolve_model
@@ -87,7 +87,9 @@ class LMStepChecker:
         self.head = head
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.device = torch.device(device)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.lm = lm.to(self.device).eval()
         cfg = self.lm.config
         self.shape = ModelShape(n_params=sum(p.numel() for p in self.lm.parameters()),
                                 n_layer=cfg.num_hidden_layers, d_model=cfg.hidden_size)
@@ -101,10 +103,12 @@ class LMStepChecker:
         ids = (p + enc["input_ids"])[: self.max_len]
         return ids, len(p), enc["offset_mapping"]
 
-    def features(self, prompts: Sequence[str], solutions: Sequence[str]) -> tuple[list[StepFeatures], Usage]:
+    def features(self, prompts: Sequence[str],
+                 solutions: Sequence[str]) -> tuple[list[StepFeatures], Usage]:
         """Each solution's step features, and the FLOPs of reading them. The checker reads every
         solution in the family's current notation (`tasks.long_countdown.current_notation`: a
-        line-for-line rewrite of an older, equivalent one), so a notation is not taken for an error."""
+        line-for-line rewrite of an older, equivalent one), so a notation is not taken for an
+        error."""
         solutions = [current_notation(s) for s in solutions]
         encoded = [self._encode(p, s) for p, s in zip(prompts, solutions)]
         out: list[StepFeatures] = []
@@ -118,7 +122,9 @@ class LMStepChecker:
                 x[i, : len(ids)] = torch.tensor(ids)
                 mask[i, : len(ids)] = 1
             with torch.no_grad():
-                logp = torch.log_softmax(self.lm(input_ids=x, attention_mask=mask).logits.float(), -1)
+                logits = self.lm(input_ids=x.to(self.device),
+                                 attention_mask=mask.to(self.device)).logits
+                logp = torch.log_softmax(logits.float(), -1).cpu()
             top = logp.max(-1).values
             for i, (ids, start, offsets) in enumerate(chunk):
                 n = len(ids) - start  # solution tokens that fit
@@ -132,10 +138,12 @@ class LMStepChecker:
                     idx = [k for k, (c0, _) in enumerate(offsets[:n]) if s0 <= c0 < s1]
                     rows.append(features_of([gap[k] for k in idx], [lp[k] for k in idx]))
                 out.append(StepFeatures(rows))
-                usage = usage + Usage(prompt_tokens=len(ids), flops=self.shape.span_flops(0, len(ids)))
+                flops = self.shape.span_flops(0, len(ids))
+                usage = usage + Usage(prompt_tokens=len(ids), flops=flops)
         return out, usage
 
-    def step_scores(self, prompts: Sequence[str], solutions: Sequence[str]) -> tuple[list[list[float]], Usage]:
+    def step_scores(self, prompts: Sequence[str],
+                    solutions: Sequence[str]) -> tuple[list[list[float]], Usage]:
         """Per-step scores for each (prompt, solution), and the usage of computing them."""
         feats, usage = self.features(prompts, solutions)
         return [list(itertools.accumulate((self.step_score(r) for r in f.rows), min))
@@ -172,4 +180,5 @@ def fit_head(rows: Sequence[Sequence[float]], labels: Sequence[float], l2: float
         return loss
 
     opt.step(closure)
-    return {"features": list(FEATURES), "weights": w[:-1].detach().tolist(), "bias": float(w[-1].detach())}
+    w = w.detach()
+    return {"features": list(FEATURES), "weights": w[:-1].tolist(), "bias": float(w[-1])}

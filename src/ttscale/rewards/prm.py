@@ -156,7 +156,7 @@ def load_reward_model(path: str | Path, aggregate: str = "last", kind: str = "pr
         from ttscale.rewards.lm_check import LMStepChecker
 
         return LMStepChecker(str(path), head=meta["lm_check_head"], aggregate=aggregate,
-                             delimiter=meta.get("step_delimiter", "\n"))
+                             delimiter=meta.get("step_delimiter", "\n"), device=device)
     return LearnedPRM(path, aggregate=aggregate, kind=kind, device=device)
 
 

@@ -35,7 +35,8 @@ from transformers import AutoTokenizer, LlamaForTokenClassification
 from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.family import SIZES
-from ttscale.rewards.prm import KINDS, LearnedPRM, encode_for_reward, forward_logits, load_reward_model
+from ttscale.rewards.prm import (KINDS, LearnedPRM, encode_for_reward, forward_logits,
+                                 load_reward_model)
 from ttscale.rewards.quality import first_wrong
 from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
 from ttscale.tasks.base import Task
@@ -329,7 +330,7 @@ def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: st
     from ttscale.rewards.lm_check import LMStepChecker, fit_head
 
     name = cfg.checker or cfg.policy
-    checker = LMStepChecker(str(resolve_model(name)), delimiter=delimiter)
+    checker = LMStepChecker(str(resolve_model(name)), delimiter=delimiter, device=cfg.device)
     feats, _ = checker.features([d.problem.prompt for d in data], [d.text for d in data])
     rows, labels = [], []
     for d, f in zip(data, feats):
@@ -346,7 +347,7 @@ def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: st
                                  "lm_check_head": head, "head_steps": len(rows),
                                  "head": "sigmoid of a logistic head on the checking LM's gaps "
                                  "between each token written and its own choice (rewards.lm_check)"}
-    return checker.lm, checker.tokenizer, [loss]
+    return checker.lm.cpu(), checker.tokenizer, [loss]
 
 
 # -- evaluation ------------------------------------------------------------------------------
@@ -532,24 +533,23 @@ def model_card(name: str, s: dict) -> str:
         fit = (f"logistic head fitted (L-BFGS) on the steps up to each solution's first wrong "
                f"one; cross-entropy {s['final_loss']:.4f}")
         pipeline = "text-generation"
-    else:
-        arch = (f"It is a `LlamaForTokenClassification` with one label ({s['params']:,} "
-                "parameters); read sigmoid(logit) at the newline that ends each step.")
-        fit = (f"backbone initialised from {'the policy' + chr(39) + 's weights' if c['init'] == 'policy' else 'scratch'}; "
-               f"{c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss "
-               f"{s['initial_loss']:.4f} -> {s['final_loss']:.4f}")
-        pipeline = "token-classification"
-    if c.get("reader") == "lm-check":
         limits = ("It checks a step by writing it: it judges chains in the notation its checking "
                   "LM was trained on (countdown's older leaf notation is rewritten to today's "
                   "first), and only steps small enough for that LM to compute again (the long "
                   "mode's; a short-mode step packs a whole multiplication into one line). Its "
                   "scores on other tasks are not measured.")
     else:
+        arch = (f"It is a `LlamaForTokenClassification` with one label ({s['params']:,} "
+                "parameters); read sigmoid(logit) at the newline that ends each step.")
+        start = "the policy's weights" if c["init"] == "policy" else "scratch"
+        fit = (f"backbone initialised from {start}; "
+               f"{c['steps']} AdamW steps, batch {c['batch_size']}, lr {c['lr']}; BCE loss "
+               f"{s['initial_loss']:.4f} -> {s['final_loss']:.4f}")
+        pipeline = "token-classification"
         limits = ("Trained only on the synthetic tasks above and on one policy's mistakes; its "
-                  "scores on other policies or tasks are not measured. Labels from a few rollouts "
-                  "are noisy (see the agreement above), and a weak policy labels good steps as "
-                  "bad when it fails to finish them.")
+                  "scores on other policies or tasks are not measured. Labels from a few "
+                  "rollouts are noisy (see the agreement above), and a weak policy labels good "
+                  "steps as bad when it fails to finish them.")
     policies = ", ".join(c.get("sample_policies") or [s["parent"]])
     temps = ", ".join(str(t) for t in (c.get("temperatures") or [c["temperature"]]))
     quality = s.get("quality", [])
