@@ -8,6 +8,8 @@ with its threshold chosen on the held-out samples only (`strategies.cascade.best
 then applied to the test samples. Results are appended to benchmarks/results/verifiers.jsonl.
 
     python benchmarks/verifiers.py --settings arith:3,countdown:3 --scorer prm --scorer checker
+    python benchmarks/verifiers.py --settings arith:3 --effort high --scorer prm \
+        --escalate best_of_n --cascade-n 16     # the long mode (stored as *-high.jsonl)
 """
 from __future__ import annotations
 
@@ -23,17 +25,24 @@ from ttscale.eval.verifier_quality import (cascade_rows, cascade_summary, draw_s
 from ttscale.rewards import get_scorer
 from ttscale.strategies.cascade import best_threshold
 from ttscale.tasks import get_task
+from ttscale.tasks.effort import apply_effort, max_tokens_for
 
 RUNS = Path("runs/verifiers")
 RESULTS = Path(__file__).parent / "results" / "verifiers.jsonl"
 
 
-def samples(kind: str, model: str, task: str, level: int, k: int, n: int):
-    path = RUNS / f"{kind}-{task}-L{level}.jsonl"
+def samples(kind: str, model: str, task: str, level: int, k: int, n: int, effort: str = "low",
+            temperature: float = 1.0):
+    """Stored samples of `kind` (test "samples" or "heldout"), drawn and saved when missing."""
+    tag = "" if effort == "low" else f"-{effort}"
+    tag += "" if temperature == 1.0 else f"-t{temperature}"
+    path = RUNS / f"{kind}-{task}-L{level}{tag}.jsonl"
     if not path.exists():
         split = "test" if kind == "samples" else "heldout"
-        problems = load_problems(get_task(task), level, k, split)
-        save_samples(path, draw_samples(load_generator(model), problems, n=n))
+        problems = [apply_effort(p, effort) for p in load_problems(get_task(task), level, k, split)]
+        drawn = draw_samples(load_generator(model), problems, n=n, temperature=temperature,
+                             max_tokens=max_tokens_for(effort, 128))
+        save_samples(path, drawn)
     return load_samples(path)
 
 
@@ -45,12 +54,15 @@ def main() -> None:
     ap.add_argument("--heldout-problems", type=int, default=60)
     ap.add_argument("--cascade-n", type=int, default=8)
     ap.add_argument("--escalate", default="majority")
+    ap.add_argument("--effort", default="low", help="low, or high: the long mode")
+    ap.add_argument("--temperature", type=float, default=1.0)
     args = ap.parse_args()
     for setting in args.settings.split(","):
         task_name, level = setting.split(":")
         task, level = get_task(task_name), int(level)
-        test = samples("samples", args.model, task_name, level, 200, 16)
-        held = samples("heldout", args.model, task_name, level, args.heldout_problems, 16)
+        test = samples("samples", args.model, task_name, level, 200, 16, args.effort, args.temperature)
+        held = samples("heldout", args.model, task_name, level, args.heldout_problems, 16,
+                       args.effort, args.temperature)
         for spec in args.scorer or ["prm"]:
             spec, _, scorer_model = spec.partition("=")
             name, how = parse_scorer_spec(spec)
@@ -63,7 +75,8 @@ def main() -> None:
             threshold, _ = best_threshold([r.greedy_score for r in cal], [r.greedy_right for r in cal],
                                           [r.escalated_right for r in cal])
             casc = cascade_summary(cascade_rows(task, test, scorer, args.cascade_n, args.escalate), threshold)
-            row = {"model": args.model, "task": task_name, "level": level, "scorer": name, "aggregate": how,
+            row = {"model": args.model, "task": task_name, "level": level, "effort": args.effort,
+                   "temperature": args.temperature, "scorer": name, "aggregate": how,
                    "scorer_model": scorer_model or None, "problems": q["problems"],
                    "within_problem_auroc": q["within_problem_auroc"], "first_step": q["step_auroc_first_step"],
                    "first_error": q["step_auroc_first_error"], "greedy_acc": q["greedy_acc"],
