@@ -61,6 +61,13 @@ def test_a_wrong_digit_is_flagged_at_its_step_and_after(checker):
     assert usage.flops > 0 and usage.prompt_tokens > len(right)
 
 
+def test_an_empty_solution_scores_lowest_and_does_not_break_the_batch(checker):
+    p, right = _long_problem_and_solution()
+    batch = checker.score(p, [right, ""])
+    assert batch.scores[1].steps == [] and batch.scores[1].value == 0.0
+    assert batch.scores[0].value > 0.0
+
+
 def test_the_head_learns_which_steps_are_wrong():
     rng = random.Random(0)
     rows, labels = [], []

@@ -129,7 +129,7 @@ class LMStepChecker:
             for i, (ids, start, offsets) in enumerate(chunk):
                 n = len(ids) - start  # solution tokens that fit
                 pos = torch.arange(start - 1, start - 1 + n)
-                tok = torch.tensor(ids[start:])
+                tok = torch.tensor(ids[start:], dtype=torch.long)  # [] for an empty solution
                 lp = logp[i, pos, tok]
                 gap = (lp - top[i, pos]).tolist()
                 lp = lp.tolist()
