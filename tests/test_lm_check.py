@@ -76,7 +76,8 @@ def test_the_head_learns_which_steps_are_wrong():
         gap = rng.uniform(-0.5, 0) if ok else rng.uniform(-6, -2)
         rows.append([gap, gap / 2, rng.uniform(-1, 0)])
         labels.append(1.0 if ok else 0.0)
-    head = fit_head(rows, labels)
+    head, loss = fit_head(rows, labels)
+    assert 0 < loss < 0.69  # below chance cross-entropy
     assert head["weights"][0] + head["weights"][1] / 2 > 0  # a larger gap means a wronger step
     c = LMStepChecker.__new__(LMStepChecker)
     c.head = head

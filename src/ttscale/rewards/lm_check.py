@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from ttscale.engine.flops import ModelShape
 from ttscale.errors import TTScaleError
 from ttscale.rewards.aggregate import aggregate, check_aggregate
 from ttscale.rewards.base import ScoreBatch, Scored
+from ttscale.rewards.prm import padded_logits, shape_of
 from ttscale.tasks.long_countdown import current_notation
 from ttscale.types import Completion, Problem, Usage
 
@@ -59,6 +59,21 @@ def step_spans(solution: str, delimiter: str = "\n") -> list[tuple[int, int]]:
     return spans
 
 
+def token_ranges(spans: Sequence[tuple[int, int]],
+                 offsets: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """For each character span (sorted, disjoint), the range [a, z) of the tokens that start in
+    it; `offsets` are the tokens' (start, end) characters, in order. One pass over both."""
+    out, k = [], 0
+    for s0, s1 in spans:
+        while k < len(offsets) and offsets[k][0] < s0:
+            k += 1
+        a = k
+        while k < len(offsets) and offsets[k][0] < s1:
+            k += 1
+        out.append((a, k))
+    return out
+
+
 def features_of(gaps: Sequence[float], logprobs: Sequence[float]) -> list[float]:
     if not gaps:
         return [0.0, 0.0, 0.0]
@@ -81,7 +96,6 @@ class LMStepChecker:
         from ttscale.models.registry import resolve_model
 
         path = model if Path(model).is_dir() else str(resolve_model(model))
-        self.model_path = path
         self.aggregate = check_aggregate(aggregate)
         self.delimiter = delimiter
         self.head = head
@@ -90,10 +104,8 @@ class LMStepChecker:
         self.device = torch.device(device)
         lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         self.lm = lm.to(self.device).eval()
-        cfg = self.lm.config
-        self.shape = ModelShape(n_params=sum(p.numel() for p in self.lm.parameters()),
-                                n_layer=cfg.num_hidden_layers, d_model=cfg.hidden_size)
-        self.max_len = int(cfg.max_position_embeddings)
+        self.shape = shape_of(self.lm)
+        self.max_len = int(self.lm.config.max_position_embeddings)
         self.pad_id = self.tokenizer.pad_token_id or 0
 
     def _encode(self, prompt: str, solution: str) -> tuple[list[int], int, list[tuple[int, int]]]:
@@ -115,16 +127,8 @@ class LMStepChecker:
         usage = Usage()
         for b in range(0, len(encoded), self.batch_size):
             chunk = encoded[b: b + self.batch_size]
-            length = max(len(ids) for ids, _, _ in chunk)
-            x = torch.full((len(chunk), length), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(x)
-            for i, (ids, _, _) in enumerate(chunk):
-                x[i, : len(ids)] = torch.tensor(ids)
-                mask[i, : len(ids)] = 1
-            with torch.no_grad():
-                logits = self.lm(input_ids=x.to(self.device),
-                                 attention_mask=mask.to(self.device)).logits
-                logp = torch.log_softmax(logits.float(), -1).cpu()
+            logits = padded_logits(self.lm, [ids for ids, _, _ in chunk], self.pad_id, self.device)
+            logp = torch.log_softmax(logits.float(), -1).cpu()
             top = logp.max(-1).values
             for i, (ids, start, offsets) in enumerate(chunk):
                 n = len(ids) - start  # solution tokens that fit
@@ -133,11 +137,9 @@ class LMStepChecker:
                 lp = logp[i, pos, tok]
                 gap = (lp - top[i, pos]).tolist()
                 lp = lp.tolist()
-                rows = []
-                for s0, s1 in step_spans(solutions[b + i], self.delimiter):
-                    idx = [k for k, (c0, _) in enumerate(offsets[:n]) if s0 <= c0 < s1]
-                    rows.append(features_of([gap[k] for k in idx], [lp[k] for k in idx]))
-                out.append(StepFeatures(rows))
+                spans = step_spans(solutions[b + i], self.delimiter)
+                out.append(StepFeatures([features_of(gap[a:z], lp[a:z])
+                                         for a, z in token_ranges(spans, offsets[:n])]))
                 flops = self.shape.span_flops(0, len(ids))
                 usage = usage + Usage(prompt_tokens=len(ids), flops=flops)
         return out, usage
@@ -162,9 +164,10 @@ class LMStepChecker:
 
 
 def fit_head(rows: Sequence[Sequence[float]], labels: Sequence[float], l2: float = 1e-3,
-             iters: int = 200) -> dict:
+             iters: int = 200) -> tuple[dict, float]:
     """A logistic head on step features: weights and bias minimising the cross-entropy against
-    the step labels (L2-regularised; convex, so L-BFGS finds the optimum)."""
+    the step labels (L2-regularised; convex, so L-BFGS finds the optimum), and that
+    cross-entropy (without the L2 term) at the optimum."""
     if not rows or len(rows) != len(labels):
         raise TTScaleError("the head needs one label per step, and at least one step")
     x = torch.tensor([list(r) for r in rows], dtype=torch.float64)
@@ -181,4 +184,5 @@ def fit_head(rows: Sequence[Sequence[float]], labels: Sequence[float], l2: float
 
     opt.step(closure)
     w = w.detach()
-    return {"features": list(FEATURES), "weights": w[:-1].tolist(), "bias": float(w[-1])}
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w[:-1] + w[-1], y).item()
+    return {"features": list(FEATURES), "weights": w[:-1].tolist(), "bias": float(w[-1])}, loss

@@ -160,9 +160,9 @@ def load_reward_model(path: str | Path, aggregate: str = "last", kind: str = "pr
     return LearnedPRM(path, aggregate=aggregate, kind=kind, device=device)
 
 
-def forward_logits(model: torch.nn.Module, batch: Sequence[Sequence[int]], pad_id: int,
-                   device: torch.device | str = "cpu", grad: bool = False) -> torch.Tensor:
-    """The head's logit at every position of a right-padded batch: shape (batch, length)."""
+def padded_logits(model: torch.nn.Module, batch: Sequence[Sequence[int]], pad_id: int,
+                  device: torch.device | str = "cpu", grad: bool = False) -> torch.Tensor:
+    """`model`'s logits on a right-padded batch of token ids: shape (batch, length, outputs)."""
     length = max(len(ids) for ids in batch)
     x = torch.full((len(batch), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), length), dtype=torch.long)
@@ -170,5 +170,10 @@ def forward_logits(model: torch.nn.Module, batch: Sequence[Sequence[int]], pad_i
         x[i, : len(ids)] = torch.tensor(ids)
         mask[i, : len(ids)] = 1
     with torch.set_grad_enabled(grad):
-        logits = model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
-    return logits[..., 0].float()
+        return model(input_ids=x.to(device), attention_mask=mask.to(device)).logits
+
+
+def forward_logits(model: torch.nn.Module, batch: Sequence[Sequence[int]], pad_id: int,
+                   device: torch.device | str = "cpu", grad: bool = False) -> torch.Tensor:
+    """The head's logit at every position of a right-padded batch: shape (batch, length)."""
+    return padded_logits(model, batch, pad_id, device, grad)[..., 0].float()

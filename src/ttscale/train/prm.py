@@ -339,10 +339,7 @@ def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: st
         for i in range(n if stop < 0 else stop + 1):
             rows.append(f.rows[i])
             labels.append(1.0 if d.oracle[i] else 0.0)
-    head = fit_head(rows, labels)
-    z = torch.tensor(rows, dtype=torch.float64) @ torch.tensor(head["weights"], dtype=torch.float64)
-    loss = torch.nn.functional.binary_cross_entropy_with_logits(
-        z + head["bias"], torch.tensor(labels, dtype=torch.float64)).item()
+    head, loss = fit_head(rows, labels)
     checker.lm.config.ttscale = {**meta, "reader": "lm-check", "checker": Path(str(name)).name,
                                  "lm_check_head": head, "head_steps": len(rows),
                                  "head": "sigmoid of a logistic head on the checking LM's gaps "
