@@ -2,7 +2,6 @@
 judge and the answer checker, by name."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from ttscale.engine.base import Generator
 from ttscale.errors import TTScaleError, unknown
@@ -58,14 +57,11 @@ def get_scorer(name: str, task: Task | None = None, generator: Generator | None 
 
         return OracleScorer(task, aggregate=aggregate)
     if name in ("prm", "orm"):
-        path = model or _default_reward_model(name)
-        if not Path(path).exists():
-            from ttscale.models.registry import resolve_model
-
-            path = resolve_model(path)
         from ttscale.rewards.prm import load_reward_model
 
-        return load_reward_model(path, aggregate=aggregate, kind=name)
+        # a directory, or a shipped name that load_reward_model resolves
+        return load_reward_model(model or _default_reward_model(name), aggregate=aggregate,
+                                 kind=name)
     if name == "likelihood":
         from ttscale.rewards.likelihood import LikelihoodScorer
 
