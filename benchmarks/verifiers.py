@@ -5,7 +5,9 @@ For each (task, level): the test-split samples written by `ttscale verifier-qual
 For each scorer it prints the within-problem AUROC, best-of-16 against greedy, and the cascade
 (greedy; escalate to `escalate` over greedy + n samples when the scorer flags the greedy answer)
 with its threshold chosen on the held-out samples only (`strategies.cascade.best_threshold`),
-then applied to the test samples. Results are appended to benchmarks/results/verifiers.jsonl.
+then applied to the test samples; then, per task and scorer, the within-problem AUROC on the
+held-out samples of all its levels together (every right-wrong pair of one problem counts once).
+Results are appended to benchmarks/results/verifiers.jsonl.
 
     python benchmarks/verifiers.py --settings arith:3,countdown:3 --scorer prm --scorer checker
     python benchmarks/verifiers.py --settings arith:3 --effort high --scorer prm \
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--effort", default="low", help="low, or high: the long mode")
     ap.add_argument("--temperature", type=float, default=1.0)
     args = ap.parse_args()
+    heldout: dict[tuple[str, str], list[float]] = {}  # (task, scorer): [wins, pairs, problems]
     for setting in args.settings.split(","):
         task_name, level = setting.split(":")
         task, level = get_task(task_name), int(level)
@@ -71,6 +74,12 @@ def main() -> None:
             scorer = get_scorer(name, task=task, model=scorer_model or None, aggregate=how)
             t0 = time.time()
             q = verifier_quality(task, test, scorer)
+            hq = verifier_quality(task, held, scorer)["within_problem_auroc"]
+            acc = heldout.setdefault((task_name, spec), [0.0, 0, 0])
+            if hq["pairs"]:
+                acc[0] += hq["auroc"] * hq["pairs"]
+                acc[1] += hq["pairs"]
+                acc[2] += hq["groups"]
             cal = cascade_rows(task, held, scorer, args.cascade_n, args.escalate)
             threshold, _ = best_threshold([r.greedy_score for r in cal], [r.greedy_right for r in cal],
                                           [r.escalated_right for r in cal])
@@ -78,7 +87,8 @@ def main() -> None:
             row = {"model": args.model, "task": task_name, "level": level, "effort": args.effort,
                    "temperature": args.temperature, "scorer": name, "aggregate": how,
                    "scorer_model": scorer_model or None, "problems": q["problems"],
-                   "within_problem_auroc": q["within_problem_auroc"], "first_step": q["step_auroc_first_step"],
+                   "within_problem_auroc": q["within_problem_auroc"],
+                   "heldout_within_problem_auroc": hq, "first_step": q["step_auroc_first_step"],
                    "first_error": q["step_auroc_first_error"], "greedy_acc": q["greedy_acc"],
                    "best_of_16_acc": q["best_of_n_acc"], "maj_acc": q["maj_acc"],
                    "weighted_maj_acc": q["weighted_maj_acc"], "pass_at_16": q["pass_at_n"],
@@ -96,7 +106,12 @@ def main() -> None:
                   f"{row['first_step']['auroc']:.2f} | {row['first_error']['auroc']:.2f} | "
                   f"{row['greedy_acc']:.1%} | {row['best_of_16_acc']:.1%} | {c['accuracy']:.1%} at "
                   f"{c['flops_x_greedy']:.1f}x (t={c['threshold']:.2f}, {c['escalation_rate']:.0%} escalated) | "
-                  f"{row['pooled_auroc']:.2f} | {row['processbench_f1']:.2f} |", flush=True)
+                  f"{row['pooled_auroc']:.2f} | {row['processbench_f1']:.2f} | held out "
+                  f"{hq['auroc']:.2f} ({hq['groups']}) |", flush=True)
+    for (task_name, spec), (wins, pairs, groups) in heldout.items():
+        if pairs:
+            print(f"held out, {task_name}, all levels above, {spec}: within-problem AUROC "
+                  f"{wins / pairs:.3f} ({groups} problems, {pairs} pairs)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from ttscale.rewards.aggregate import aggregate
 from ttscale.rewards.prm import LearnedPRM, encode_for_reward
 from ttscale.tasks import get_task
 from ttscale.train.prm import (LabelledSolution, PRMConfig, build_model, first_wrong, label_solutions,
-                               math_shepherd_label, processbench_f1, train_prm, train_reward_model)
+                               math_shepherd_label, processbench_f1, quality_by_task, train_prm,
+                               train_reward_model)
 
 from test_tree_search import ScriptedGenerator, _problem
 
@@ -163,6 +164,8 @@ def test_train_prm_end_to_end_on_the_torch_engine(random_model_dir, tmp_path, mo
     assert (q["task"], q["level"], q["effort"], q["problems"], q["n"]) == ("arith", 2, "low", 2, 3)
     assert set(summary["metrics"]) >= {"step_accuracy", "processbench_f1", "outcome_accuracy"}
     assert summary["metrics"]["heldout_samples"] > 0
+    assert [(t["task"], t["effort"]) for t in summary["quality_by_task"]] == (
+        [("arith", "low")] if q["mixed_problems"] else [])
     monkeypatch.setenv("TTSCALE_MODELS_DIR", str(out.parent))
     [info] = list_models()
     assert info.kind == "prm" and info.name == "ttscale-prm-test"
@@ -182,3 +185,18 @@ def test_oracle_labels_from_several_policies_and_temperatures(random_model_dir, 
         PRMConfig(labels="exact")
     with pytest.raises(TTScaleError, match="unknown effort 'max'"):
         PRMConfig(efforts=["max"])
+
+
+def test_per_task_within_problem_auroc_counts_every_pair_once():
+    rows = [{"task": "countdown", "effort": "high", "within_problem_auroc": 1.0, "mixed_problems": 2,
+             "pairs": 30},
+            {"task": "countdown", "effort": "high", "within_problem_auroc": 0.5, "mixed_problems": 1,
+             "pairs": 10},
+            {"task": "countdown", "effort": "high", "within_problem_auroc": float("nan"),
+             "mixed_problems": 0, "pairs": 0},  # a level with no mixed problem adds nothing
+            {"task": "countdown", "effort": "low", "within_problem_auroc": 0.25, "mixed_problems": 1,
+             "pairs": 4}]
+    high, low = quality_by_task(rows)
+    assert (high["task"], high["effort"], high["pairs"], high["mixed_problems"]) == ("countdown", "high", 40, 3)
+    assert high["within_problem_auroc"] == pytest.approx((30 * 1.0 + 10 * 0.5) / 40)
+    assert (low["effort"], low["within_problem_auroc"]) == ("low", 0.25)

@@ -434,11 +434,30 @@ def heldout_quality(scorer: LearnedPRM, draws: dict[tuple[str, int, str], list])
         rows.append({"task": t, "level": lv, "effort": effort, "problems": r["problems"], "n": r["n"],
                      "within_problem_auroc": r["within_problem_auroc"]["auroc"],
                      "mixed_problems": r["within_problem_auroc"]["groups"],
+                     "pairs": r["within_problem_auroc"]["pairs"],
                      "auroc_first_step": r["step_auroc_first_step"]["auroc"],
                      "auroc_first_error": r["step_auroc_first_error"]["auroc"],
                      "greedy_acc": r["greedy_acc"], "best_of_n_acc": r["best_of_n_acc"],
                      "pooled_auroc": r["pooled_auroc"], "processbench_f1": r["processbench_f1"]})
     return rows
+
+
+def quality_by_task(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Within-problem AUROC per (task, effort) over all levels' held-out problems: every (right,
+    wrong) pair of the same problem counts once, as within one level (so it is the pair-weighted
+    mean of the levels' figures)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for q in rows:
+        pairs = q.get("pairs", 0)
+        if not pairs or math.isnan(q["within_problem_auroc"]):
+            continue
+        o = out.setdefault((q["task"], q["effort"]), {"task": q["task"], "effort": q["effort"],
+                                                      "wins": 0.0, "pairs": 0, "mixed_problems": 0})
+        o["wins"] += q["within_problem_auroc"] * pairs
+        o["pairs"] += pairs
+        o["mixed_problems"] += q["mixed_problems"]
+    return [{"task": o["task"], "effort": o["effort"], "within_problem_auroc": o["wins"] / o["pairs"],
+             "mixed_problems": o["mixed_problems"], "pairs": o["pairs"]} for o in out.values()]
 
 
 # -- the whole run ---------------------------------------------------------------------------
@@ -488,6 +507,7 @@ def train_prm(cfg: PRMConfig, out: str | Path, generator: Generator | None = Non
     summary = {"kind": cfg.kind, "parent": Path(policy_dir).name, "config": asdict(cfg),
                "params": sum(p.numel() for p in model.parameters()),
                "labels": label_statistics(train, cfg.kind), "quality": quality,
+               "quality_by_task": quality_by_task(quality),
                "metrics": metrics, "metrics_by_task": by_task,
                "initial_loss": sum(losses[:k]) / k, "final_loss": sum(losses[-k:]) / k,
                "label_wall_s": round(t_label, 1), "train_wall_s": round(t_train, 1),
@@ -554,6 +574,9 @@ def model_card(name: str, s: dict) -> str:
                       f"({q['mixed_problems']}) | {_fmt(q['auroc_first_step'])} | {_fmt(q['auroc_first_error'])} "
                       f"| {_fmt(q['greedy_acc'])} | {_fmt(q['best_of_n_acc'])} | {_fmt(q['pooled_auroc'])} "
                       f"| {_fmt(q['processbench_f1'])} |" for q in quality)
+    trows = "\n".join(f"| {q['task']} | {q['effort']} | {_fmt(q['within_problem_auroc'])} "
+                      f"({q['mixed_problems']}, {q['pairs']} pairs) |"
+                      for q in s.get("quality_by_task", []))
     by_task = s.get("metrics_by_task", {})
     head = "| metric | all |" + "".join(f" {t} |" for t in by_task)
     rule = "|---|---|" + "---|" * len(by_task)
@@ -610,6 +633,13 @@ reading difficulty.
 | task | level | effort | within-problem AUROC | first step | first error | greedy | best-of-n | pooled AUROC | ProcessBench F1 |
 |---|---|---|---|---|---|---|---|---|---|
 {qrows}
+
+Per task, all levels' held-out problems together (every right-wrong pair of one problem counts
+once):
+
+| task | effort | within-problem AUROC (problems, pairs) |
+|---|---|---|
+{trows}
 
 **Pooled**, on {m['heldout_samples']} of those samples, against the
 exact step checker of each task (`task.check_steps`), with threshold 0.5:
