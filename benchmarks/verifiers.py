@@ -28,6 +28,7 @@ from ttscale.rewards import get_scorer
 from ttscale.strategies.cascade import best_threshold
 from ttscale.tasks import get_task
 from ttscale.tasks.effort import apply_effort, max_tokens_for
+from ttscale.train.prm import quality_by_task
 
 RUNS = Path("runs/verifiers")
 RESULTS = Path(__file__).parent / "results" / "verifiers.jsonl"
@@ -59,7 +60,7 @@ def main() -> None:
     ap.add_argument("--effort", default="low", help="low, or high: the long mode")
     ap.add_argument("--temperature", type=float, default=1.0)
     args = ap.parse_args()
-    heldout: dict[tuple[str, str], list[float]] = {}  # (task, scorer): [wins, pairs, problems]
+    heldout: dict[str, list[dict]] = {}  # scorer: held-out rows (`quality_by_task`'s input)
     for setting in args.settings.split(","):
         task_name, level = setting.split(":")
         task, level = get_task(task_name), int(level)
@@ -75,11 +76,9 @@ def main() -> None:
             t0 = time.time()
             q = verifier_quality(task, test, scorer)
             hq = verifier_quality(task, held, scorer)["within_problem_auroc"]
-            acc = heldout.setdefault((task_name, spec), [0.0, 0, 0])
-            if hq["pairs"]:
-                acc[0] += hq["auroc"] * hq["pairs"]
-                acc[1] += hq["pairs"]
-                acc[2] += hq["groups"]
+            heldout.setdefault(spec, []).append(
+                {"task": task_name, "effort": args.effort, "within_problem_auroc": hq["auroc"],
+                 "mixed_problems": hq["groups"], "pairs": hq["pairs"]})
             cal = cascade_rows(task, held, scorer, args.cascade_n, args.escalate)
             threshold, _ = best_threshold([r.greedy_score for r in cal], [r.greedy_right for r in cal],
                                           [r.escalated_right for r in cal])
@@ -108,10 +107,10 @@ def main() -> None:
                   f"{c['flops_x_greedy']:.1f}x (t={c['threshold']:.2f}, {c['escalation_rate']:.0%} escalated) | "
                   f"{row['pooled_auroc']:.2f} | {row['processbench_f1']:.2f} | held out "
                   f"{hq['auroc']:.2f} ({hq['groups']}) |", flush=True)
-    for (task_name, spec), (wins, pairs, groups) in heldout.items():
-        if pairs:
-            print(f"held out, {task_name}, all levels above, {spec}: within-problem AUROC "
-                  f"{wins / pairs:.3f} ({groups} problems, {pairs} pairs)")
+    for spec, rows in heldout.items():
+        for t in quality_by_task(rows):
+            print(f"held out, {t['task']}, all levels above, {spec}: within-problem AUROC "
+                  f"{t['within_problem_auroc']:.3f} ({t['mixed_problems']} problems, {t['pairs']} pairs)")
 
 
 if __name__ == "__main__":
