@@ -86,6 +86,26 @@ def test_the_head_learns_which_steps_are_wrong():
         fit_head([], [])
 
 
+def test_a_head_on_the_smallest_gap_alone_keeps_the_raw_ranking():
+    rng = random.Random(1)
+    rows = [[rng.uniform(-6, 0), rng.uniform(-3, 0), rng.uniform(-2, 0)] for _ in range(300)]
+    # labels that the other two features predict better: the head must still read only min_gap
+    labels = [1.0 if r[0] > -3 and r[2] > -1.5 else 0.0 for r in rows]
+    head, _ = fit_head(rows, labels, features=("min_gap",))
+    assert head["features"] == ["min_gap"] and len(head["weights"]) == 1
+    c = LMStepChecker.__new__(LMStepChecker)
+    c.head = head
+    scores = [c.step_score(r) for r in rows]
+    by_gap = sorted(range(len(rows)), key=lambda i: rows[i][0])
+    assert all(scores[i] < scores[j] for i, j in zip(by_gap, by_gap[1:]))
+    # a row's other features do not move its score
+    assert c.step_score([-1.0, -3.0, -2.0]) == c.step_score([-1.0, 0.0, 0.0])
+    with pytest.raises(TTScaleError, match="mean_gap"):
+        fit_head(rows, labels, features=("max_gap",))
+    with pytest.raises(TTScaleError, match="min_gap"):
+        PRMConfig(reader="lm-check", head_features=["min_gap", "min_gap"])
+
+
 def test_train_saves_a_checker_that_loads_as_the_prm_scorer(tmp_path):
     out = tmp_path / "prm-check"
     result = CliRunner().invoke(app, [

@@ -38,6 +38,9 @@ def train_prm_cmd(
                                "(a checking LM's gaps to each token written, a fitted logistic head)."),
     checker: Optional[str] = typer.Option(None, help="With --reader lm-check: the checking LM "
                                           "(name or directory); default: --policy."),
+    head_feature: Optional[list[str]] = typer.Option(None, help="With --reader lm-check: a "
+                                                     "feature the head reads (repeatable: min_gap, "
+                                                     "mean_gap, mean_logprob); default: all three."),
     init: str = typer.Option("policy", help="Backbone from the policy's weights, or scratch."),
     size: Optional[str] = typer.Option(None, help="With --init scratch: a family size."),
     steps: int = typer.Option(150, help="Optimizer steps."),
@@ -63,7 +66,7 @@ def train_prm_cmd(
                     labels=labels, sample_policies=sample_policy or [], efforts=effort or defaults.efforts,
                     temperatures=sample_temperature or [], heldout_samples=heldout_samples,
                     heldout_problems=heldout_problems, reader=reader, checker=checker,
-                    init=init, size=size, steps=steps,
+                    head_features=head_feature or [], init=init, size=size, steps=steps,
                     batch_size=batch_size, lr=lr, temperature=temperature, max_tokens=max_tokens,
                     seed=seed, device=device, threads=threads)
     command = "ttscale " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -11,8 +11,9 @@ signal is a recomputation of each step, not the writer's own surprise, and it wo
 policy's samples as well as on its own.
 
 A step's features are the smallest and the mean gap over its tokens and its mean logprob; a step
-score is sigmoid(w . features + b), a logistic head fitted on exact step labels
-(`fit_head`, `ttscale train prm --reader lm-check`); with no fitted head it is exp(min gap), the
+score is sigmoid(w . features + b), a logistic head fitted on exact step labels (`fit_head`,
+`ttscale train prm --reader lm-check`, on all three or on a chosen subset: `--head-feature`);
+with no fitted head it is exp(min gap), the
 checker's agreement with the step's least agreeable token. Like the oracle's labels, the score
 reported at step k is the probability that the solution is still on a path to the right answer
 after it: the smallest step score so far (a step written after an error can look fine, and the
@@ -154,7 +155,9 @@ class LMStepChecker:
     def step_score(self, row: Sequence[float]) -> float:
         if self.head is None:
             return math.exp(row[0])
-        z = sum(w * f for w, f in zip(self.head["weights"], row)) + self.head["bias"]
+        names = self.head.get("features", FEATURES)
+        z = sum(w * row[FEATURES.index(f)] for w, f in zip(self.head["weights"], names))
+        z += self.head["bias"]
         return 1.0 / (1.0 + math.exp(-z))
 
     def score(self, problem: Problem, solutions: Sequence[str],
@@ -163,14 +166,27 @@ class LMStepChecker:
         return ScoreBatch([Scored(aggregate(s, self.aggregate), s) for s in steps], usage)
 
 
+def check_features(features: Sequence[str]) -> tuple[str, ...]:
+    """`features` as a tuple, or a one-line error naming the accepted ones."""
+    bad = [f for f in features if f not in FEATURES]
+    if bad or not features or len(set(features)) != len(features):
+        raise TTScaleError(f"head features {list(features)!r}: accepted, each at most once: "
+                           f"{', '.join(FEATURES)}")
+    return tuple(features)
+
+
 def fit_head(rows: Sequence[Sequence[float]], labels: Sequence[float], l2: float = 1e-3,
-             iters: int = 200) -> tuple[dict, float]:
-    """A logistic head on step features: weights and bias minimising the cross-entropy against
-    the step labels (L2-regularised; convex, so L-BFGS finds the optimum), and that
-    cross-entropy (without the L2 term) at the optimum."""
+             iters: int = 200, features: Sequence[str] = FEATURES) -> tuple[dict, float]:
+    """A logistic head on step features (rows in FEATURES order; the head reads `features` of
+    them): weights and bias minimising the cross-entropy against the step labels
+    (L2-regularised; convex, so L-BFGS finds the optimum), and that cross-entropy (without the
+    L2 term) at the optimum. On `min_gap` alone the head is a monotone map of the raw score
+    exp(min gap) (when its weight is positive): the same ranking, calibrated to probabilities."""
+    features = check_features(features)
     if not rows or len(rows) != len(labels):
         raise TTScaleError("the head needs one label per step, and at least one step")
-    x = torch.tensor([list(r) for r in rows], dtype=torch.float64)
+    cols = [FEATURES.index(f) for f in features]
+    x = torch.tensor([[r[c] for c in cols] for r in rows], dtype=torch.float64)
     y = torch.tensor(list(labels), dtype=torch.float64)
     w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([w], max_iter=iters, line_search_fn="strong_wolfe")
@@ -185,4 +201,4 @@ def fit_head(rows: Sequence[Sequence[float]], labels: Sequence[float], l2: float
     opt.step(closure)
     w = w.detach()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w[:-1] + w[-1], y).item()
-    return {"features": list(FEATURES), "weights": w[:-1].tolist(), "bias": float(w[-1])}, loss
+    return {"features": list(features), "weights": w[:-1].tolist(), "bias": float(w[-1])}, loss

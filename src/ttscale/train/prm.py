@@ -70,6 +70,7 @@ class PRMConfig:
     max_tokens: int = 128
     reader: str = "head"  # "head": train a token classifier; "lm-check": rewards.lm_check
     checker: str | None = None  # with reader="lm-check": the LM that checks (default: policy)
+    head_features: list[str] = field(default_factory=list)  # lm-check head's inputs; [] = all
     init: str = "policy"  # backbone: "policy" weights or "scratch"
     size: str | None = None  # with init="scratch": a family size (default: the policy's shape)
     steps: int = 150  # optimizer steps
@@ -101,6 +102,10 @@ class PRMConfig:
         if self.reader == "lm-check" and self.kind != "prm":
             raise TTScaleError(f"reader 'lm-check' scores steps, so it makes a prm, not a "
                                f"{self.kind}; accepted: --kind prm, or --reader head")
+        if self.head_features:
+            from ttscale.rewards.lm_check import check_features
+
+            check_features(self.head_features)
         if self.size is not None and self.size not in SIZES:
             raise unknown("model size", self.size, SIZES)
         for t in self.tasks:
@@ -327,7 +332,7 @@ def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: st
     learns to spot the step where an error happens; later steps, written after it, are left to
     the aggregate. Returns the LM (its config carrying the head), its tokenizer and the loss."""
     from ttscale.models.registry import resolve_model
-    from ttscale.rewards.lm_check import LMStepChecker, fit_head
+    from ttscale.rewards.lm_check import FEATURES, LMStepChecker, fit_head
 
     name = cfg.checker or cfg.policy
     checker = LMStepChecker(str(resolve_model(name)), delimiter=delimiter, device=cfg.device)
@@ -339,7 +344,7 @@ def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: st
         for i in range(n if stop < 0 else stop + 1):
             rows.append(f.rows[i])
             labels.append(1.0 if d.oracle[i] else 0.0)
-    head, loss = fit_head(rows, labels)
+    head, loss = fit_head(rows, labels, features=cfg.head_features or FEATURES)
     checker.lm.config.ttscale = {**meta, "reader": "lm-check", "checker": Path(str(name)).name,
                                  "lm_check_head": head, "head_steps": len(rows),
                                  "head": "sigmoid of a logistic head on the checking LM's gaps "
@@ -544,8 +549,9 @@ def model_card(name: str, s: dict) -> str:
         arch = (f"It is a causal LM, {c.get('checker') or s['parent']} ({s['params']:,} "
                 "parameters), that checks each step by predicting it (`--reader lm-check`, "
                 "`ttscale.rewards.lm_check`): at every token, the gap between the logprob of the "
-                "token written and of its own choice; a logistic head on each step's gaps, "
-                "fitted on the step labels below, gives the step score, and the score after "
+                "token written and of its own choice; a logistic head on each step's "
+                f"{', '.join(c.get('head_features') or ('min_gap', 'mean_gap', 'mean_logprob'))}"
+                ", fitted on the step labels below, gives the step score, and the score after "
                 "step k is the smallest so far.")
         fit = (f"logistic head fitted (L-BFGS) on the steps up to each solution's first wrong "
                f"one; cross-entropy {s['final_loss']:.4f}")
