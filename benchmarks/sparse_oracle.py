@@ -10,7 +10,12 @@ Each decode step of every layer attends to `sink` first positions, the `window` 
   exact softmax mass of the chosen positions;
 - `sparq<r>`: SparQ (Ribar et al. 2024) as published: the scores approximated from the r
   channels of largest |q| of every key (r/(2 * head_dim) of the KV read, counted), the topk
-  chosen and alpha estimated from them, reallocation to the mean of all values.
+  chosen and alpha estimated from them, reallocation to the mean of all values;
+- `q<bits>`: the scores estimated from every key quantised to `bits` bits (absmax per key and
+  head; a copy of the keys at bits / (2 * the pool's bits) of the KV, counted) choose the topk;
+  the chosen positions are attended exactly and the ones left out as one more position whose
+  logit is the log-sum-exp of their estimated scores and whose value is their mean (a sum of
+  all values, kept, minus the chosen ones).
 
 KV read per decoded token: (chosen positions + the channels SparQ reads) / positions, the mean
 over tokens of layer 0 (every layer reads the same).
@@ -40,6 +45,7 @@ class Oracle:
     def __init__(self, variant: str, sink: int, window: int, topk: int) -> None:
         self.variant, self.sink, self.window, self.topk = variant, sink, window, topk
         self.rank = int(variant[5:]) if variant.startswith("sparq") else 0
+        self.bits = int(variant[1:]) if variant.startswith("q") else 0
         self.read, self.tokens = 0.0, 0
 
     def attend(self, step, layer: int, q: torch.Tensor, cache, scale=None) -> torch.Tensor:
@@ -63,20 +69,33 @@ class Oracle:
             kr = ks.gather(-1, i1[:, :, None, :].expand(-1, -1, ks.shape[2], -1))
             temp = (d * qr.abs().sum(-1) / qa.abs().sum(-1)).sqrt()[..., None]
             rank_by = ((qr[:, :, None] * kr).sum(-1) / temp).masked_fill(~ok[:, None], -torch.inf)
+        if self.bits:  # every key at `bits` bits (absmax per key and head), exact otherwise
+            levels = 2 ** (self.bits - 1) - 1
+            step_size = ks.abs().amax(-1, keepdim=True).clamp(min=1e-8) / levels
+            kq = (ks / step_size).round().clamp(-levels, levels) * step_size
+            rank_by = ((qa[:, :, None] * kq).sum(-1) * (scale or d ** -0.5)).masked_fill(~ok[:, None], -torch.inf)
         top = rank_by.masked_fill(keep[:, None], -torch.inf).topk(min(self.topk, ks.shape[2]), -1).indices
         chosen = keep[:, None].expand_as(exact).clone().scatter_(-1, top, True) & ok[:, None]
+        if layer == 0:
+            for m in n.tolist():
+                self.read += min(1.0, (min(m, self.sink + self.window + self.topk)
+                                       + m * self.rank / (2 * d)
+                                       + m * self.bits / (2 * 8 * k.element_size())
+                                       + (m / (2 * d) if self.bits else 0)) / m)  # + a scale per key
+                self.tokens += 1
+        if self.bits:  # the positions left out as one: estimated log-mass, mean value
+            left = ok[:, None] & ~chosen
+            logit = torch.logsumexp(rank_by.masked_fill(~left, -torch.inf), -1, keepdim=True)
+            mean = (left[..., None] * vs).sum(2) / left.sum(-1, keepdim=True).clamp(min=1)
+            w = torch.softmax(torch.cat([exact.masked_fill(~chosen, -torch.inf), logit], -1), -1)
+            return (w[..., :-1, None] * vs).sum(2, keepdim=True) + w[..., -1:, None] * mean[:, :, None]
         out = torch.softmax(exact.masked_fill(~chosen, -torch.inf), -1)[:, :, None] @ vs
         if self.variant != "oracle":
             mass = torch.softmax(rank_by, -1)  # exact for oracle-realloc, estimated for sparq
             alpha = (mass * chosen).sum(-1)[..., None, None]
-            left = ok[:, None] & (~chosen if self.variant == "oracle-realloc" else True)
+            left = ok[:, None] & (True if self.rank else ~chosen)
             mean = (left[..., None] * vs).sum(2, keepdim=True) / left.sum(-1)[..., None, None].clamp(min=1)
             out = alpha * out + (1 - alpha) * mean
-        if layer == 0:
-            for m in n.tolist():
-                self.read += min(1.0, (min(m, self.sink + self.window + self.topk)
-                                       + m * self.rank / (2 * d)) / m)
-                self.tokens += 1
         return out
 
 

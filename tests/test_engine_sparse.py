@@ -14,7 +14,7 @@ from ttscale.engine import TorchEngine
 from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane
 from ttscale.engine.sparse import (BlockSummaries, SparseAttention, SparseCounters, gather_attend,
                                    parse_sparse, plan_step, quest_bound, read_positions,
-                                   select_blocks)
+                                   select_blocks, summary_bytes)
 from ttscale.errors import TTScaleError
 from ttscale.types import GenerationRequest as Req, SamplingParams as SP
 
@@ -31,13 +31,16 @@ def test_option_parses_strings_dicts_and_dataclasses():
     assert parse_sparse("topk=2") == SparseAttention(topk=2)  # the others keep their defaults
     assert parse_sparse(None) is None and parse_sparse("off") is None
     assert want.budget == 9
+    quant = parse_sparse("block=8,topk=2,bits=4")
+    assert quant.bits == 4 and str(quant) == "block=8,sink=1,window=4,topk=2,bits=4"
+    assert parse_sparse(str(quant)) == quant
 
 
 @pytest.mark.parametrize("value, named", [
     ("block=0", "block=0"), ("window=0", "window=0"), ("topk=-1", "topk=-1"), ("sink=-2", "sink=-2"),
     ("block=x", "block='x'"), ("blocks=16", "'blocks'"), ("block16", "'block16'"),
     ({"topk": 2.5}, "topk=2.5"), ({"topk": True}, "topk=True"), (16, "16"),
-    (SparseAttention(block=0), "block=0"),
+    (SparseAttention(block=0), "block=0"), ("bits=1", "bits=1"), ("bits=9", "bits=9"),
 ])
 def test_bad_option_values_are_one_line_errors_naming_them(value, named):
     with pytest.raises(TTScaleError) as e:
@@ -168,6 +171,79 @@ def test_sparse_step_attends_to_exactly_the_selected_positions():
         assert read_positions([m], cfg)[0] == len(pos)
 
 
+def _brute_estimate_attention(q, k, v, m: int, cfg: SparseAttention, r: int, head: int, g: int):
+    """One row and query head under `bits`: exact attention to the sink and window blocks and
+    the topk * block candidates of largest estimated score (largest over the group's heads), the
+    other candidates as one position (log-sum-exp of their estimates, mean of their values)."""
+    h, d = q.shape[1], q.shape[-1]
+    kv, hg = head // (h // g), h // g
+    levels = 2 ** (cfg.bits - 1) - 1
+    keys = k[r, kv, :m]
+    approx = torch.stack([torch.round(key / (key.abs().max() / levels)).clamp(-levels, levels)
+                          * (key.abs().max() / levels) for key in keys])
+    nb = math.ceil(m / cfg.block)
+    fixed = [p for p in range(m) if p // cfg.block < cfg.sink or p // cfg.block >= nb - cfg.window]
+    cands = [p for p in range(m) if p not in fixed]
+    group = q[r, kv * hg:(kv + 1) * hg, 0]
+    est = {p: max(float(qh @ approx[p]) for qh in group) / math.sqrt(d) for p in cands}
+    top = sorted(cands, key=lambda p: -est[p])[:cfg.topk * cfg.block]
+    left = [p for p in cands if p not in top]
+    chosen = fixed + top
+    logits = [float(q[r, head, 0] @ keys[p]) / math.sqrt(d) for p in chosen]
+    values = [v[r, kv, p] for p in chosen]
+    if left:
+        logits.append(float(torch.logsumexp(torch.tensor(
+            [float(q[r, head, 0] @ approx[p]) / math.sqrt(d) for p in left]), 0)))
+        values.append(torch.stack([v[r, kv, p] for p in left]).mean(0))
+    return torch.softmax(torch.tensor(logits), 0) @ torch.stack(values), len(chosen)
+
+
+@pytest.mark.parametrize("bits, h, g", [(4, 4, 2), (8, 4, 4), (3, 6, 1)])
+def test_a_bits_step_attends_exactly_to_its_choice_and_to_the_rest_as_one(bits, h, g):
+    gen = torch.Generator().manual_seed(bits)
+    cfg = SparseAttention(block=4, sink=1, window=1, topk=2, bits=bits)
+    b, d, length = 3, 8, 48
+    cache = _paged(1, b, g, length, d, cfg.block, gen)
+    cache.pool.kv[0][:, 1].normal_(generator=gen)  # values differ from keys
+    lengths = [48, 33, 13]
+    summ = BlockSummaries(cache.pool, bits)
+    counters = SparseCounters()
+    step = plan_step(cfg, summ, lengths, counters, _blocks(cache), cache.tables)
+    q = torch.randn(b, h, 1, d, generator=gen)
+    k, v = cache.read(0, 0, b, length)
+    y = step.attend(0, q, cache)
+    for r, m in enumerate(lengths):
+        for head in range(h):
+            want, n_chosen = _brute_estimate_attention(q, k, v, m, cfg, r, head, g)
+            assert torch.allclose(y[r, head, 0], want, atol=1e-5)
+        assert read_positions([m], cfg)[0] == n_chosen
+    # the copy of every candidate key is read: bits of 64 (a float32 position) plus a scale
+    cands = [(-(-m // 4) - 2) * 4 if -(-m // 4) > cfg.budget else 0 for m in lengths]
+    want = sum((read_positions([m], cfg)[0] + c * (bits / 64 + 4 / (2 * d * 4))) / m
+               for m, c in zip(lengths, cands)) / b
+    assert counters.as_dict()["kv_read_fraction"] == pytest.approx(want)
+
+
+def test_bits_summaries_are_the_quantised_keys_and_the_value_sums():
+    gen = torch.Generator().manual_seed(3)
+    cache = _paged(2, 2, 2, 24, 8, 4, gen)
+    cache.pool.kv[0][:, 1].normal_(generator=gen)
+    summ = BlockSummaries(cache.pool, 4)
+    summ.update(_blocks(cache), [24, 17])
+    for r, complete in ((0, 6), (1, 4)):
+        ids = _blocks(cache)[r][:complete]
+        for layer in range(2):
+            keys, values = cache.read(layer, r, 1, complete * 4)
+            got = (summ.codes[layer, ids].float() * summ.kscale[layer, ids][..., None])
+            got = got.transpose(0, 1).reshape(2, -1, 8)
+            err = (got - keys[0]).abs().amax(-1)
+            assert (err <= keys[0].abs().amax(-1) / 7 / 2 + 1e-6).all()  # half a step at most
+            sums = values[0].view(2, complete, 4, 8).sum(2)
+            assert torch.allclose(summ.vsum[layer, ids].transpose(0, 1), sums, atol=1e-5)
+    assert summ.nbytes == summary_bytes(SparseAttention(block=4, bits=4), 2, 2, 8, 4) * \
+        (cache.pool.n_blocks + 1)
+
+
 @pytest.mark.parametrize("h, g", [(4, 4), (4, 2)])
 def test_gathering_every_block_equals_dense_attention(h, g):
     gen = torch.Generator().manual_seed(7)
@@ -277,11 +353,12 @@ def _assert_same(got, ref):
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
 
 
-@pytest.mark.parametrize("model", ["random_model_dir", "gqa_dir", "gemma_dir"])
-def test_a_budget_covering_every_block_is_dense(model, request):
+@pytest.mark.parametrize("model, bits", [("random_model_dir", ""), ("gqa_dir", ""),
+                                         ("gemma_dir", ""), ("gqa_dir", ",bits=4")])
+def test_a_budget_covering_every_block_is_dense(model, bits, request):
     path = request.getfixturevalue(model)
     dense = _greedy(TorchEngine(path), SHORT + [LONG], max_tokens=40)
-    eng = TorchEngine(path, sparse_attention="block=8,sink=1,window=1,topk=30")  # 256 positions
+    eng = TorchEngine(path, sparse_attention="block=8,sink=1,window=1,topk=30" + bits)  # 256 positions
     _assert_same(_greedy(eng, SHORT + [LONG], max_tokens=40), dense)
     s = eng.stats()
     assert s["sparse_sparse_steps"] == 0 and s["sparse_kv_read_fraction"] == 1.0
@@ -338,6 +415,9 @@ def test_kv_memory_counts_the_summaries(random_model_dir):
     dense = TorchEngine(random_model_dir)
     eng = TorchEngine(random_model_dir, sparse_attention="block=16")
     assert eng.kv_token_bytes == dense.kv_token_bytes * 17 // 16
+    quant = TorchEngine(random_model_dir, sparse_attention="block=16,bits=4")
+    assert quant.block_bytes - 16 * dense.kv_token_bytes == summary_bytes(
+        quant.sparse, quant.cfg.n_layer, quant.cfg.n_kv_head, quant.cfg.head_dim, 4) > 0
     bound = (eng.context_length + 1) * eng.kv_token_bytes * 2
     eng = TorchEngine(random_model_dir, sparse_attention="block=16,topk=1,window=1", kv_memory=bound)
     _greedy(eng, [LONG] * 3, max_tokens=40)

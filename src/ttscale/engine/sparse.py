@@ -23,6 +23,19 @@ The selected blocks are gathered (index_select on the pool, through the rows' bl
 gathered positions only, so a sparse step reads fewer positions (`SparseCounters`), not a mask
 over all of them. On a CPU with models this small the gather and the selection cost about what
 they save; `ttscale bench engine --workload sparse` measures it.
+
+With `bits` (2-8) the choice is of single positions, and nothing is dropped: the candidate
+blocks' keys are kept as a `bits`-bit copy (signed codes and a scale per key and head, made once
+per complete block like the bounds); each step estimates every candidate's score from the copy,
+attends exactly to the `topk * block` candidates of largest estimate (largest over the group's
+query heads) with the sink and window blocks, and attends to the candidates left out as one
+more position: its logit the log-sum-exp of their estimated scores, its value their mean (a
+kept per-block sum of values, minus the chosen ones). Exact top-k alone drops the left-out
+softmax mass, which the digit-level chains of the long mode cannot spare
+(`benchmarks/sparse_oracle.py`: an exact top-k at 15% of the KV loses 16 points on arith
+level 5, the same with the mass put back loses 2). Read per step: the chosen positions, plus the
+copy of every candidate key (bits / (2 x the pool's bits) of a position, and its scale) in
+`kv_read_fraction`; the value sums as summaries.
 """
 from __future__ import annotations
 
@@ -33,19 +46,22 @@ import torch.nn.functional as F
 
 from ttscale.errors import TTScaleError
 
-FIELDS = ("block", "sink", "window", "topk")
+FIELDS = ("block", "sink", "window", "topk", "bits")
 ACCEPTED = ('"block=16,sink=1,window=4,topk=4" (or a dict / SparseAttention with those keys: '
-            "block >= 1 positions, sink >= 0, window >= 1, topk >= 0 blocks)")
+            "block >= 1 positions, sink >= 0, window >= 1, topk >= 0 blocks; optional bits: 0, "
+            "or 2-8 to choose single positions from a bits-bit copy of the keys)")
 
 
 @dataclass(frozen=True)
 class SparseAttention:
-    """block: positions per block; sink, window, topk: blocks (see the module doc)."""
+    """block: positions per block; sink, window, topk: blocks; bits: 0 (Quest's whole blocks)
+    or the key copy's bits that choose topk * block single positions (see the module doc)."""
 
     block: int = 16
     sink: int = 1
     window: int = 4
     topk: int = 4
+    bits: int = 0
 
     @property
     def budget(self) -> int:
@@ -53,7 +69,8 @@ class SparseAttention:
         return self.sink + self.window + self.topk
 
     def __str__(self) -> str:
-        return f"block={self.block},sink={self.sink},window={self.window},topk={self.topk}"
+        bits = f",bits={self.bits}" if self.bits else ""
+        return f"block={self.block},sink={self.sink},window={self.window},topk={self.topk}{bits}"
 
 
 def parse_sparse(value: str | dict | SparseAttention | None) -> SparseAttention | None:
@@ -90,10 +107,11 @@ def parse_sparse(value: str | dict | SparseAttention | None) -> SparseAttention 
 
 
 def _check(cfg: SparseAttention) -> bool:
-    lows = {"block": 1, "sink": 0, "window": 1, "topk": 0}
+    lows = {"block": 1, "sink": 0, "window": 1, "topk": 0, "bits": 0}
     for k, low in lows.items():
         v = getattr(cfg, k)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+        bad = isinstance(v, bool) or not isinstance(v, int) or v < low
+        if bad or k == "bits" and v not in (0, 2, 3, 4, 5, 6, 7, 8):
             raise TTScaleError(f"sparse_attention {k}={v!r} is out of range; accepted: {ACCEPTED}")
     return True
 
@@ -167,6 +185,54 @@ def gather_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: tor
     return F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, scale=scale, enable_gqa=g != h)
 
 
+def estimate_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: torch.Tensor,
+                    n: torch.Tensor, n_blocks: torch.Tensor, cfg: SparseAttention, n_cand: int,
+                    codes: torch.Tensor, kscale: torch.Tensor, vsum: torch.Tensor,
+                    scale: float | None = None) -> torch.Tensor:
+    """Attention of q ([B, H, 1, D]) with single positions chosen from a low-bit copy of the keys
+    (`bits` in the module doc): exact over the sink and window blocks and the `topk * block`
+    candidates of largest estimated score, the other candidates as one position (log-sum-exp of
+    their estimates, mean of their values).
+
+    k, v: [N, G, block, D] (one layer of the pool); codes, kscale, vsum: that layer's summaries
+    by block id; tables [B, >= n_cand]; n, n_blocks: [B]; candidates lie in blocks
+    0..n_cand-1. Returns [B, H, 1, D].
+    """
+    b, h, _, d = q.shape
+    g, blk = k.shape[1], cfg.block
+    hg, dev = h // g, q.device
+    sc = scale if scale is not None else d ** -0.5
+    ids = tables[:, :n_cand]
+    keys = (codes[ids].float() * kscale[ids][..., None]).permute(0, 2, 1, 3, 4)
+    qg = q[:, :, 0].float().view(b, g, hg, d)
+    est = qg @ keys.reshape(b, g, n_cand * blk, d).transpose(-1, -2) * sc  # [B, G, hg, P]
+    jb = torch.arange(n_cand, device=dev)
+    cand_b = (jb >= cfg.sink)[None] & (jb[None] < (n_blocks - cfg.window)[:, None])  # [B, nc]
+    cand = cand_b.repeat_interleave(blk, 1)  # [B, P]
+    est = est.masked_fill(~cand[:, None, None], float("-inf"))
+    top = est.amax(2).topk(min(cfg.topk * blk, n_cand * blk), -1).indices  # [B, G, K]
+    top_ok = cand[:, None].expand(b, g, -1).gather(2, top)
+    left = cand[:, None] & ~torch.zeros_like(est[:, :, 0], dtype=torch.bool).scatter_(2, top, top_ok)
+    left_logit = torch.logsumexp(est.masked_fill(~left[:, :, None], float("-inf")), -1)
+    fb, fv = select_blocks(est.new_zeros(b, g, 0), n_blocks, SparseAttention(
+        blk, cfg.sink, cfg.window, 0))
+    offs = torch.arange(blk, device=dev)
+    fpos = (fb[..., None] * blk + offs).flatten(2)
+    fok = (fv[..., None] & (fb[..., None] * blk + offs < n[:, None, None, None])).flatten(2)
+    pos, ok = torch.cat([fpos, top], 2), torch.cat([fok, top_ok], 2)  # [B, G, M]
+    bid = tables.gather(1, (pos // blk).flatten(1)).view(pos.shape)
+    flat = ((bid * g + torch.arange(g, device=dev)[None, :, None]) * blk + pos % blk).flatten()
+    ks = k.reshape(-1, d).index_select(0, flat).view(b, g, -1, d).float()
+    vs = v.reshape(-1, d).index_select(0, flat).view(b, g, -1, d).float()
+    logits = (qg @ ks.transpose(-1, -2) * sc).masked_fill(~ok[:, :, None], float("-inf"))
+    vsum_c = (vsum[ids].transpose(1, 2) * cand_b[:, None, :, None]).sum(2)  # [B, G, D]
+    v_top = (vs[:, :, fpos.shape[-1]:] * top_ok[..., None]).sum(2)
+    v_left = (vsum_c - v_top) / left.sum(-1, keepdim=True).clamp(min=1)
+    w = torch.softmax(torch.cat([logits, left_logit[..., None]], -1), -1)  # [B, G, hg, M + 1]
+    out = w[..., :-1] @ vs + w[..., -1:] * v_left[:, :, None]
+    return out.reshape(b, h, 1, d).to(q.dtype)
+
+
 def read_positions(n: list[int], cfg: SparseAttention) -> list[int]:
     """KV positions one query of each row reads (per layer and KV head)."""
     out = []
@@ -179,6 +245,25 @@ def read_positions(n: list[int], cfg: SparseAttention) -> list[int]:
     return out
 
 
+def quantize_keys(keys: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Signed `bits`-bit codes (int8) and a float32 scale per key (absmax over its channels):
+    keys ~= codes * scale[..., None]."""
+    levels = 2 ** (bits - 1) - 1
+    scale = keys.float().abs().amax(-1).clamp(min=1e-8) / levels
+    codes = (keys.float() / scale[..., None]).round().clamp(-levels, levels).to(torch.int8)
+    return codes, scale
+
+
+def summary_bytes(cfg: SparseAttention, n_layer: int, n_kv_head: int, head_dim: int,
+                  element_size: int) -> int:
+    """Bytes kept beside each pool block: a min and a max key (Quest), or with `bits` the codes
+    (int8 storage), a float32 scale per key and a float32 sum of values."""
+    per = n_layer * n_kv_head
+    if not cfg.bits:
+        return 2 * per * head_dim * element_size
+    return per * (cfg.block * head_dim + 4 * cfg.block + 4 * head_dim)
+
+
 # --- state kept beside the engine's KV pool ----------------------------------------------------
 class BlockSummaries:
     """Per-channel min and max of the keys of every complete block of the paged pool:
@@ -187,30 +272,40 @@ class BlockSummaries:
     several sequences (a prompt's) is summarised once. Filled lazily by `update`; the engine
     calls `forget` for blocks it hands out afresh."""
 
-    def __init__(self, pool):
-        self.pool, self.block = pool, pool.block
-        self.kmin = self.kmax = None
+    def __init__(self, pool, bits: int = 0):
+        self.pool, self.block, self.bits = pool, pool.block, bits
+        self.names = ("codes", "kscale", "vsum") if bits else ("kmin", "kmax")
+        for name in self.names:
+            setattr(self, name, None)
         self.done: list[bool] = []
         self._fit()
+
+    def _shapes(self, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        keys = self.pool.kv[0]  # [L, 2 (keys, values), N, G, block, D]
+        lay, g, d = keys.shape[0], keys.shape[3], keys.shape[5]
+        if not self.bits:
+            return {"kmin": ((lay, n, g, d), keys.dtype), "kmax": ((lay, n, g, d), keys.dtype)}
+        return {"codes": ((lay, n, g, self.block, d), torch.int8),
+                "kscale": ((lay, n, g, self.block), torch.float32),
+                "vsum": ((lay, n, g, d), torch.float32)}
 
     def _fit(self) -> None:
         """Grow to the pool's block count (summaries of existing blocks kept)."""
         n = self.pool.n_blocks + 1
-        if self.kmin is not None and self.kmin.shape[1] >= n:
+        first = getattr(self, self.names[0])
+        if first is not None and first.shape[1] >= n:
             return
-        keys = self.pool.kv[0]
-        shape = (keys.shape[0], n, keys.shape[3], keys.shape[5])
-        kmin = torch.zeros(shape, dtype=keys.dtype, device=keys.device)
-        kmax = torch.zeros_like(kmin)
-        if self.kmin is not None:
-            kmin[:, :self.kmin.shape[1]] = self.kmin
-            kmax[:, :self.kmax.shape[1]] = self.kmax
-        self.kmin, self.kmax = kmin, kmax
+        for name, (shape, dtype) in self._shapes(n).items():
+            new = torch.zeros(shape, dtype=dtype, device=self.pool.kv[0].device)
+            old = getattr(self, name)
+            if old is not None:
+                new[:, :old.shape[1]] = old
+            setattr(self, name, new)
         self.done += [False] * (n - len(self.done))
 
     @property
     def nbytes(self) -> int:
-        return 2 * self.kmin.numel() * self.kmin.element_size()
+        return sum(t.numel() * t.element_size() for t in (getattr(self, n) for n in self.names))
 
     def forget(self, ids: list[int]) -> None:
         """Blocks `ids` hold new contents: nothing of them is summarised."""
@@ -231,10 +326,14 @@ class BlockSummaries:
             todo += new
             made.append(len(new))
         if todo:
-            idx = torch.tensor(todo, device=self.kmin.device)
+            idx = torch.tensor(todo, device=self.pool.kv[0].device)
             blk = self.pool.kv[0][:, 0].index_select(1, idx)  # [L, P, G, block, D]
-            self.kmin[:, idx] = blk.amin(3)
-            self.kmax[:, idx] = blk.amax(3)
+            if self.bits:
+                self.codes[:, idx], self.kscale[:, idx] = quantize_keys(blk, self.bits)
+                self.vsum[:, idx] = self.pool.kv[0][:, 1].index_select(1, idx).float().sum(3)
+            else:
+                self.kmin[:, idx] = blk.amin(3)
+                self.kmax[:, idx] = blk.amax(3)
         return made
 
 
@@ -291,11 +390,14 @@ class SparseStep:
         """q [B, H, 1, D] of rows 0..B-1; cache: the `paged.PagedKV` the forward writes to."""
         s, nc = self.summ, self.n_cand
         tab = self.tables
+        kv = cache.layer(layer)
+        if self.cfg.bits:
+            return estimate_attend(q, kv[0], kv[1], tab, self.n, self.n_blocks, self.cfg, nc,
+                                   s.codes[layer], s.kscale[layer], s.vsum[layer], scale)
         kmin = s.kmin[layer][tab[:, :nc]].transpose(1, 2)  # [B, G, nc, D]
         kmax = s.kmax[layer][tab[:, :nc]].transpose(1, 2)
         scores = quest_bound(q[:, :, 0], kmin, kmax)
         blocks, valid = select_blocks(scores, self.n_blocks, self.cfg)
-        kv = cache.layer(layer)
         return gather_attend(q, kv[0], kv[1], tab, blocks, valid, self.n, self.cfg.block, scale)
 
 
@@ -309,9 +411,17 @@ def plan_step(cfg: SparseAttention, summ: BlockSummaries, lengths: list[int], co
         counters.add(lengths, lengths)
         return None
     made = summ.update(tables, [m - 1 for m in lengths])  # the new token's key is not written yet
-    summaries = [(nb - cfg.window - cfg.sink if nb > cfg.budget else 0) + k * cfg.block / 2
-                 for nb, k in zip(nbs, made)]
-    counters.add(lengths, read_positions(lengths, cfg), summaries)
-    dev = summ.kmin.device
+    cands = [nb - cfg.window - cfg.sink if nb > cfg.budget else 0 for nb in nbs]  # blocks
+    read = read_positions(lengths, cfg)
+    if cfg.bits:  # the key copy of every candidate (codes and a scale) is read; the value sums
+        keys = summ.pool.kv[0]  # are summaries, as is making them (keys and values of a block)
+        elem, d = keys.element_size(), keys.shape[-1]
+        per_key = cfg.bits / (16 * elem) + 4 / (2 * d * elem)  # of a position (key + value)
+        read = [r + c * cfg.block * per_key for r, c in zip(read, cands)]
+        summaries = [c * 2 / elem + k * cfg.block for c, k in zip(cands, made)]
+    else:
+        summaries = [c + k * cfg.block / 2 for c, k in zip(cands, made)]
+    counters.add(lengths, read, summaries)
+    dev = table.device
     return SparseStep(cfg, summ, table[:len(lengths)], torch.tensor(lengths, device=dev),
                       torch.tensor(nbs, device=dev), max(0, max(nbs) - cfg.window))

@@ -37,7 +37,7 @@ from ttscale.engine.paged import SCRATCH, BlockPool, PagedKV, Plane
 from ttscale.engine.sampling import RowParams, check_params, normalize_stop, sample, sample_key
 from ttscale.engine.scheduler import RequestHandle, _Batch, _Request, _Row
 from ttscale.engine.sparse import (BlockSummaries, SparseAttention, SparseCounters, parse_sparse,
-                                   plan_step)
+                                   plan_step, summary_bytes)
 from ttscale.engine.speculative import (NGRAM, SALT_DRAFT, NgramIndex, SpecConfig, accept, draw,
                                         parse_spec, target_probs)
 from ttscale.engine.stops import finish_text, tail_window
@@ -123,8 +123,10 @@ class TorchEngine:
         if self.draft is not None:
             d = self.draft.config
             self._planes.append(Plane(d.n_layer, d.n_kv_head, d.head_dim, self.draft.model.embed.weight.dtype))
-        token = self._planes[0].block_bytes(1)  # a min and a max key per block under sparse attention
-        self.block_bytes = sum(p.block_bytes(self.kv_block) for p in self._planes) + (token if self.sparse else 0)
+        p0 = self._planes[0]  # what sparse attention keeps beside each block (engine.sparse)
+        token = summary_bytes(self.sparse, p0.n_layer, p0.n_kv_head, p0.head_dim,
+                              torch.empty((), dtype=p0.dtype).element_size()) if self.sparse else 0
+        self.block_bytes = sum(p.block_bytes(self.kv_block) for p in self._planes) + token
         self.kv_token_bytes = -(-self.block_bytes // self.kv_block)  # KV bytes of one position
         self.kv_memory = kv_memory
         self.kv_blocks: int | None = None  # the pool's bound in blocks (None: as needed)
@@ -341,7 +343,7 @@ class TorchEngine:
                                   self.prefix)
             self._views = [PagedKV(self.pool, self.tables, self.context_length, plane)
                            for plane in range(len(self._planes))]
-            self._summ = BlockSummaries(self.pool) if self.sparse else None
+            self._summ = BlockSummaries(self.pool, self.sparse.bits) if self.sparse else None
         return self.pool
 
     @property
