@@ -268,7 +268,8 @@ def summary_bytes(cfg: SparseAttention, n_layer: int, n_kv_head: int, head_dim: 
 class BlockSummaries:
     """Per-channel min and max of the keys of every complete block of the paged pool:
     kmin, kmax [n_layer, pool blocks + 1, n_kv_head, head_dim], indexed by block id (the pool's
-    block is the sparse block). `done[id]` says block `id` is summarised; a block shared by
+    block is the sparse block); with `bits`, instead, codes [.., block, head_dim] (int8), kscale
+    [.., block] and vsum [.., head_dim] (the values' sum), float32. `done[id]` says block `id` is summarised; a block shared by
     several sequences (a prompt's) is summarised once. Filled lazily by `update`; the engine
     calls `forget` for blocks it hands out afresh."""
 
