@@ -240,7 +240,7 @@ def test_bits_summaries_are_the_quantised_keys_and_the_value_sums():
             assert (err <= keys[0].abs().amax(-1) / 7 / 2 + 1e-6).all()  # half a step at most
             sums = values[0].view(2, complete, 4, 8).sum(2)
             assert torch.allclose(summ.vsum[layer, ids].transpose(0, 1), sums, atol=1e-5)
-    assert summ.nbytes == summary_bytes(SparseAttention(block=4, bits=4), 2, 2, 8, 4) * \
+    assert summ.nbytes == summary_bytes(SparseAttention(block=4, bits=4), Plane(2, 2, 8, torch.float32)) * \
         (cache.pool.n_blocks + 1)
 
 
@@ -416,8 +416,8 @@ def test_kv_memory_counts_the_summaries(random_model_dir):
     eng = TorchEngine(random_model_dir, sparse_attention="block=16")
     assert eng.kv_token_bytes == dense.kv_token_bytes * 17 // 16
     quant = TorchEngine(random_model_dir, sparse_attention="block=16,bits=4")
-    assert quant.block_bytes - 16 * dense.kv_token_bytes == summary_bytes(
-        quant.sparse, quant.cfg.n_layer, quant.cfg.n_kv_head, quant.cfg.head_dim, 4) > 0
+    plane = Plane(quant.cfg.n_layer, quant.cfg.n_kv_head, quant.cfg.head_dim, torch.float32)
+    assert quant.block_bytes - 16 * dense.kv_token_bytes == summary_bytes(quant.sparse, plane) > 0
     bound = (eng.context_length + 1) * eng.kv_token_bytes * 2
     eng = TorchEngine(random_model_dir, sparse_attention="block=16,topk=1,window=1", kv_memory=bound)
     _greedy(eng, [LONG] * 3, max_tokens=40)

@@ -39,12 +39,17 @@ copy of every candidate key (bits / (2 x the pool's bits) of a position, and its
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ttscale.errors import TTScaleError
+
+if TYPE_CHECKING:
+    from ttscale.engine.paged import Plane
 
 FIELDS = ("block", "sink", "window", "topk", "bits")
 ACCEPTED = ('"block=16,sink=1,window=4,topk=4" (or a dict / SparseAttention with those keys: '
@@ -254,14 +259,21 @@ def quantize_keys(keys: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Te
     return codes, scale
 
 
-def summary_bytes(cfg: SparseAttention, n_layer: int, n_kv_head: int, head_dim: int,
-                  element_size: int) -> int:
-    """Bytes kept beside each pool block: a min and a max key (Quest), or with `bits` the codes
-    (int8 storage), a float32 scale per key and a float32 sum of values."""
-    per = n_layer * n_kv_head
-    if not cfg.bits:
-        return 2 * per * head_dim * element_size
-    return per * (cfg.block * head_dim + 4 * cfg.block + 4 * head_dim)
+def summary_layout(bits: int, block: int, plane: Plane) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """What sparse attention keeps beside each pool block, per layer: name -> (shape, dtype).
+    A min and a max key (Quest), or with `bits` the codes (int8 storage), a float32 scale per
+    key and a float32 sum of values."""
+    g, d = plane.n_kv_head, plane.head_dim
+    if not bits:
+        return {"kmin": ((g, d), plane.dtype), "kmax": ((g, d), plane.dtype)}
+    return {"codes": ((g, block, d), torch.int8), "kscale": ((g, block), torch.float32),
+            "vsum": ((g, d), torch.float32)}
+
+
+def summary_bytes(cfg: SparseAttention, plane: Plane) -> int:
+    """Bytes kept beside each pool block (all layers; `summary_layout`)."""
+    return plane.n_layer * sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+                               for shape, dtype in summary_layout(cfg.bits, cfg.block, plane).values())
 
 
 # --- state kept beside the engine's KV pool ----------------------------------------------------
@@ -275,20 +287,12 @@ class BlockSummaries:
 
     def __init__(self, pool, bits: int = 0):
         self.pool, self.block, self.bits = pool, pool.block, bits
-        self.names = ("codes", "kscale", "vsum") if bits else ("kmin", "kmax")
+        self.layout = summary_layout(bits, pool.block, pool.planes[0])
+        self.names = tuple(self.layout)
         for name in self.names:
             setattr(self, name, None)
         self.done: list[bool] = []
         self._fit()
-
-    def _shapes(self, n: int) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        keys = self.pool.kv[0]  # [L, 2 (keys, values), N, G, block, D]
-        lay, g, d = keys.shape[0], keys.shape[3], keys.shape[5]
-        if not self.bits:
-            return {"kmin": ((lay, n, g, d), keys.dtype), "kmax": ((lay, n, g, d), keys.dtype)}
-        return {"codes": ((lay, n, g, self.block, d), torch.int8),
-                "kscale": ((lay, n, g, self.block), torch.float32),
-                "vsum": ((lay, n, g, d), torch.float32)}
 
     def _fit(self) -> None:
         """Grow to the pool's block count (summaries of existing blocks kept)."""
@@ -296,8 +300,9 @@ class BlockSummaries:
         first = getattr(self, self.names[0])
         if first is not None and first.shape[1] >= n:
             return
-        for name, (shape, dtype) in self._shapes(n).items():
-            new = torch.zeros(shape, dtype=dtype, device=self.pool.kv[0].device)
+        lay = self.pool.planes[0].n_layer
+        for name, (shape, dtype) in self.layout.items():
+            new = torch.zeros((lay, n) + shape, dtype=dtype, device=self.pool.kv[0].device)
             old = getattr(self, name)
             if old is not None:
                 new[:, :old.shape[1]] = old

@@ -123,9 +123,7 @@ class TorchEngine:
         if self.draft is not None:
             d = self.draft.config
             self._planes.append(Plane(d.n_layer, d.n_kv_head, d.head_dim, self.draft.model.embed.weight.dtype))
-        p0 = self._planes[0]  # what sparse attention keeps beside each block (engine.sparse)
-        token = summary_bytes(self.sparse, p0.n_layer, p0.n_kv_head, p0.head_dim,
-                              torch.empty((), dtype=p0.dtype).element_size()) if self.sparse else 0
+        token = summary_bytes(self.sparse, self._planes[0]) if self.sparse else 0  # beside each block
         self.block_bytes = sum(p.block_bytes(self.kv_block) for p in self._planes) + token
         self.kv_token_bytes = -(-self.block_bytes // self.kv_block)  # KV bytes of one position
         self.kv_memory = kv_memory

@@ -37,6 +37,7 @@ from ttscale.errors import TTScaleError, out_of_range, unknown
 from ttscale.models.family import SIZES
 from ttscale.rewards.prm import (KINDS, LearnedPRM, encode_for_reward, forward_logits,
                                  load_reward_model)
+from ttscale.rewards.lm_check import FEATURES, LMStepChecker, check_features, fit_head
 from ttscale.rewards.quality import first_wrong
 from ttscale.tasks import BUILTIN_TASKS, LEVELS, get_task
 from ttscale.tasks.base import Task
@@ -103,8 +104,6 @@ class PRMConfig:
             raise TTScaleError(f"reader 'lm-check' scores steps, so it makes a prm, not a "
                                f"{self.kind}; accepted: --kind prm, or --reader head")
         if self.head_features:
-            from ttscale.rewards.lm_check import check_features
-
             check_features(self.head_features)
         if self.size is not None and self.size not in SIZES:
             raise unknown("model size", self.size, SIZES)
@@ -332,7 +331,6 @@ def fit_lm_check(cfg: PRMConfig, data: Sequence[LabelledSolution], delimiter: st
     learns to spot the step where an error happens; later steps, written after it, are left to
     the aggregate. Returns the LM (its config carrying the head), its tokenizer and the loss."""
     from ttscale.models.registry import resolve_model
-    from ttscale.rewards.lm_check import FEATURES, LMStepChecker, fit_head
 
     name = cfg.checker or cfg.policy
     checker = LMStepChecker(str(resolve_model(name)), delimiter=delimiter, device=cfg.device)
@@ -550,7 +548,7 @@ def model_card(name: str, s: dict) -> str:
                 "parameters), that checks each step by predicting it (`--reader lm-check`, "
                 "`ttscale.rewards.lm_check`): at every token, the gap between the logprob of the "
                 "token written and of its own choice; a logistic head on each step's "
-                f"{', '.join(c.get('head_features') or ('min_gap', 'mean_gap', 'mean_logprob'))}"
+                f"{', '.join(c.get('head_features') or FEATURES)}"
                 ", fitted on the step labels below, gives the step score, and the score after "
                 "step k is the smallest so far.")
         fit = (f"logistic head fitted (L-BFGS) on the steps up to each solution's first wrong "
